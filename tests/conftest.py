@@ -1,0 +1,91 @@
+"""Fixtures: a fake upstream and a real Hypercorn serving the balancer, both on 127.0.0.1."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import structlog
+import trio
+
+from trio_balancer import logging as blog
+from trio_balancer.asgi import BalancerApp, create_app
+from trio_balancer.config import Config, parse_config
+
+from .fakes import FakeUpstream
+
+PROVIDER_KEY = "sk-test-provider-key-0123456789"
+CLIENT_KEY = "sk-ant-client-key-abcdefghijkl"
+
+blog.configure("debug", "console")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log_context() -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+class Balancer:
+    def __init__(self, app: BalancerApp, url: str) -> None:
+        self.app = app
+        self.url = url
+        self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0), trust_env=False)
+
+    async def wait_idle(self) -> None:
+        """Wait (bounded) until no flight is running in the app."""
+        with trio.fail_after(5):
+            await self.app.wait_idle()
+
+
+def provider_config(*upstreams: FakeUpstream, **extra: Any) -> dict[str, Any]:
+    return {
+        "providers": [
+            {"name": f"p{i}", "kind": "anthropic", "base_url": u.url, "api_key": PROVIDER_KEY, **extra}
+            for i, u in enumerate(upstreams)
+        ]
+    }
+
+
+async def start_balancer(nursery: trio.Nursery, config: Config) -> Balancer:
+    app = create_app(config)
+    hc = hypercorn.config.Config()
+    hc.bind = ["127.0.0.1:0"]
+    hc.accesslog = None
+    hc.errorlog = None
+    hc.graceful_timeout = 0.5
+    binds = await nursery.start(partial(hypercorn.trio.serve, app, hc))  # type: ignore[arg-type]
+    return Balancer(app, binds[0])
+
+
+@pytest.fixture
+async def upstream(nursery: trio.Nursery) -> FakeUpstream:
+    return await FakeUpstream().start(nursery)
+
+
+BalancerFactory = Callable[..., Awaitable[Balancer]]
+
+
+@pytest.fixture
+async def balancer_for(nursery: trio.Nursery) -> AsyncIterator[BalancerFactory]:
+    """``await balancer_for(upstream, ...)`` or ``await balancer_for(config=dict)``."""
+    made: list[Balancer] = []
+
+    async def make(*upstreams: FakeUpstream, config: dict[str, Any] | None = None, **extra: Any) -> Balancer:
+        data = config if config is not None else provider_config(*upstreams, **extra)
+        b = await start_balancer(nursery, parse_config(data))
+        made.append(b)
+        return b
+
+    yield make
+    for b in made:
+        await b.client.aclose()
+
+
+@pytest.fixture
+async def balancer(upstream: FakeUpstream, balancer_for: BalancerFactory) -> Balancer:
+    return await balancer_for(upstream)

@@ -1,0 +1,253 @@
+"""A scripted fake provider on 127.0.0.1, written on h11 + trio for byte-level control.
+
+Each test scripts the replies: status, headers, and a list of steps (bytes to send as one
+chunk, a float to sleep, ``CUT`` to drop the connection mid-body, ``HANG`` to never answer).
+The fake records every request it received and notices at once when the balancer closes the
+connection, so tests can assert that a cancelled stream really released its upstream.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+CUT = object()  # close the socket mid-response, without ending the chunked body
+HANG = object()  # never send anything more (until the peer leaves)
+
+Step = bytes | float | object
+
+
+@attrs.define
+class Reply:
+    status: int = 200
+    headers: list[tuple[str, str]] = attrs.Factory(lambda: [("content-type", "text/event-stream")])
+    steps: Sequence[Step] = ()
+    hang_before_headers: bool = False
+
+
+@attrs.define(eq=False)
+class Received:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    disconnected: trio.Event = attrs.Factory(trio.Event)
+    finished: trio.Event = attrs.Factory(trio.Event)  # the reply was sent to the end
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class FakeUpstream:
+    def __init__(self, replies: Callable[[Received], Reply] | Iterable[Reply] | Reply | None = None) -> None:
+        self._script: Callable[[Received], Reply] = lambda _r: Reply(steps=[])
+        if replies is not None:
+            self.script(replies)
+        self.received: list[Received] = []
+        self.open_connections = 0
+        self._no_connections = trio.Event()
+        self._no_connections.set()
+        self.port = 0
+
+    def script(self, replies: Callable[[Received], Reply] | Iterable[Reply] | Reply) -> None:
+        if isinstance(replies, Reply):
+            self._script = lambda _r, reply=replies: reply
+        elif callable(replies):
+            self._script = replies
+        else:
+            queue = list(replies)
+            self._script = lambda _r: queue.pop(0)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, nursery: trio.Nursery) -> FakeUpstream:
+        listeners = await nursery.start(partial(trio.serve_tcp, self._handle, 0, host="127.0.0.1"))
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    async def wait_no_connections(self) -> None:
+        """Return once every connection the balancer opened to us is closed."""
+        with trio.fail_after(5):
+            while not self._no_connections.is_set():
+                await self._no_connections.wait()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        if self._no_connections.is_set():
+            self._no_connections = trio.Event()
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                received = await self._read_request(conn, stream)
+                if received is None:
+                    return
+                self.received.append(received)
+                reply = self._script(received)
+                keep = await self._respond(conn, stream, received, reply)
+                if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            self.open_connections -= 1
+            if not self.open_connections:
+                self._no_connections.set()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> Received | None:
+        request: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data and request is None:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                assert request is not None
+                return Received(
+                    method=request.method.decode(),
+                    target=request.target.decode(),
+                    headers=[(n.decode().lower(), v.decode("latin-1")) for n, v in request.headers],
+                    body=bytes(body),
+                )
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _respond(
+        self, conn: h11.Connection, stream: trio.SocketStream, received: Received, reply: Reply
+    ) -> bool:
+        """Send ``reply``; False when the connection must not be reused."""
+        keep = True
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._watch_peer, stream, received, nursery.cancel_scope)
+            if reply.hang_before_headers:
+                await trio.sleep_forever()
+            headers = [(n.encode(), v.encode()) for n, v in reply.headers]
+            await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+            for step in reply.steps:
+                if isinstance(step, bytes):
+                    await stream.send_all(conn.send(h11.Data(data=step)))
+                elif isinstance(step, float | int):
+                    await trio.sleep(step)
+                elif step is CUT:
+                    keep = False
+                    nursery.cancel_scope.cancel()
+                    return False
+                elif step is HANG:
+                    await trio.sleep_forever()
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            received.finished.set()
+            nursery.cancel_scope.cancel()
+        return keep and not received.disconnected.is_set()
+
+    async def _watch_peer(
+        self, stream: trio.SocketStream, received: Received, scope: trio.CancelScope
+    ) -> None:
+        """EOF from the balancer while we answer: it cancelled the request."""
+        try:
+            data = await stream.receive_some(65536)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            received.disconnected.set()
+            scope.cancel()
+
+
+# -- Anthropic stream builders ------------------------------------------------------------------
+
+
+def sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def anthropic_text_events(
+    texts: Sequence[str],
+    *,
+    model: str = "claude-sonnet-4-5",
+    message_id: str = "msg_fake_0001",
+    input_tokens: int = 12,
+    usage: bool = True,
+) -> list[bytes]:
+    """A realistic Anthropic text stream, one element per SSE event."""
+    start_usage = {"input_tokens": input_tokens, "output_tokens": 1} if usage else None
+    message: dict[str, Any] = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+    }
+    if start_usage is not None:
+        message["usage"] = start_usage
+    events = [
+        sse("message_start", {"type": "message_start", "message": message}),
+        sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+        sse("ping", {"type": "ping"}),
+    ]
+    for text in texts:
+        events.append(
+            sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+            )
+        )
+    events.append(sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+    }
+    if usage:
+        delta["usage"] = {"output_tokens": max(1, sum(len(t) for t in texts) // 4)}
+    events.append(sse("message_delta", delta))
+    events.append(sse("message_stop", {"type": "message_stop"}))
+    return events
+
+
+def anthropic_message(text: str, *, model: str = "claude-sonnet-4-5") -> dict[str, Any]:
+    return {
+        "id": "msg_fake_json",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 10, "output_tokens": max(1, len(text) // 4)},
+    }
+
+
+def interleave(events: Sequence[bytes], gap: float) -> list[Step]:
+    steps: list[Step] = []
+    for i, e in enumerate(events):
+        if i:
+            steps.append(gap)
+        steps.append(e)
+    return steps

@@ -1,0 +1,283 @@
+"""The ASGI application: the only module that speaks raw ASGI.
+
+The lifespan task owns the app: the providers' HTTP clients and the nursery flights run in.
+A request handler owns a small nursery of its own: a watcher that turns ``http.disconnect``
+into a cancellation (Hypercorn does not cancel the app when a client leaves) and the writer
+that drains its listener channel into the socket.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import httpx
+import structlog
+import trio
+
+from . import logging as blog
+from .config import Config, load_config
+from .errors import BalancerError, InvalidRequest, NotFound, RequestTooLarge
+from .flight import JSON_HEADERS, Abort, Flight, Head, Item, UpstreamRequest
+from .routing import listed_models, plan
+from .upstream import make_client
+
+__all__ = ["CONFIG_ENV", "BalancerApp", "create_app"]
+
+CONFIG_ENV = "TRIO_BALANCER_CONFIG"
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+log = blog.get_logger("trio_balancer.asgi")
+
+# Each model in GET /v1/models gets this creation date: the config does not know the real one
+# and clients only display it.
+_MODELS_EPOCH = "2025-01-01T00:00:00Z"
+
+
+class BalancerApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
+        self._nursery: trio.Nursery | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no flight is running."""
+        while not self._idle.is_set():
+            await self._idle.wait()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        # websocket: not ours; returning closes it
+
+    # -- lifespan ----------------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        message = await receive()
+        assert message["type"] == "lifespan.startup"
+        try:
+            self.clients = {p.name: make_client(p) for p in self.config.providers}
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                log.info(
+                    "balancer.start",
+                    config=self.config.source,
+                    providers=[p.name for p in self.config.providers],
+                )
+                await send({"type": "lifespan.startup.complete"})
+                message = await receive()  # lifespan.shutdown, after Hypercorn's grace period
+                # Flights still running here have no listener left that Hypercorn waits for.
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                for client in self.clients.values():
+                    await client.aclose()
+        log.info("balancer.stop")
+        await send({"type": "lifespan.shutdown.complete"})
+
+    # -- dispatch ----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        method: str = scope["method"]
+        try:
+            if path in ("/v1/messages", "/v1/messages/count_tokens"):
+                _require(method, "POST")
+                await self._messages(scope, receive, send)
+            elif path == "/v1/models":
+                _require(method, "GET")
+                await _json(send, 200, self._models_page(scope))
+            elif path.startswith("/v1/models/"):
+                _require(method, "GET")
+                await _json(send, 200, self._model(path.removeprefix("/v1/models/")))
+            elif path == "/health":
+                await _json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
+            else:
+                raise NotFound(f"no endpoint {method} {path}")
+        except BalancerError as exc:
+            await _error(send, exc)
+
+    # -- /v1/messages ------------------------------------------------------------------------
+
+    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await _read_body(scope, receive, self.config.server.max_body_bytes)
+        request = _parse_request(scope, body)
+        attempts = plan(self.config, request.model)
+        flight = Flight(request, attempts, self.clients)
+        listener = flight.subscribe()
+        assert self._nursery is not None, "lifespan not started"
+        self.flights.add(flight)
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        self._nursery.start_soon(self._run_flight, flight)
+        try:
+            await _write(listener, receive, send)
+        finally:
+            flight.unsubscribe(listener)
+
+    async def _run_flight(self, flight: Flight) -> None:
+        started = time.perf_counter()
+        try:
+            await flight.run()
+        finally:
+            self.flights.discard(flight)
+            if not self.flights:
+                self._idle.set()
+            log.info(
+                "request.end",
+                model=flight.request.model,
+                provider=flight.provider,
+                status=flight.status,
+                error=flight.error,
+                completed=flight.completed,
+                events=flight.events,
+                bytes=flight.bytes,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+    # -- /v1/models --------------------------------------------------------------------------
+
+    def _models_page(self, scope: Scope) -> dict[str, Any]:
+        data = [_model_object(m) for m in listed_models(self.config)]
+        return {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    def _model(self, model_id: str) -> dict[str, Any]:
+        if model_id in listed_models(self.config):
+            return _model_object(model_id)
+        raise NotFound(f"model {model_id!r} not found")
+
+
+def _model_object(model_id: str) -> dict[str, Any]:
+    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": _MODELS_EPOCH}
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise _MethodNotAllowed(f"method {method} not allowed here; use {expected}")
+
+
+class _MethodNotAllowed(BalancerError):
+    status = 405
+    error_type = "invalid_request_error"
+
+
+class _ClientGone(BalancerError):
+    """The client left before its request body was complete; nobody is there to answer."""
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise RequestTooLarge(f"request body is over the limit of {limit} bytes")
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone("client disconnected while sending its request")
+        body += message.get("body", b"")
+        if len(body) > limit:
+            raise RequestTooLarge(f"request body is over the limit of {limit} bytes")
+        if not message.get("more_body", False):
+            return bytes(body)
+
+
+def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: field required (a non-empty string)")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream: must be a boolean")
+    return UpstreamRequest(
+        path=scope["path"],
+        query=scope.get("query_string", b""),
+        headers=tuple(scope["headers"]),
+        body=body,
+        payload=payload,
+        model=model,
+        stream=stream,
+    )
+
+
+async def _write(listener: trio.MemoryReceiveChannel[Item], receive: Receive, send: Send) -> None:
+    """Drain one listener channel into the client until the end, or until the client leaves."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+        started = False
+        async for item in listener:
+            if type(item) is bytes:
+                await send({"type": "http.response.body", "body": item, "more_body": True})
+            elif isinstance(item, Head):
+                await send({"type": "http.response.start", "status": item.status, "headers": item.headers})
+                started = True
+            elif isinstance(item, Abort):
+                # Returning without the final body message makes Hypercorn drop the connection,
+                # so the client sees a broken response rather than a cut one that looks whole.
+                log.warning("response.abort", reason=item.reason)
+                nursery.cancel_scope.cancel()
+                return
+        if not started:  # the flight ended without a word: a bug, but never a hung client
+            await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS})
+            await send({"type": "http.response.body", "body": b"{}", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            scope.cancel()
+            return
+
+
+async def _json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _error(send: Send, exc: BalancerError) -> None:
+    if isinstance(exc, _ClientGone):
+        return
+    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
+    await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
+
+
+def create_app(config: Config | None = None) -> BalancerApp:
+    """The app factory; ``hypercorn --worker-class trio 'trio_balancer.asgi:create_app()'``."""
+    if config is None:
+        config = load_config(os.environ.get(CONFIG_ENV) or None)
+    if not structlog.is_configured():
+        blog.configure(
+            os.environ.get("TRIO_BALANCER_LOG_LEVEL", "info"),
+            os.environ.get("TRIO_BALANCER_LOG_FORMAT", "console"),
+        )
+    return BalancerApp(config)

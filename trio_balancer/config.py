@@ -1,0 +1,333 @@
+"""Configuration: TOML parsed into frozen attrs classes.
+
+Validation is strict and happens once, at start: an unknown key is a typo until proven
+otherwise, and every message names the offending key by its path (``providers[1].kind``)
+so the operator can fix it without reading our source.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "PASSTHROUGH",
+    "Config",
+    "ConfigError",
+    "ProviderConfig",
+    "Route",
+    "ServerConfig",
+    "Target",
+    "Timeouts",
+    "default_config",
+    "load_config",
+    "parse_config",
+]
+
+PASSTHROUGH = "passthrough"
+PROVIDER_KINDS = ("anthropic", "openai")
+AUTH_STYLES = ("x-api-key", "bearer")
+
+# Model ids the built-in default config lists on GET /v1/models: the ones the official SDK
+# names, newest first, so Claude Code's model picker shows what the real API would.
+DEFAULT_MODELS = (
+    "claude-opus-5-5",
+    "claude-sonnet-5-5",
+    "claude-haiku-5-5",
+    "claude-opus-5",
+    "claude-sonnet-5",
+    "claude-opus-4-8",
+    "claude-opus-4-7",
+    "claude-opus-4-6",
+    "claude-sonnet-4-6",
+    "claude-opus-4-5",
+    "claude-sonnet-4-5",
+    "claude-haiku-4-5",
+)
+
+
+class ConfigError(Exception):
+    """The configuration file is missing, unreadable or invalid; the message names the key."""
+
+
+@attrs.frozen
+class Timeouts:
+    """Per-provider deadlines, in seconds. ``None`` means no deadline."""
+
+    connect: float = 10.0
+    # Until the response headers arrive. Generous: Anthropic may queue a request under load.
+    first_byte: float = 120.0
+    # Between two upstream reads once the response started. Anthropic sends a ping every
+    # few seconds on a live stream, so a much longer silence means the stream is dead.
+    idle: float = 300.0
+    # The whole response. Long agentic turns with extended thinking can run for many minutes.
+    total: float | None = 3600.0
+
+
+@attrs.frozen
+class ProviderConfig:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None  # None together with ``passthrough``: forward the client's credential
+    auth: str = "x-api-key"
+    passthrough: bool = False
+    models: tuple[str, ...] = ()
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    timeouts: Timeouts = attrs.Factory(Timeouts)
+    max_connections: int = 200
+    max_keepalive: int = 50
+
+    def __repr__(self) -> str:  # never print the key
+        return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+
+@attrs.frozen
+class Target:
+    provider: str
+    model: str | None = None  # None: send the client's model unchanged
+
+
+@attrs.frozen
+class Route:
+    match: str
+    targets: tuple[Target, ...]
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    # How long running streams may go on after SIGINT/SIGTERM before they are cancelled.
+    grace_period_s: float = 30.0
+    # Claude Code sends whole conversations, images included; Anthropic's own limit is 32 MB.
+    max_body_bytes: int = 32 * 1024 * 1024
+
+
+@attrs.frozen
+class Config:
+    server: ServerConfig
+    providers: tuple[ProviderConfig, ...]
+    routes: tuple[Route, ...] = ()
+    source: str = "<built-in default>"
+
+    def provider(self, name: str) -> ProviderConfig:
+        for p in self.providers:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+
+def default_config() -> Config:
+    """Forward everything to Anthropic with the client's own credentials."""
+    return Config(
+        server=ServerConfig(),
+        providers=(
+            ProviderConfig(
+                name="anthropic",
+                kind="anthropic",
+                base_url="https://api.anthropic.com",
+                api_key=None,
+                passthrough=True,
+                models=DEFAULT_MODELS,
+            ),
+        ),
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data, source=str(p))
+
+
+def parse_config(
+    data: Mapping[str, Any], *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Config:
+    env = os.environ if environ is None else environ
+    r = _Reader(data, "", source)
+    r.allow_keys("server", "providers", "routes")
+    server = _server(r.table("server"))
+    providers = tuple(_provider(pr, env) for pr in r.tables("providers", required=True))
+    names = [p.name for p in providers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{source}: providers[{i}].name: duplicate provider name {name!r}")
+    routes = tuple(_route(rr, set(names)) for rr in r.tables("routes"))
+    return Config(server=server, providers=providers, routes=routes, source=source)
+
+
+def _server(r: _Reader) -> ServerConfig:
+    r.allow_keys("host", "port", "grace_period_s", "max_body_bytes")
+    d = ServerConfig()
+    return ServerConfig(
+        host=r.get_str("host", d.host),
+        port=r.get_int("port", d.port, lo=0, hi=65535),
+        grace_period_s=r.get_float("grace_period_s", d.grace_period_s, lo=0),
+        max_body_bytes=r.get_int("max_body_bytes", d.max_body_bytes, lo=1),
+    )
+
+
+def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
+    r.allow_keys(
+        "name", "kind", "base_url", "api_key", "api_key_env", "auth", "models", "headers",
+        "timeouts", "max_connections", "max_keepalive",
+    )  # fmt: skip
+    name = r.get_str("name")
+    if not name:
+        raise r.error("name", "must not be empty")
+    kind = r.choice("kind", PROVIDER_KINDS)
+    base_url = r.get_str("base_url").rstrip("/")
+    if not base_url.startswith(("http://", "https://")):
+        raise r.error("base_url", "must start with http:// or https://")
+    key = r.get_optional_str("api_key")
+    key_env = r.get_optional_str("api_key_env")
+    if key is not None and key_env is not None:
+        raise r.error("api_key_env", "give either api_key or api_key_env, not both")
+    passthrough = key == PASSTHROUGH
+    if key_env is not None:
+        key = env.get(key_env)
+        if not key:
+            raise r.error("api_key_env", f"environment variable {key_env!r} is not set")
+    elif key is None:
+        raise r.error("api_key", f'missing: set api_key, api_key_env, or api_key = "{PASSTHROUGH}"')
+    default_auth = "bearer" if kind == "openai" else "x-api-key"
+    headers = r.table("headers")
+    extra = {k: headers.get_str(k) for k in headers.names()}
+    t = r.table("timeouts")
+    t.allow_keys("connect", "first_byte", "idle", "total")
+    dt = Timeouts()
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=base_url,
+        api_key=None if passthrough else key,
+        auth=r.choice("auth", AUTH_STYLES, default_auth),
+        passthrough=passthrough,
+        models=tuple(r.get_str_list("models")),
+        headers=extra,
+        timeouts=Timeouts(
+            connect=t.get_float("connect", dt.connect, lo=0.001),
+            first_byte=t.get_float("first_byte", dt.first_byte, lo=0.001),
+            idle=t.get_float("idle", dt.idle, lo=0.001),
+            total=t.get_optional_float("total", dt.total, lo=0.001),
+        ),
+        max_connections=r.get_int("max_connections", 200, lo=1),
+        max_keepalive=r.get_int("max_keepalive", 50, lo=0),
+    )
+
+
+def _route(r: _Reader, providers: set[str]) -> Route:
+    r.allow_keys("match", "targets")
+    match = r.get_str("match")
+    targets = []
+    for t in r.tables("targets", required=True):
+        t.allow_keys("provider", "model")
+        provider = t.get_str("provider")
+        if provider not in providers:
+            raise t.error("provider", f"no provider named {provider!r}")
+        targets.append(Target(provider=provider, model=t.get_optional_str("model")))
+    if not targets:
+        raise r.error("targets", "must name at least one target")
+    return Route(match=match, targets=tuple(targets))
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed access to one TOML table that knows its own path for error messages."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, source: str) -> None:
+        self._data = data
+        self._path = path
+        self._source = source
+
+    def error(self, key: str, message: str) -> ConfigError:
+        where = f"{self._path}.{key}" if self._path else key
+        return ConfigError(f"{self._source}: {where}: {message}")
+
+    def names(self) -> list[str]:
+        return list(self._data)
+
+    def allow_keys(self, *allowed: str) -> None:
+        for key in self._data:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (expected one of: {', '.join(allowed)})")
+
+    def _get(self, key: str, default: Any, types: tuple[type, ...], what: str) -> Any:
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise self.error(key, "missing")
+            return default
+        # bool is an int in Python; a port of `true` is a typo, not 1.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise self.error(key, f"must be {what}, not {type(value).__name__}")
+        return value
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        return self._get(key, default, (str,), "a string")  # type: ignore[no-any-return]
+
+    def get_optional_str(self, key: str) -> str | None:
+        return self._get(key, None, (str,), "a string")  # type: ignore[no-any-return]
+
+    def choice(self, key: str, choices: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.get_str(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, not {value!r}")
+        return value
+
+    def get_int(
+        self, key: str, default: Any = _MISSING, *, lo: int | None = None, hi: int | None = None
+    ) -> int:
+        value: int = self._get(key, default, (int,), "an integer")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise self.error(key, f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    def get_float(self, key: str, default: Any = _MISSING, *, lo: float | None = None) -> float:
+        value = self._get(key, default, (int, float), "a number")
+        if lo is not None and value < lo:
+            raise self.error(key, f"must be at least {lo}, not {value}")
+        return float(value)
+
+    def get_optional_float(self, key: str, default: float | None, *, lo: float | None = None) -> float | None:
+        if self._data.get(key) is False:  # `total = false` turns a deadline off
+            return None
+        return self.get_float(key, default, lo=lo) if key in self._data else default
+
+    def get_str_list(self, key: str) -> list[str]:
+        value = self._get(key, [], (list,), "a list of strings")
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.error(f"{key}[{i}]", f"must be a string, not {type(item).__name__}")
+        return value  # type: ignore[no-any-return]
+
+    def table(self, key: str) -> _Reader:
+        value = self._get(key, {}, (dict,), "a table")
+        return _Reader(value, f"{self._path}.{key}" if self._path else key, self._source)
+
+    def tables(self, key: str, *, required: bool = False) -> list[_Reader]:
+        value = self._get(key, _MISSING if required else [], (list,), "an array of tables")
+        out = []
+        base = f"{self._path}.{key}" if self._path else key
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise ConfigError(f"{self._source}: {base}[{i}]: must be a table")
+            out.append(_Reader(item, f"{base}[{i}]", self._source))
+        return out

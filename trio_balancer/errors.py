@@ -1,0 +1,152 @@
+"""Errors a client can see, in Anthropic's shape, and the exception classes that map to them.
+
+Each class names who is at fault and carries the Anthropic ``error.type`` and HTTP status the
+client gets. Messages must never contain a secret: they are built from our own words and
+from names in the config, never from headers.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .sse import encode_event
+
+__all__ = [
+    "ERROR_TYPE_BY_STATUS",
+    "AuthenticationFailed",
+    "BalancerError",
+    "InvalidRequest",
+    "NotFound",
+    "Overloaded",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestTooLarge",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "error_body",
+    "error_event",
+]
+
+# What Anthropic's API answers for each status; used when an upstream error body is not
+# already in Anthropic's shape and for our own errors.
+ERROR_TYPE_BY_STATUS: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "api_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+
+def error_type_for_status(status: int) -> str:
+    if status in ERROR_TYPE_BY_STATUS:
+        return ERROR_TYPE_BY_STATUS[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return json.dumps(
+        {"type": "error", "error": {"type": error_type, "message": message}},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+
+
+def error_event(error_type: str, message: str) -> bytes:
+    """The SSE form, for errors after the response has been committed to the client."""
+    return encode_event("error", error_body(error_type, message).decode())
+
+
+class BalancerError(Exception):
+    """An error answered to the client with an Anthropic error body."""
+
+    status: int = 500
+    error_type: str = "api_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.error_type, self.message)
+
+    def event(self) -> bytes:
+        return error_event(self.error_type, self.message)
+
+
+class InvalidRequest(BalancerError):
+    """The client sent a request we cannot serve (bad JSON, missing model...)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationFailed(BalancerError):
+    """The client did not present a valid key for this balancer."""
+
+    status = 401
+    error_type = "authentication_error"
+
+
+class PermissionDenied(BalancerError):
+    """The client is known but may not do this."""
+
+    status = 403
+    error_type = "permission_error"
+
+
+class NotFound(BalancerError):
+    """No such endpoint, or no route serves the requested model."""
+
+    status = 404
+    error_type = "not_found_error"
+
+
+class RequestTooLarge(BalancerError):
+    """The client's request body is over the configured limit."""
+
+    status = 413
+    error_type = "request_too_large"
+
+
+class RateLimited(BalancerError):
+    """The client is over one of its limits."""
+
+    status = 429
+    error_type = "rate_limit_error"
+
+
+class UpstreamError(BalancerError):
+    """An upstream failed in a way that is not the client's fault."""
+
+    status = 502
+    error_type = "api_error"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The upstream could not be reached (connect, TLS or protocol failure)."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within one of its deadlines."""
+
+    status = 504
+    error_type = "timeout_error"
+
+
+class Overloaded(BalancerError):
+    """Every provider that could serve the request is failing or cooling down."""
+
+    status = 529
+    error_type = "overloaded_error"

@@ -1,0 +1,134 @@
+"""One provider: which headers cross the proxy in each direction, and its HTTP client.
+
+The header rules are pure functions so they can be tested exhaustively; the only I/O here is
+the shared ``httpx.AsyncClient`` per provider, which keeps connections alive across requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import httpx
+
+from .config import ProviderConfig
+
+__all__ = [
+    "HOP_BY_HOP",
+    "make_client",
+    "request_headers",
+    "response_headers",
+    "upstream_url",
+]
+
+# RFC 9110 section 7.6.1, plus headers that describe one hop's framing or that httpx must set.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    }
+)
+CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+# Never forwarded upstream: cookies belong to the balancer's origin, our own control headers
+# mean nothing to a provider, and we ask for identity encoding ourselves (below).
+_DROP_TO_UPSTREAM = HOP_BY_HOP | {"cookie", "accept-encoding"}
+# Hypercorn writes its own date and server headers; duplicates confuse some clients.
+_DROP_TO_CLIENT = HOP_BY_HOP | {"date", "server", "set-cookie", "alt-svc"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def request_headers(
+    client_headers: Iterable[tuple[bytes, bytes]], provider: ProviderConfig
+) -> list[tuple[str, str]]:
+    """Headers to send upstream for a client request.
+
+    Everything the client sent crosses (Anthropic version and beta flags, Claude Code's
+    ``x-app`` and user agent, the SDK's ``x-stainless-*``) except hop-by-hop headers, our own
+    ``x-balancer-*`` controls, and the client's credentials, which only reach a provider
+    configured as ``passthrough``. A provider with its own key gets that key instead.
+    """
+    decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in client_headers]
+    drop = _DROP_TO_UPSTREAM | _connection_tokens(decoded)
+    if not provider.passthrough:
+        drop = drop | CREDENTIAL_HEADERS
+    out = [(n, v) for n, v in decoded if n not in drop and not n.startswith("x-balancer-")]
+    if not provider.passthrough and provider.api_key is not None:
+        if provider.auth == "bearer":
+            out.append(("authorization", f"Bearer {provider.api_key}"))
+        else:
+            out.append(("x-api-key", provider.api_key))
+    overrides = {k.lower() for k in provider.headers}
+    if overrides:
+        out = [(n, v) for n, v in out if n not in overrides]
+        out.extend((k.lower(), v) for k, v in provider.headers.items())
+    # Plain bytes from the provider: passthrough stays byte-exact and usage stays readable.
+    out.append(("accept-encoding", "identity"))
+    return out
+
+
+def response_headers(
+    upstream: Iterable[tuple[bytes, bytes]], *, decoded_body: bool
+) -> list[tuple[bytes, bytes]]:
+    """Headers to send the client for an upstream response.
+
+    ``decoded_body``: the body is relayed after httpx removed a content-encoding the provider
+    applied anyway, so the header describing it must go too.
+    """
+    items = [(n.lower(), v) for n, v in upstream]
+    drop = {
+        t.encode() for t in _connection_tokens((n.decode("latin-1"), v.decode("latin-1")) for n, v in items)
+    }
+    out = []
+    for name, value in items:
+        if name.decode("latin-1") in _DROP_TO_CLIENT or name in drop:
+            continue
+        if decoded_body and name == b"content-encoding":
+            continue
+        out.append((name, value))
+    return out
+
+
+def upstream_url(provider: ProviderConfig, path: str, query: bytes) -> str:
+    url = provider.base_url + path
+    if query:
+        url += "?" + query.decode("latin-1")
+    return url
+
+
+def make_client(provider: ProviderConfig) -> httpx.AsyncClient:
+    """The pooled client for one provider; the lifespan task owns and closes it."""
+    t = provider.timeouts
+    client = httpx.AsyncClient(
+        # read=None: the gap between stream chunks and the whole response are bounded by our
+        # own trio deadlines (idle, total), which know whether a response has started.
+        timeout=httpx.Timeout(connect=t.connect, read=None, write=60.0, pool=t.connect),
+        limits=httpx.Limits(
+            max_connections=provider.max_connections,
+            max_keepalive_connections=provider.max_keepalive,
+            keepalive_expiry=30.0,
+        ),
+        trust_env=False,
+        follow_redirects=False,
+    )
+    # httpx would send its own user agent and accept header when the client sent none: a
+    # proxy should send what the client sent and nothing it made up.
+    for name in ("user-agent", "accept"):
+        del client.headers[name]
+    return client
