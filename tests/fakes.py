@@ -186,7 +186,7 @@ def sse(event: str, data: Any) -> bytes:
 def anthropic_text_events(
     texts: Sequence[str],
     *,
-    model: str = "claude-sonnet-4-5",
+    model: str = "claude-sonnet-4-6",
     message_id: str = "msg_fake_0001",
     input_tokens: int = 12,
     usage: bool = True,
@@ -231,7 +231,7 @@ def anthropic_text_events(
     return events
 
 
-def anthropic_message(text: str, *, model: str = "claude-sonnet-4-5") -> dict[str, Any]:
+def anthropic_message(text: str, *, model: str = "claude-sonnet-4-6") -> dict[str, Any]:
     return {
         "id": "msg_fake_json",
         "type": "message",

@@ -13,7 +13,7 @@ from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_message, anthropic_text_events, interleave
 
 BODY = {
-    "model": "claude-sonnet-4-5",
+    "model": "claude-sonnet-4-6",
     "max_tokens": 64,
     "stream": True,
     "messages": [{"role": "user", "content": "hi"}],

@@ -34,7 +34,7 @@ PROVIDER_KINDS = ("anthropic", "openai")
 AUTH_STYLES = ("x-api-key", "bearer")
 
 # Model ids the built-in default config lists on GET /v1/models: the ones the official SDK
-# names, newest first, so Claude Code's model picker shows what the real API would.
+# names and does not list as deprecated, newest first.
 DEFAULT_MODELS = (
     "claude-opus-5-5",
     "claude-sonnet-5-5",
@@ -45,8 +45,6 @@ DEFAULT_MODELS = (
     "claude-opus-4-7",
     "claude-opus-4-6",
     "claude-sonnet-4-6",
-    "claude-opus-4-5",
-    "claude-sonnet-4-5",
     "claude-haiku-4-5",
 )
 
