@@ -64,8 +64,20 @@ def _serve(args: argparse.Namespace) -> int:
     hc.errorlog = "-"
     hc.keep_alive_timeout = 75  # above common load balancers' idle timeouts (60 s)
     app = create_app(config)
-    print(f"trio-balancer: serving on http://{hc.bind[0]} with {config.source}", file=sys.stderr)
-    trio.run(partial(hypercorn.trio.serve, app, hc, shutdown_trigger=_wait_for_signal))  # type: ignore[arg-type]
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            # Hypercorn types ASGI messages as TypedDicts; our app takes plain mappings.
+            serve = partial(hypercorn.trio.serve, app, hc, shutdown_trigger=_wait_for_signal)  # type: ignore[arg-type]
+            binds = await nursery.start(serve)
+            print(
+                f"trio-balancer: listening on {' '.join(binds)} ({config.source})",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    trio.run(run)
+    print("trio-balancer: stopped", file=sys.stderr)
     return 0
 
 

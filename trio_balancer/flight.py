@@ -238,7 +238,11 @@ class Flight:
                 self.completed = True
 
     async def _relay_sse(
-        self, provider: ProviderConfig, chunks: AsyncGenerator[bytes, None], idle: trio.CancelScope, idle_s: float
+        self,
+        provider: ProviderConfig,
+        chunks: AsyncGenerator[bytes, None],
+        idle: trio.CancelScope,
+        idle_s: float,
     ) -> None:
         decoder = SSEDecoder()
         slid_at = trio.current_time()

@@ -1,0 +1,140 @@
+"""Config loading: valid files parse into the contract's shape; bad ones name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trio_balancer.config import ConfigError, Timeouts, default_config, load_config, parse_config
+from trio_balancer.routing import listed_models, plan
+
+EXAMPLE = """
+[server]
+host = "127.0.0.1"
+port = 8787
+
+[[providers]]
+name = "main"
+kind = "anthropic"
+base_url = "https://api.anthropic.com/"
+api_key = "sk-ant-example"
+auth = "x-api-key"
+
+[[providers]]
+name = "backup"
+kind = "anthropic"
+base_url = "https://backup.example.com/api/anthropic"
+api_key_env = "BACKUP_KEY"
+auth = "bearer"
+timeouts = { first_byte = 30, total = false }
+
+[[routes]]
+match = "claude-*"
+targets = [{ provider = "main", model = "claude-sonnet-4-6" }, { provider = "backup" }]
+"""
+
+
+def test_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKUP_KEY", "sk-backup")
+    path = tmp_path / "balancer.toml"
+    path.write_text(EXAMPLE)
+    c = load_config(path)
+    assert c.server.port == 8787
+    main, backup = c.providers
+    assert main.base_url == "https://api.anthropic.com"  # trailing slash dropped
+    assert main.api_key == "sk-ant-example" and main.auth == "x-api-key"
+    assert backup.api_key == "sk-backup" and backup.auth == "bearer"
+    assert backup.timeouts == Timeouts(first_byte=30.0, total=None)
+    attempts = plan(c, "claude-haiku-4-5")
+    assert [(a.provider.name, a.model) for a in attempts] == [
+        ("main", "claude-sonnet-4-6"),
+        ("backup", "claude-haiku-4-5"),
+    ]
+
+
+def test_repr_hides_keys() -> None:
+    c = parse_config(
+        {"providers": [{"name": "a", "kind": "anthropic", "base_url": "http://x", "api_key": "sk-hidden-1"}]}
+    )
+    assert "sk-hidden-1" not in repr(c)
+
+
+def test_no_routes_means_every_provider_in_order() -> None:
+    c = parse_config(
+        {
+            "providers": [
+                {"name": n, "kind": "anthropic", "base_url": "http://x", "api_key": "k"} for n in "abc"
+            ]
+        }
+    )
+    assert [(a.provider.name, a.model) for a in plan(c, "anything")] == [
+        ("a", "anything"),
+        ("b", "anything"),
+        ("c", "anything"),
+    ]
+
+
+def test_default_config_is_anthropic_passthrough() -> None:
+    c = default_config()
+    (p,) = c.providers
+    assert p.base_url == "https://api.anthropic.com" and p.passthrough and p.api_key is None
+    assert listed_models(c)
+
+
+GOOD = {"name": "a", "kind": "anthropic", "base_url": "http://x", "api_key": "k"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "providers: missing"),
+        (
+            {"providers": [{**GOOD, "kind": "gemini"}]},
+            "providers[0].kind: must be one of 'anthropic', 'openai'",
+        ),
+        ({"providers": [{**GOOD, "nmae": "typo"}]}, "providers[0].nmae: unknown key"),
+        ({"providers": [GOOD, GOOD]}, "providers[1].name: duplicate provider name 'a'"),
+        ({"providers": [{**GOOD, "base_url": "ftp://x"}]}, "providers[0].base_url: must start with http"),
+        ({"providers": [{k: v for k, v in GOOD.items() if k != "api_key"}]}, "providers[0].api_key: missing"),
+        ({"providers": [{**GOOD, "api_key_env": "X"}]}, "providers[0].api_key_env: give either"),
+        (
+            {
+                "providers": [
+                    {**{k: v for k, v in GOOD.items() if k != "api_key"}, "api_key_env": "NOPE_NOT_SET"}
+                ]
+            },
+            "providers[0].api_key_env: environment variable 'NOPE_NOT_SET' is not set",
+        ),
+        ({"providers": [{**GOOD, "auth": "basic"}]}, "providers[0].auth: must be one of"),
+        ({"providers": [{**GOOD, "timeouts": {"idle": -1}}]}, "providers[0].timeouts.idle: must be at least"),
+        ({"providers": [{**GOOD, "timeouts": {"idel": 3}}]}, "providers[0].timeouts.idel: unknown key"),
+        ({"providers": [{**GOOD, "models": ["a", 3]}]}, "providers[0].models[1]: must be a string"),
+        ({"server": {"port": 70000}, "providers": [GOOD]}, "server.port: must be between 0 and 65535"),
+        ({"server": {"port": True}, "providers": [GOOD]}, "server.port: must be an integer, not bool"),
+        (
+            {"providers": [GOOD], "routes": [{"match": "*", "targets": [{"provider": "b"}]}]},
+            "routes[0].targets[0].provider: no provider named 'b'",
+        ),
+        (
+            {"providers": [GOOD], "routes": [{"match": "*", "targets": []}]},
+            "routes[0].targets: must name at least one",
+        ),
+        ({"providers": [GOOD], "extra": 1}, "extra: unknown key"),
+        ({"providers": "nope"}, "providers: must be an array of tables"),
+    ],
+)
+def test_bad_config_names_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="b.toml", environ={})
+    assert f"b.toml: {message}" in str(info.value)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\nport = 1")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(bad)
