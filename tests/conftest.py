@@ -30,6 +30,18 @@ def _fresh_log_context() -> None:
     structlog.contextvars.clear_contextvars()
 
 
+def count_tasks() -> int:
+    """Every task alive in this trio run: the fixtures', Hypercorn's, the app's and ours."""
+    stack = [trio.lowlevel.current_root_task()]
+    n = 0
+    while stack:
+        task = stack.pop()
+        n += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return n
+
+
 class Balancer:
     def __init__(self, app: BalancerApp, url: str) -> None:
         self.app = app

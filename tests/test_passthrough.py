@@ -8,8 +8,9 @@ from contextlib import aclosing
 
 import httpx
 import trio
+from trio.testing import wait_all_tasks_blocked
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
+from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, count_tasks
 from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_message, anthropic_text_events, interleave
 
 BODY = {
@@ -230,6 +231,8 @@ class TestCancellation:
     ) -> None:
         events = anthropic_text_events([f"t{i}" for i in range(50)])
         upstream.script(Reply(steps=interleave(events, 0.05)))
+        await wait_all_tasks_blocked()
+        baseline = count_tasks()
         async with (
             balancer.client.stream("POST", "/v1/messages", json=BODY, headers=HEADERS) as r,
             aclosing(r.aiter_raw()) as it,
@@ -244,6 +247,8 @@ class TestCancellation:
         assert not req.finished.is_set()
         await balancer.wait_idle()
         await upstream.wait_no_connections()
+        await wait_all_tasks_blocked(cushion=0.05)
+        assert count_tasks() == baseline
 
     async def test_disconnect_while_upstream_silent(self, upstream: FakeUpstream, balancer: Balancer) -> None:
         """No upstream event is needed to notice the client left: the watcher cancels."""
