@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from .conftest import CLIENT_KEY, Balancer, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events
+from .fakes import CUT, FakeUpstream, Reply, anthropic_text_events
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -133,19 +133,17 @@ class TestUpstreamErrors:
         assert body.startswith(b"".join(events[:4]))
         assert b"event: error" in body and b"timeout_error" in body
 
-    async def test_cut_json_body_drops_connection(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        """A non-stream body cut mid-way must not look complete to the client."""
-        from .fakes import CUT
-
+    async def test_cut_json_body_is_an_error_not_a_short_message(
+        self, upstream: FakeUpstream, balancer: Balancer
+    ) -> None:
+        """A non-stream body cut mid-way is held, never relayed as if whole: the client gets a 502."""
         upstream.script(
             Reply(
                 headers=[("content-type", "application/json")], steps=[b'{"id": "msg_1", "content": [', CUT]
             )
         )
-        import httpx
-
-        with pytest.raises(httpx.RemoteProtocolError):
-            await balancer.client.post("/v1/messages", json=BODY)
+        r = await balancer.client.post("/v1/messages", json=BODY)
+        assert_error(r, 502, "api_error")
 
 
 class TestEndpoints:

@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 
 from trio_balancer.config import ConfigError, Timeouts, default_config, load_config, parse_config
-from trio_balancer.routing import listed_models, plan
+from trio_balancer.routing import Router, listed_models
+
+from .test_routing import views
 
 EXAMPLE = """
 [server]
@@ -47,7 +49,7 @@ def test_example_parses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert main.api_key == "sk-ant-example" and main.auth == "x-api-key"
     assert backup.api_key == "sk-backup" and backup.auth == "bearer"
     assert backup.timeouts == Timeouts(first_byte=30.0, total=None)
-    attempts = plan(c, "claude-haiku-4-5")
+    attempts = Router(c).plan("claude-haiku-4-5", views(c), now=0.0)
     assert [(a.provider.name, a.model) for a in attempts] == [
         ("main", "claude-sonnet-4-6"),
         ("backup", "claude-haiku-4-5"),
@@ -69,7 +71,7 @@ def test_no_routes_means_every_provider_in_order() -> None:
             ]
         }
     )
-    assert [(a.provider.name, a.model) for a in plan(c, "anything")] == [
+    assert [(a.provider.name, a.model) for a in Router(c).plan("anything", views(c), now=0.0)] == [
         ("a", "anything"),
         ("b", "anything"),
         ("c", "anything"),

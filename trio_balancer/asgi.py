@@ -10,29 +10,27 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
 import structlog
 import trio
 
+from . import admin
 from . import logging as blog
-from .config import Config, load_config
-from .errors import BalancerError, InvalidRequest, NotFound, RequestTooLarge
-from .flight import JSON_HEADERS, Abort, Flight, Head, Item, UpstreamRequest
-from .routing import listed_models, plan
-from .upstream import make_client
+from .config import Config, ConfigError, load_config
+from .errors import BalancerError, ClientGone, InvalidRequest, NotFound, RequestTooLarge
+from .flight import Abort, Flight, Head, Item, UpstreamRequest
+from .providers import Registry
+from .respond import JSON_HEADERS, Receive, Scope, Send, send_error, send_json
+from .routing import Router, listed_models
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "create_app"]
 
 CONFIG_ENV = "TRIO_BALANCER_CONFIG"
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = blog.get_logger("trio_balancer.asgi")
 
@@ -44,7 +42,8 @@ _MODELS_EPOCH = "2025-01-01T00:00:00Z"
 class BalancerApp:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.registry: Registry | None = None
+        self.router = Router(config)
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()
@@ -68,9 +67,10 @@ class BalancerApp:
         message = await receive()
         assert message["type"] == "lifespan.startup"
         try:
-            self.clients = {p.name: make_client(p) for p in self.config.providers}
+            self.registry = Registry(self.config)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._reload_on_sighup)
                 log.info(
                     "balancer.start",
                     config=self.config.source,
@@ -82,11 +82,37 @@ class BalancerApp:
                 nursery.cancel_scope.cancel()
         finally:
             self._nursery = None
-            with trio.CancelScope(shield=True):
-                for client in self.clients.values():
-                    await client.aclose()
+            if self.registry is not None:
+                await self.registry.aclose()
         log.info("balancer.stop")
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _reload_on_sighup(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals reach only the main thread's trio run
+        with trio.open_signal_receiver(signal.SIGHUP) as signals:
+            async for _ in signals:
+                try:
+                    await self.reload()
+                except ConfigError as exc:
+                    log.error("config.reload_failed", error=str(exc))
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the config file. Flights in progress finish on the providers they hold."""
+        if self.config.path is None:
+            raise ConfigError("this balancer runs on a built-in config; there is no file to reload")
+        new = await trio.to_thread.run_sync(load_config, self.config.path)
+        assert self.registry is not None and self._nursery is not None
+        retired = self.registry.reload(new)
+        for runtime in retired:
+            self._nursery.start_soon(runtime.close_when_unused)
+        self.config = new
+        self.router = Router(new)
+        changed = sorted(r.name for r in retired)
+        log.info(
+            "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
+        )
+        return {"reloaded": new.source, "providers": [p.name for p in new.providers], "replaced": changed}
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -99,26 +125,36 @@ class BalancerApp:
                 await self._messages(scope, receive, send)
             elif path == "/v1/models":
                 _require(method, "GET")
-                await _json(send, 200, self._models_page(scope))
+                await send_json(send, 200, self._models_page(scope))
             elif path.startswith("/v1/models/"):
                 _require(method, "GET")
-                await _json(send, 200, self._model(path.removeprefix("/v1/models/")))
+                await send_json(send, 200, self._model(path.removeprefix("/v1/models/")))
             elif path == "/health":
-                await _json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
+                await send_json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
+            elif admin.handles(path):
+                await admin.dispatch(self, method, path, send)
             else:
                 raise NotFound(f"no endpoint {method} {path}")
         except BalancerError as exc:
-            await _error(send, exc)
+            await send_error(send, exc)
 
     # -- /v1/messages ------------------------------------------------------------------------
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(scope, receive, self.config.server.max_body_bytes)
         request = _parse_request(scope, body)
-        attempts = plan(self.config, request.model)
-        flight = Flight(request, attempts, self.clients)
+        assert self._nursery is not None and self.registry is not None, "lifespan not started"
+        providers = self.registry.runtimes
+        attempts = self.router.plan(
+            request.model,
+            providers,
+            now=trio.current_time(),
+            session=request.session,
+            # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
+            need_tokens=len(body) // 4,
+        )
+        flight = Flight(request, attempts, providers)
         listener = flight.subscribe()
-        assert self._nursery is not None, "lifespan not started"
         self.flights.add(flight)
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -134,12 +170,16 @@ class BalancerApp:
             await flight.run()
         finally:
             self.flights.discard(flight)
+            session = flight.request.session
+            if session is not None and flight.completed and flight.provider is not None:
+                self.router.remember(session, flight.provider, trio.current_time())
             if not self.flights:
                 self._idle.set()
             log.info(
                 "request.end",
                 model=flight.request.model,
                 provider=flight.provider,
+                attempts=len(flight.tried),
                 status=flight.status,
                 error=flight.error,
                 completed=flight.completed,
@@ -179,10 +219,6 @@ class _MethodNotAllowed(BalancerError):
     error_type = "invalid_request_error"
 
 
-class _ClientGone(BalancerError):
-    """The client left before its request body was complete; nobody is there to answer."""
-
-
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
@@ -191,7 +227,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise _ClientGone("client disconnected while sending its request")
+            raise ClientGone("client disconnected while sending its request")
         body += message.get("body", b"")
         if len(body) > limit:
             raise RequestTooLarge(f"request body is over the limit of {limit} bytes")
@@ -253,22 +289,6 @@ async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
         if message["type"] == "http.disconnect":
             scope.cancel()
             return
-
-
-async def _json(
-    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    body = json.dumps(payload, ensure_ascii=False).encode()
-    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
-
-
-async def _error(send: Send, exc: BalancerError) -> None:
-    if isinstance(exc, _ClientGone):
-        return
-    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-    await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
-    await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
 
 
 def create_app(config: Config | None = None) -> BalancerApp:

@@ -31,6 +31,7 @@ __all__ = [
 
 PASSTHROUGH = "passthrough"
 PROVIDER_KINDS = ("anthropic", "openai")
+STRATEGIES = ("priority", "round_robin", "weighted", "latency")
 AUTH_STYLES = ("x-api-key", "bearer")
 
 # Model ids the built-in default config lists on GET /v1/models: the ones the official SDK
@@ -80,6 +81,9 @@ class ProviderConfig:
     timeouts: Timeouts = attrs.Factory(Timeouts)
     max_connections: int = 200
     max_keepalive: int = 50
+    # Retries on this same provider, for connect errors only (nothing reached the provider,
+    # so a retry cannot duplicate work). Other failures move on to the next provider.
+    max_retries: int = 0
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
@@ -89,12 +93,32 @@ class ProviderConfig:
 class Target:
     provider: str
     model: str | None = None  # None: send the client's model unchanged
+    weight: float = 1.0
 
 
 @attrs.frozen
 class Route:
     match: str
     targets: tuple[Target, ...]
+    strategy: str = "priority"
+    # Keep requests of one Claude Code session (metadata.user_id) on one provider while it
+    # stays healthy: prompt caches live per provider.
+    sticky: bool = False
+
+
+@attrs.frozen
+class RoutingConfig:
+    """Defaults for routes that do not say, and for the implicit route when there are none."""
+
+    strategy: str = "priority"
+    sticky: bool = False
+
+
+@attrs.frozen
+class HealthConfig:
+    base_cooldown_s: float = 1.0
+    max_cooldown_s: float = 300.0
+    auth_cooldown_s: float = 600.0
 
 
 @attrs.frozen
@@ -112,7 +136,10 @@ class Config:
     server: ServerConfig
     providers: tuple[ProviderConfig, ...]
     routes: tuple[Route, ...] = ()
+    routing: RoutingConfig = attrs.Factory(RoutingConfig)
+    health: HealthConfig = attrs.Factory(HealthConfig)
     source: str = "<built-in default>"
+    path: str | None = None  # the file it came from, for reloads
 
     def provider(self, name: str) -> ProviderConfig:
         for p in self.providers:
@@ -150,7 +177,7 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
-    return parse_config(data, source=str(p))
+    return attrs.evolve(parse_config(data, source=str(p)), path=str(p))
 
 
 def parse_config(
@@ -158,15 +185,30 @@ def parse_config(
 ) -> Config:
     env = os.environ if environ is None else environ
     r = _Reader(data, "", source)
-    r.allow_keys("server", "providers", "routes")
+    r.allow_keys("server", "providers", "routes", "routing", "health")
     server = _server(r.table("server"))
+    rt = r.table("routing")
+    rt.allow_keys("strategy", "sticky")
+    routing = RoutingConfig(
+        strategy=rt.choice("strategy", STRATEGIES, "priority"), sticky=rt.get_bool("sticky", False)
+    )
+    h = r.table("health")
+    h.allow_keys("base_cooldown_s", "max_cooldown_s", "auth_cooldown_s")
+    dh = HealthConfig()
+    health = HealthConfig(
+        base_cooldown_s=h.get_float("base_cooldown_s", dh.base_cooldown_s, lo=0.001),
+        max_cooldown_s=h.get_float("max_cooldown_s", dh.max_cooldown_s, lo=0.001),
+        auth_cooldown_s=h.get_float("auth_cooldown_s", dh.auth_cooldown_s, lo=0.001),
+    )
     providers = tuple(_provider(pr, env) for pr in r.tables("providers", required=True))
     names = [p.name for p in providers]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{source}: providers[{i}].name: duplicate provider name {name!r}")
-    routes = tuple(_route(rr, set(names)) for rr in r.tables("routes"))
-    return Config(server=server, providers=providers, routes=routes, source=source)
+    routes = tuple(_route(rr, set(names), routing) for rr in r.tables("routes"))
+    return Config(
+        server=server, providers=providers, routes=routes, routing=routing, health=health, source=source
+    )
 
 
 def _server(r: _Reader) -> ServerConfig:
@@ -183,7 +225,7 @@ def _server(r: _Reader) -> ServerConfig:
 def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
     r.allow_keys(
         "name", "kind", "base_url", "api_key", "api_key_env", "auth", "models", "headers",
-        "timeouts", "max_connections", "max_keepalive",
+        "timeouts", "max_connections", "max_keepalive", "max_retries",
     )  # fmt: skip
     name = r.get_str("name")
     if not name:
@@ -226,22 +268,29 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         ),
         max_connections=r.get_int("max_connections", 200, lo=1),
         max_keepalive=r.get_int("max_keepalive", 50, lo=0),
+        max_retries=r.get_int("max_retries", 0, lo=0, hi=10),
     )
 
 
-def _route(r: _Reader, providers: set[str]) -> Route:
-    r.allow_keys("match", "targets")
+def _route(r: _Reader, providers: set[str], defaults: RoutingConfig) -> Route:
+    r.allow_keys("match", "targets", "strategy", "sticky")
     match = r.get_str("match")
     targets = []
     for t in r.tables("targets", required=True):
-        t.allow_keys("provider", "model")
+        t.allow_keys("provider", "model", "weight")
         provider = t.get_str("provider")
         if provider not in providers:
             raise t.error("provider", f"no provider named {provider!r}")
-        targets.append(Target(provider=provider, model=t.get_optional_str("model")))
+        weight = t.get_float("weight", 1.0, lo=0.0)
+        targets.append(Target(provider=provider, model=t.get_optional_str("model"), weight=weight))
     if not targets:
         raise r.error("targets", "must name at least one target")
-    return Route(match=match, targets=tuple(targets))
+    return Route(
+        match=match,
+        targets=tuple(targets),
+        strategy=r.choice("strategy", STRATEGIES, defaults.strategy),
+        sticky=r.get_bool("sticky", defaults.sticky),
+    )
 
 
 _MISSING = object()
@@ -280,6 +329,9 @@ class _Reader:
 
     def get_str(self, key: str, default: Any = _MISSING) -> str:
         return self._get(key, default, (str,), "a string")  # type: ignore[no-any-return]
+
+    def get_bool(self, key: str, default: Any = _MISSING) -> bool:
+        return self._get(key, default, (bool,), "true or false")  # type: ignore[no-any-return]
 
     def get_optional_str(self, key: str) -> str | None:
         return self._get(key, None, (str,), "a string")  # type: ignore[no-any-return]

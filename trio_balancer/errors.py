@@ -15,10 +15,12 @@ __all__ = [
     "ERROR_TYPE_BY_STATUS",
     "AuthenticationFailed",
     "BalancerError",
+    "ClientGone",
     "InvalidRequest",
     "NotFound",
     "Overloaded",
     "PermissionDenied",
+    "ProviderError",
     "RateLimited",
     "RequestTooLarge",
     "UpstreamError",
@@ -85,6 +87,10 @@ class BalancerError(Exception):
         return error_event(self.error_type, self.message)
 
 
+class ClientGone(BalancerError):
+    """The client left before its request was complete; nobody is there to answer."""
+
+
 class InvalidRequest(BalancerError):
     """The client sent a request we cannot serve (bad JSON, missing model...)."""
 
@@ -132,6 +138,15 @@ class UpstreamError(BalancerError):
 
     status = 502
     error_type = "api_error"
+
+
+class ProviderError(UpstreamError):
+    """A provider answered with an error of its own (an HTTP status or an SSE error event)."""
+
+    def __init__(self, status: int, message: str, *, error_type: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type or error_type_for_status(status)
 
 
 class UpstreamUnavailable(UpstreamError):

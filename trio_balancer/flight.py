@@ -1,11 +1,17 @@
-"""One request's upstream lifetime, fanned out to the listeners that want it.
+"""One request's upstream lifetime: try targets until one commits, then stream it to listeners.
 
 A flight runs in the app's nursery, not in the handler of the request that started it, so a
 stream can outlive the client that asked for it while others still listen. Each listener gets
-its own bounded memory channel; the flight's only task reads the upstream, decodes SSE
+its own bounded memory channel; the flight's one task reads the upstream, decodes SSE
 incrementally (sans-I/O, inline: a second task and channel hop per event would cost more than
 the decoding itself) and publishes what is complete. The last listener leaving cancels the
 flight, which closes the upstream response and releases its connection at once.
+
+Commit point: nothing reaches a listener until the response is known to be good. For SSE that
+is the first content-bearing event (``content_block_start`` of a non-empty block, the first
+``content_block_delta``, or a complete empty message); ``message_start`` and ``ping`` before it
+are held. For JSON it is the complete body. Until then any failure moves to the next target,
+invisibly; after it, a failure becomes an SSE ``event: error`` and the end of the stream.
 
 What a listener receives: exactly one :class:`Head`, then body chunks (``bytes``), then the
 channel ends. An :class:`Abort` in place of the end means the body is broken and the client's
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Any, cast
@@ -24,21 +31,27 @@ import attrs
 import httpx
 import trio
 
-from .config import ProviderConfig
 from .errors import (
     BalancerError,
+    Overloaded,
+    ProviderError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_body,
     error_type_for_status,
 )
+from .failover import Verdict, classify_error_type, classify_status
+from .health import FailureKind
 from .logging import get_logger
+from .providers import ProviderRuntime
+from .ratelimits import read_headers, retry_after_seconds
+from .respond import JSON_HEADERS
 from .routing import Attempt
 from .sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent
 from .upstream import request_headers, response_headers, upstream_url
 
-__all__ = ["LISTENER_BUFFER", "Abort", "Flight", "Head", "Item", "UpstreamRequest"]
+__all__ = ["LISTENER_BUFFER", "Abort", "AttemptRecord", "Flight", "Head", "Item", "UpstreamRequest"]
 
 log = get_logger("trio_balancer.flight")
 
@@ -47,11 +60,14 @@ log = get_logger("trio_balancer.flight")
 LISTENER_BUFFER = 64
 # An error body from a provider is read whole before it is relayed; this bounds it.
 MAX_ERROR_BODY = 256 * 1024
+# A JSON (non-stream) answer is held until complete so a cut body can still fail over. Past
+# this size we commit and stream the rest: no real message is that large.
+MAX_HELD_JSON = 32 * 1024 * 1024
 # Slide the idle deadline at most this often: moving a cancel scope deadline re-sorts trio's
 # deadline heap, so it is not free per event, and a second of slack on a 300 s bound is noise.
 _IDLE_SLIDE_S = 1.0
-
-JSON_HEADERS = [(b"content-type", b"application/json")]
+# Backoff before retrying the same provider after a connect error (doubles each time).
+_RETRY_BACKOFF_S = 0.2
 
 
 @attrs.frozen
@@ -86,28 +102,79 @@ class UpstreamRequest:
             return self.body
         return json.dumps({**self.payload, "model": model}, ensure_ascii=False).encode()
 
+    @property
+    def session(self) -> str | None:
+        metadata = self.payload.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+        return user if isinstance(user, str) and user else None
+
+
+@attrs.frozen
+class AttemptRecord:
+    """One try at one provider, for logs, the ledger and the client's final error."""
+
+    provider: str
+    model: str
+    error: str | None  # None: this attempt served the response
+    status: int | None = None
+
+
+@attrs.frozen
+class _Answer:
+    """An HTTP error answer from a provider, ready to relay as it was sent."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class AttemptFailed(Exception):
+    """One attempt failed; ``verdict`` says whether another provider may do better."""
+
+    def __init__(
+        self,
+        verdict: Verdict,
+        error: BalancerError,
+        *,
+        answer: _Answer | None = None,
+        retry_after: float | None = None,
+        connect: bool = False,
+        sent_to_client: bool = False,
+    ) -> None:
+        super().__init__(error.message)
+        self.verdict = verdict
+        self.error = error
+        self.answer = answer
+        self.retry_after = retry_after
+        self.connect = connect  # nothing reached the provider: safe to retry on it
+        self.sent_to_client = sent_to_client  # the provider's own error event was relayed
+
 
 class Flight:
     def __init__(
         self,
         request: UpstreamRequest,
         attempts: list[Attempt],
-        clients: Mapping[str, httpx.AsyncClient],
+        providers: Mapping[str, ProviderRuntime],
     ) -> None:
         self.request = request
         self.attempts = attempts
-        self._clients = clients
+        self._providers = providers
         self._listeners: dict[trio.MemoryReceiveChannel[Item], trio.MemorySendChannel[Item]] = {}
         self.cancel_scope = trio.CancelScope()
         self.done = trio.Event()
-        # What happened, for logs, metrics and tests.
+        # What happened, for logs, metrics, the ledger and tests.
+        self.tried: list[AttemptRecord] = []
         self.provider: str | None = None
+        self.upstream_model: str | None = None
         self.status: int | None = None
         self.committed = False
         self.completed = False  # the upstream response ended normally (message_stop for SSE)
         self.events = 0
         self.bytes = 0
         self.error: str | None = None
+        self.ttfb: float | None = None
+        self._sse = False
 
     # -- listeners ---------------------------------------------------------------------------
 
@@ -145,6 +212,9 @@ class Flight:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
+        held = {self._providers[a.provider.name] for a in self.attempts}
+        for runtime in held:
+            runtime.acquire()
         try:
             with self.cancel_scope:
                 try:
@@ -155,6 +225,8 @@ class Flight:
                     log.exception("flight.crash", provider=self.provider)
                     await self._fail(UpstreamError("internal error in the balancer"))
         finally:
+            for runtime in held:
+                runtime.release()
             for send in self._listeners.values():
                 send.close()
             self.done.set()
@@ -164,82 +236,241 @@ class Flight:
         if not self.committed:
             self.status = exc.status
             headers = JSON_HEADERS + [(k.encode(), v.encode()) for k, v in exc.headers.items()]
-            await self._publish(Head(exc.status, headers))
-            await self._publish(exc.body())
+            await self._commit(Head(exc.status, headers), exc.body())
         elif self._sse:
             await self._publish(exc.event())
         else:
             await self._publish(Abort(exc.message))
 
-    async def _serve(self) -> None:
-        # Failover across attempts comes with health tracking; for now the first target serves.
-        await self._try(self.attempts[0])
+    async def _commit(self, head: Head, first: bytes | None) -> None:
+        self.committed = True
+        self.status = head.status
+        await self._publish(head)
+        if first:
+            await self._publish(first)
 
-    async def _try(self, attempt: Attempt) -> None:
-        provider = attempt.provider
+    async def _serve(self) -> None:
+        last: AttemptFailed | None = None
+        for n, attempt in enumerate(self.attempts):
+            runtime = self._providers[attempt.provider.name]
+            try:
+                await self._attempt(attempt, runtime)
+                return
+            except AttemptFailed as failure:
+                self.tried.append(
+                    AttemptRecord(
+                        runtime.name,
+                        attempt.model,
+                        failure.error.message,
+                        failure.answer.status if failure.answer else None,
+                    )
+                )
+                if self.committed:
+                    self.error = failure.error.error_type
+                    if not failure.sent_to_client:
+                        await self._fail(failure.error)
+                    return
+                if not failure.verdict.retry:
+                    await self._relay_answer(failure)
+                    return
+                last = failure
+                if n + 1 < len(self.attempts):
+                    log.warning(
+                        "failover",
+                        provider=runtime.name,
+                        reason=failure.error.message,
+                        next=self.attempts[n + 1].provider.name,
+                    )
+        assert last is not None
+        if len(self.tried) == 1:
+            await self._relay_answer(last)  # one provider: its own answer says it best
+            return
+        raise self._all_failed()
+
+    def _all_failed(self) -> Overloaded:
+        now = trio.current_time()
+        summary = "; ".join(f"{r.provider}: {r.error}" for r in self.tried)
+        waits = [
+            self._providers[r.provider].health.cooling_until - now
+            for r in self.tried
+            if self._providers[r.provider].health.cooling_until > now
+        ]
+        headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+        return Overloaded(f"every provider for this model failed ({summary})", headers=headers)
+
+    async def _relay_answer(self, failure: AttemptFailed) -> None:
+        """Send a provider's error answer to the client as it was sent (or ours, if none)."""
+        if failure.answer is None:
+            raise failure.error
+        self.error = failure.error.error_type
+        answer = failure.answer
+        await self._commit(Head(answer.status, answer.headers), answer.body)
+
+    async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
+        """One provider, with its own retries for connect errors; health updated either way."""
+        health = runtime.health
+        retries = 0
+        while True:
+            health.begin(trio.current_time())
+            verdict_given = False
+            try:
+                await self._try(attempt, runtime)
+                verdict_given = True
+                if self.completed:
+                    health.succeeded(trio.current_time())
+                else:
+                    health.abandoned()
+                self.tried.append(AttemptRecord(runtime.name, attempt.model, None, self.status))
+                return
+            except AttemptFailed as failure:
+                verdict_given = True
+                kind = failure.verdict.kind
+                if kind is not None:
+                    cooldown = health.failed(
+                        trio.current_time(), kind, failure.error.message, failure.retry_after
+                    )
+                    level = log.error if kind is FailureKind.AUTH else log.warning
+                    level(
+                        "provider.cooldown",
+                        provider=runtime.name,
+                        kind=kind.value,
+                        seconds=round(cooldown, 2),
+                        reason=failure.error.message,
+                    )
+                else:
+                    health.abandoned()
+                if failure.connect and retries < runtime.config.max_retries and not self.committed:
+                    retries += 1
+                    log.info(
+                        "upstream.retry", provider=runtime.name, attempt=retries, reason=failure.error.message
+                    )
+                    await trio.sleep(_RETRY_BACKOFF_S * 2 ** (retries - 1))
+                    continue
+                raise
+            finally:
+                if not verdict_given:  # cancelled: the client left, no verdict on the provider
+                    health.abandoned()
+
+    async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
+        provider = runtime.config
         self.provider = provider.name
+        self.upstream_model = attempt.model
         req = self.request
-        client = self._clients[provider.name]
         t = provider.timeouts
+        name = provider.name
         total = trio.CancelScope(deadline=_deadline(t.total))
         phase = trio.CancelScope(deadline=_deadline(t.first_byte))
+        started = trio.current_time()
         in_body = False
         with total:
             with phase:
                 try:
-                    async with client.stream(
+                    async with runtime.client.stream(
                         "POST",
                         upstream_url(provider, req.path, req.query),
                         headers=request_headers(req.headers, provider),
                         content=req.body_for(attempt.model),
                     ) as response:
-                        phase.deadline = trio.current_time() + t.idle
+                        now = trio.current_time()
+                        self.ttfb = now - started
+                        runtime.latency.observe(self.ttfb)
+                        phase.deadline = now + t.idle
                         in_body = True
-                        await self._relay(provider, response, phase, t.idle)
+                        await self._relay(runtime, response, phase, t.idle)
                 except httpx.TimeoutException as exc:
-                    raise UpstreamTimeout(f"provider {provider.name!r}: {_describe(exc)}") from None
+                    raise AttemptFailed(
+                        Verdict(True, FailureKind.TIMEOUT),
+                        UpstreamTimeout(f"provider {name!r}: {_describe(exc)}"),
+                    ) from None
+                except httpx.ConnectError as exc:
+                    raise AttemptFailed(
+                        Verdict(True, FailureKind.CONNECT),
+                        UpstreamUnavailable(f"provider {name!r}: {_describe(exc)}"),
+                        connect=True,
+                    ) from None
                 except httpx.TransportError as exc:
-                    raise UpstreamUnavailable(f"provider {provider.name!r}: {_describe(exc)}") from None
+                    raise AttemptFailed(
+                        Verdict(True, FailureKind.SERVER if in_body else FailureKind.CONNECT),
+                        UpstreamUnavailable(f"provider {name!r}: {_describe(exc)}"),
+                    ) from None
             if phase.cancelled_caught:
-                what = "idle for" if in_body else "no response headers within"
-                limit = t.idle if in_body else t.first_byte
-                raise UpstreamTimeout(f"provider {provider.name!r}: {what} {limit:g} s")
+                what = (
+                    f"idle for {t.idle:g} s" if in_body else f"no response headers within {t.first_byte:g} s"
+                )
+                raise AttemptFailed(
+                    Verdict(True, FailureKind.TIMEOUT), UpstreamTimeout(f"provider {name!r}: {what}")
+                )
         if total.cancelled_caught:
-            raise UpstreamTimeout(f"provider {provider.name!r}: response not complete within {t.total:g} s")
+            raise AttemptFailed(
+                Verdict(True, FailureKind.TIMEOUT),
+                UpstreamTimeout(f"provider {name!r}: response not complete within {t.total:g} s"),
+            )
 
     # -- relaying ----------------------------------------------------------------------------
 
-    _sse = False
-
     async def _relay(
-        self, provider: ProviderConfig, response: httpx.Response, idle: trio.CancelScope, idle_s: float
+        self, runtime: ProviderRuntime, response: httpx.Response, idle: trio.CancelScope, idle_s: float
     ) -> None:
-        self.status = response.status_code
+        provider = runtime.config
+        text_headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in response.headers.raw]
+        now, wall = trio.current_time(), time.time()
+        readings = read_headers(text_headers, now, wall)
+        if readings:
+            runtime.limits.update(readings)
         encoding = response.headers.get("content-encoding", "identity").lower()
         decoded = encoding not in ("identity", "")
         headers = response_headers(response.headers.raw, decoded_body=decoded)
-        if response.status_code != 200:
-            await self._relay_error(provider, response, headers)
-            return
+        status = response.status_code
+        if status != 200:
+            body = await _read_bounded(response, MAX_ERROR_BODY)
+            verdict = classify_status(status, passthrough=provider.passthrough)
+            error_type = _error_type_of(body) or error_type_for_status(status)
+            message = f"provider {provider.name!r}: HTTP {status} {error_type}"
+            if not _is_anthropic_error(body):
+                excerpt = body[:300].decode("utf-8", "replace").strip()
+                body = error_body(
+                    error_type_for_status(status), message + (f": {excerpt}" if excerpt else "")
+                )
+                headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
+            raise AttemptFailed(
+                verdict,
+                ProviderError(status, message, error_type=error_type),
+                answer=_Answer(status, headers, body),
+                retry_after=retry_after_seconds(text_headers, wall) if verdict.kind else None,
+            )
         self._sse = response.headers.get("content-type", "").startswith("text/event-stream")
-        self.committed = True
-        await self._publish(Head(200, headers))
+        head = Head(200, headers)
         # aclosing: a cancelled flight must close the generator (and the response) right here,
-        # not when the garbage collector finds it.
-        # (httpx annotates these as AsyncIterator; they are async generators.)
-        body = cast(AsyncGenerator[bytes, None], response.aiter_bytes() if decoded else response.aiter_raw())
-        async with aclosing(body) as chunks:
+        # not when the garbage collector finds it. (httpx annotates these as AsyncIterator;
+        # they are async generators.)
+        body_iter = cast(
+            AsyncGenerator[bytes, None], response.aiter_bytes() if decoded else response.aiter_raw()
+        )
+        async with aclosing(body_iter) as chunks:
             if self._sse:
-                await self._relay_sse(provider, chunks, idle, idle_s)
+                await self._relay_sse(provider.name, provider.passthrough, head, chunks, idle, idle_s)
             else:
-                async for chunk in chunks:
-                    self.bytes += len(chunk)
-                    await self._publish(chunk)
-                self.completed = True
+                await self._relay_json(provider.name, head, chunks)
+
+    async def _relay_json(self, name: str, head: Head, chunks: AsyncGenerator[bytes, None]) -> None:
+        held = bytearray()
+        async for chunk in chunks:
+            self.bytes += len(chunk)
+            if self.committed:
+                await self._publish(chunk)
+                continue
+            held += chunk
+            if len(held) > MAX_HELD_JSON:
+                await self._commit(head, bytes(held))
+        if not self.committed:
+            await self._commit(head, bytes(held))
+        self.completed = True
 
     async def _relay_sse(
         self,
-        provider: ProviderConfig,
+        name: str,
+        passthrough: bool,
+        head: Head,
         chunks: AsyncGenerator[bytes, None],
         idle: trio.CancelScope,
         idle_s: float,
@@ -247,26 +478,45 @@ class Flight:
         decoder = SSEDecoder()
         slid_at = trio.current_time()
         saw_stop = False
-        async for chunk in chunks:
-            now = trio.current_time()
-            if now - slid_at > _IDLE_SLIDE_S:
-                idle.deadline = now + idle_s
-                slid_at = now
-            try:
+        saw_error = False
+        held: list[bytes] = []  # before the commit point
+        try:
+            async for chunk in chunks:
+                now = trio.current_time()
+                if now - slid_at > _IDLE_SLIDE_S:
+                    idle.deadline = now + idle_s
+                    slid_at = now
                 events = decoder.feed(chunk)
-            except EventTooLarge as exc:
-                raise UpstreamError(f"provider {provider.name!r}: {exc}") from None
-            if not events:
-                continue
-            for event in events:
-                if event.event == "message_stop":
-                    saw_stop = True
-                elif event.data is not None:
-                    _check_shape(provider, event)
-            self.events += len(events)
-            out = events[0].raw if len(events) == 1 else b"".join(e.raw for e in events)
-            self.bytes += len(out)
-            await self._publish(out)
+                if not events:
+                    continue
+                if not self.committed:
+                    commit_at = self._find_commit(name, passthrough, events, held)
+                    if commit_at is None:
+                        continue
+                    events = events[commit_at:]
+                for event in events:
+                    kind = event.event
+                    if kind == "message_stop":
+                        saw_stop = True
+                    elif kind == "error":
+                        saw_error = True
+                        self._error_after_commit(name, passthrough, event)
+                    elif event.data is not None:
+                        _check_shape(name, event)
+                self.events += len(events)
+                out = events[0].raw if len(events) == 1 else b"".join(e.raw for e in events)
+                if held:
+                    out = b"".join(held) + out
+                    held = []
+                self.bytes += len(out)
+                if self.committed:
+                    await self._publish(out)
+                else:
+                    await self._commit(head, out)
+        except EventTooLarge as exc:
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER), UpstreamError(f"provider {name!r}: {exc}")
+            ) from None
         tail = decoder.close()
         if tail is not None:
             # The provider ended without a blank line after its last event. Most SSE clients
@@ -275,34 +525,119 @@ class Flight:
             if tail.event == "message_stop":
                 saw_stop = True
             end = b"\n" if tail.raw.endswith((b"\n", b"\r")) else b"\n\n"
-            await self._publish(tail.raw + end)
+            if self.committed or saw_stop:
+                if not self.committed:
+                    await self._commit(head, b"".join(held))
+                await self._publish(tail.raw + end)
+        if not self.committed:
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER),
+                UpstreamUnavailable(f"provider {name!r}: stream ended before any content"),
+            )
+        if saw_error:
+            raise self._upstream_error_failure
         if not saw_stop:
-            raise UpstreamError(f"provider {provider.name!r}: stream ended before message_stop")
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER),
+                UpstreamUnavailable(f"provider {name!r}: stream ended before message_stop"),
+            )
         self.completed = True
 
-    async def _relay_error(
-        self, provider: ProviderConfig, response: httpx.Response, headers: list[tuple[bytes, bytes]]
-    ) -> None:
-        """Relay a provider's error status with its body, in Anthropic's shape."""
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            if len(body) > MAX_ERROR_BODY:
-                break
-        status = response.status_code
-        out = bytes(body)
-        if not _is_anthropic_error(out):
-            excerpt = out[:300].decode("utf-8", "replace").strip()
-            message = f"provider {provider.name!r} answered HTTP {status}" + (
-                f": {excerpt}" if excerpt else ""
-            )
-            out = error_body(error_type_for_status(status), message)
-            headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
-        self.error = error_type_for_status(status)
-        log.info("upstream.error_status", provider=provider.name, status=status)
-        self.committed = True
-        await self._publish(Head(status, headers))
-        await self._publish(out)
+    def _find_commit(
+        self, name: str, passthrough: bool, events: list[SSEEvent], held: list[bytes]
+    ) -> int | None:
+        """Index of the first event at or after which the stream is committed; None: hold all."""
+        for i, event in enumerate(events):
+            kind = event.event
+            if kind == "error":
+                raise self._error_before_commit(name, passthrough, event)
+            if kind in ("content_block_delta", "message_delta", "message_stop") or (
+                kind == "content_block_start" and _block_has_content(event)
+            ):
+                held.extend(e.raw for e in events[:i])
+                self.events += i
+                return i
+            if event.data is not None:
+                _check_shape(name, event)
+        held.extend(e.raw for e in events)
+        self.events += len(events)
+        return None
+
+    def _error_before_commit(self, name: str, passthrough: bool, event: SSEEvent) -> AttemptFailed:
+        error_type, message = _parse_error_event(event)
+        verdict = classify_error_type(error_type, passthrough=passthrough)
+        status = _STATUS_BY_ERROR_TYPE.get(error_type, 500)
+        body = (
+            event.data
+            if event.data is not None and _is_anthropic_error(event.data)
+            else error_body(error_type, message)
+        )
+        return AttemptFailed(
+            verdict,
+            ProviderError(
+                status, f"provider {name!r}: {error_type} in stream: {message}", error_type=error_type
+            ),
+            answer=_Answer(status, list(JSON_HEADERS), body),
+        )
+
+    def _error_after_commit(self, name: str, passthrough: bool, event: SSEEvent) -> None:
+        """The provider's own error event reached the client; remember it for health."""
+        error_type, message = _parse_error_event(event)
+        self._upstream_error_failure = AttemptFailed(
+            classify_error_type(error_type, passthrough=passthrough),
+            ProviderError(
+                _STATUS_BY_ERROR_TYPE.get(error_type, 500),
+                f"provider {name!r}: {error_type} in stream: {message}",
+                error_type=error_type,
+            ),
+            sent_to_client=True,
+        )
+
+    _upstream_error_failure: AttemptFailed
+
+
+_STATUS_BY_ERROR_TYPE = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def _parse_error_event(event: SSEEvent) -> tuple[str, str]:
+    try:
+        data = event.json()
+        err = data.get("error", {}) if isinstance(data, dict) else {}
+        return str(err.get("type") or "api_error"), str(err.get("message") or "")
+    except MalformedEventData:
+        return "api_error", "malformed error event"
+
+
+def _block_has_content(event: SSEEvent) -> bool:
+    """A content_block_start that already carries something for the client (not an empty text)."""
+    try:
+        block = event.json().get("content_block") or {}
+    except (MalformedEventData, AttributeError):
+        return True  # odd, but it is content from this provider's point of view
+    kind = block.get("type")
+    if kind in ("text", "thinking"):
+        return bool(block.get(kind))
+    return True
+
+
+async def _read_bounded(response: httpx.Response, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            break
+    return bytes(body)
 
 
 def _deadline(seconds: float | None) -> float:
@@ -324,21 +659,26 @@ def _describe(exc: httpx.HTTPError) -> str:
 
 
 def _is_anthropic_error(body: bytes) -> bool:
+    return _error_type_of(body) is not None
+
+
+def _error_type_of(body: bytes) -> str | None:
     try:
         parsed = json.loads(body)
     except ValueError:
-        return False
-    return (
-        isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict)
-    )
+        return None
+    if isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict):
+        t = parsed["error"].get("type")
+        return t if isinstance(t, str) else "api_error"
+    return None
 
 
-def _check_shape(provider: ProviderConfig, event: SSEEvent) -> None:
+def _check_shape(name: str, event: SSEEvent) -> None:
     """Cheap structural check of every data payload: JSON objects start and end with braces.
 
     A full parse of every event would cost more than the rest of the relay; this catches
     truncated and non-JSON payloads, which are what broken upstreams actually send. Events we
-    parse anyway (usage, errors) get the full check where they are parsed.
+    parse anyway (errors, the commit point, usage) get the full check where they are parsed.
     """
     data = event.data
     if data and data[0] == 0x7B and data.rstrip()[-1:] == b"}":
@@ -346,4 +686,4 @@ def _check_shape(provider: ProviderConfig, event: SSEEvent) -> None:
     try:
         event.json()
     except MalformedEventData as exc:
-        log.warning("upstream.malformed_event", provider=provider.name, problem=str(exc))
+        log.warning("upstream.malformed_event", provider=name, problem=str(exc))

@@ -1,0 +1,173 @@
+"""Flights against in-memory providers (httpx.MockTransport) on trio's MockClock.
+
+No sockets, so autojump is safe: default timeouts of minutes and cooldowns from retry-after
+elapse in virtual time, and the tests take milliseconds.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from trio_balancer.config import Config, parse_config
+from trio_balancer.flight import Flight, Head, UpstreamRequest
+from trio_balancer.providers import Registry
+from trio_balancer.routing import Router
+
+from .fakes import anthropic_text_events
+
+Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+GOOD = anthropic_text_events(["ok"])
+
+
+class Events(httpx.AsyncByteStream):
+    def __init__(self, chunks: list[bytes], gap: float = 0.0, then_hang: bool = False) -> None:
+        self.chunks, self.gap, self.then_hang = chunks, gap, then_hang
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            await trio.sleep(self.gap)
+            yield c
+        if self.then_hang:
+            await trio.sleep_forever()
+
+
+def sse_response(chunks: list[bytes], **kw: object) -> httpx.Response:
+    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, **kw))  # type: ignore[arg-type]
+
+
+def make(handlers: dict[str, Handler], **provider: object) -> tuple[Config, Registry, Router]:
+    config = parse_config(
+        {
+            "providers": [
+                {"name": n, "kind": "anthropic", "base_url": f"http://{n}.test", "api_key": "k", **provider}
+                for n in handlers
+            ]
+        }
+    )
+    registry = Registry(config)
+    for name, handler in handlers.items():
+        registry.runtimes[name].client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return config, registry, Router(config)
+
+
+REQUEST = UpstreamRequest(
+    path="/v1/messages", query=b"", headers=(), body=b"{}", payload={}, model="claude-sonnet-4-6", stream=True
+)
+
+
+async def run_flight(registry: Registry, router: Router) -> tuple[Flight, int, bytes]:
+    attempts = router.plan(REQUEST.model, registry.runtimes, now=trio.current_time())
+    flight = Flight(REQUEST, attempts, registry.runtimes)
+    listener = flight.subscribe()
+    status, body = 0, bytearray()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(flight.run)
+        async for item in listener:
+            if isinstance(item, Head):
+                status = item.status
+            elif isinstance(item, bytes):
+                body += item
+    return flight, status, bytes(body)
+
+
+async def ok(_r: httpx.Request) -> httpx.Response:
+    return sse_response(GOOD)
+
+
+async def hang(_r: httpx.Request) -> httpx.Response:
+    await trio.sleep_forever()
+    raise AssertionError
+
+
+async def test_default_first_byte_timeout_fails_over(autojump_clock: trio.testing.MockClock) -> None:
+    _, registry, router = make({"a": hang, "b": ok})
+    start = trio.current_time()
+    flight, status, body = await run_flight(registry, router)
+    assert (status, body) == (200, b"".join(GOOD))
+    assert trio.current_time() - start == pytest.approx(120.0)  # Timeouts.first_byte default
+    assert [t.provider for t in flight.tried] == ["a", "b"]
+    assert "no response headers within 120 s" in (flight.tried[0].error or "")
+
+
+async def test_idle_timeout_before_commit_fails_over(autojump_clock: trio.testing.MockClock) -> None:
+    async def silent_after_start(_r: httpx.Request) -> httpx.Response:
+        return sse_response(GOOD[:1], then_hang=True)
+
+    _, registry, router = make({"a": silent_after_start, "b": ok}, timeouts={"idle": 45})
+    start = trio.current_time()
+    _, status, body = await run_flight(registry, router)
+    assert (status, body) == (200, b"".join(GOOD))
+    assert trio.current_time() - start == pytest.approx(45.0)
+
+
+async def test_idle_deadline_slides_with_traffic(autojump_clock: trio.testing.MockClock) -> None:
+    """A stream with an event every 20 s never trips a 30 s idle timeout, however long it runs."""
+
+    async def slow(_r: httpx.Request) -> httpx.Response:
+        return sse_response(anthropic_text_events([f"t{i}" for i in range(30)]), gap=20.0)
+
+    _, registry, router = make({"a": slow}, timeouts={"idle": 30})
+    flight, status, _ = await run_flight(registry, router)
+    assert status == 200 and flight.completed
+
+
+async def test_retry_after_cooldown_then_half_open_trial(autojump_clock: trio.testing.MockClock) -> None:
+    calls = {"a": 0}
+
+    async def limited_once(_r: httpx.Request) -> httpx.Response:
+        calls["a"] += 1
+        if calls["a"] == 1:
+            return httpx.Response(
+                429,
+                headers={"retry-after": "30"},
+                json={"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+            )
+        return sse_response(GOOD)
+
+    _, registry, router = make({"a": limited_once, "b": ok})
+    flight, _, _ = await run_flight(registry, router)
+    assert [t.provider for t in flight.tried] == ["a", "b"]
+    await trio.sleep(29)
+    flight, _, _ = await run_flight(registry, router)
+    assert [t.provider for t in flight.tried] == ["b"]  # a still cooling
+    await trio.sleep(2)
+    assert registry.runtimes["a"].health.snapshot(trio.current_time()).state.value == "half_open"
+    flight, _, _ = await run_flight(registry, router)
+    assert [t.provider for t in flight.tried] == ["a"]  # the trial, and it succeeds
+    assert registry.runtimes["a"].health.state.value == "healthy"
+
+
+async def test_backoff_doubles_across_failed_trials(autojump_clock: trio.testing.MockClock) -> None:
+    async def down(_r: httpx.Request) -> httpx.Response:
+        return httpx.Response(500, json={"type": "error", "error": {"type": "api_error", "message": "x"}})
+
+    _, registry, router = make({"a": down, "b": ok})
+    health = registry.runtimes["a"].health
+    health.rng = lambda: 0.5  # no jitter
+    lengths = []
+    for _ in range(4):
+        now = trio.current_time()
+        await run_flight(registry, router)
+        lengths.append(health.cooling_until - now)
+        await trio.sleep(health.cooling_until - trio.current_time())
+    assert lengths == pytest.approx([1.0, 2.0, 4.0, 8.0])
+
+
+async def test_connect_retry_backoff(autojump_clock: trio.testing.MockClock) -> None:
+    tries: list[float] = []
+
+    async def refuse(r: httpx.Request) -> httpx.Response:
+        tries.append(trio.current_time())
+        raise httpx.ConnectError("refused", request=r)
+
+    _, registry, router = make({"a": refuse, "b": ok}, max_retries=3)
+    flight, status, _ = await run_flight(registry, router)
+    assert status == 200 and [t.provider for t in flight.tried] == ["a", "b"]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert gaps == pytest.approx([0.2, 0.4, 0.8])

@@ -1,0 +1,89 @@
+"""Operator endpoints, on one router so one guard can protect them all.
+
+``GET /providers``: each provider's health, last error, cooldown and counters.
+``POST /providers/{name}/reset``: end a cooldown now.
+``POST /admin/reload``: re-read the config file (the same as SIGHUP).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .config import ConfigError
+from .errors import InvalidRequest, NotFound
+from .respond import Send, send_json
+
+if TYPE_CHECKING:
+    from .asgi import BalancerApp
+
+__all__ = ["dispatch", "handles", "providers_view"]
+
+
+class _MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
+def handles(path: str) -> bool:
+    return path == "/providers" or path.startswith(("/providers/", "/admin/"))
+
+
+async def dispatch(app: BalancerApp, method: str, path: str, send: Send) -> None:
+    if path == "/providers":
+        _require(method, "GET")
+        await send_json(send, 200, {"providers": providers_view(app)})
+    elif path.startswith("/providers/") and path.endswith("/reset"):
+        _require(method, "POST")
+        name = path.removeprefix("/providers/").removesuffix("/reset")
+        assert app.registry is not None
+        runtime = app.registry.runtimes.get(name)
+        if runtime is None:
+            raise NotFound(f"no provider named {name!r}")
+        runtime.health.reset()
+        await send_json(send, 200, {"reset": name})
+    elif path == "/admin/reload":
+        _require(method, "POST")
+        try:
+            result = await app.reload()
+        except ConfigError as exc:
+            raise InvalidRequest(f"config not reloaded: {exc}") from None
+        await send_json(send, 200, result)
+    else:
+        raise NotFound(f"no endpoint {method} {path}")
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise _MethodNotAllowed(f"method {method} not allowed here; use {expected}")
+
+
+def providers_view(app: BalancerApp) -> list[dict[str, Any]]:
+    assert app.registry is not None
+    now = trio.current_time()
+    wall = time.time()
+    out = []
+    for name, runtime in app.registry.runtimes.items():
+        snap = runtime.health.snapshot(now)
+        out.append(
+            {
+                "name": name,
+                "kind": runtime.config.kind,
+                "base_url": runtime.config.base_url,
+                "state": snap.state.value,
+                "cooldown_remaining_s": round(max(0.0, snap.cooling_until - now), 3),
+                "consecutive_failures": snap.consecutive_failures,
+                "last_error": snap.last_error,
+                "last_error_at": None
+                if snap.last_error_at is None
+                else round(wall - (now - snap.last_error_at), 3),
+                "ttfb_ewma_ms": None
+                if runtime.latency.value is None
+                else round(runtime.latency.value * 1000, 1),
+                "rate_limited_soon": runtime.limits.pressed(now),
+                "in_flight": runtime.in_use,
+                "counters": snap.counters,
+            }
+        )
+    return out

@@ -1,0 +1,34 @@
+"""ASGI types and the two ways we answer outside a flight: a JSON document or an error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .errors import BalancerError, ClientGone
+
+__all__ = ["JSON_HEADERS", "Message", "Receive", "Scope", "Send", "send_error", "send_json"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def send_json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, exc: BalancerError) -> None:
+    if isinstance(exc, ClientGone):
+        return
+    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+    await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
+    await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
