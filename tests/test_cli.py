@@ -93,6 +93,30 @@ async def test_serve_streams_and_drains_on_sigterm(tmp_path: Path, upstream: Fak
             await proc.wait()
 
 
+async def test_sighup_reloads_config(tmp_path: Path, upstream: FakeUpstream) -> None:
+    config = write_config(tmp_path, upstream)
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--port", "0"],
+        stderr=subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        assert proc.stderr is not None
+        m, _ = await read_until(proc.stderr, rb"listening on (http://[\d.]+:\d+)")
+        async with httpx.AsyncClient(base_url=m.group(1).decode(), trust_env=False) as client:
+            names = [p["name"] for p in (await client.get("/providers")).json()["providers"]]
+            assert names == ["fake"]
+            config.write_text(config.read_text().replace('name = "fake"', 'name = "renamed"'))
+            proc.send_signal(signal.SIGHUP)
+            await read_until(proc.stderr, rb"config.reloaded")
+            names = [p["name"] for p in (await client.get("/providers")).json()["providers"]]
+            assert names == ["renamed"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(15):
+            await proc.wait()
+
+
 async def test_hypercorn_cli_with_config_env(tmp_path: Path, upstream: FakeUpstream) -> None:
     upstream.script(Reply(steps=anthropic_text_events(["from hypercorn"])))
     config = write_config(tmp_path, upstream)

@@ -359,3 +359,40 @@ class TestOperators:
     async def test_reload_without_file(self, balancer: Balancer) -> None:
         r = await balancer.client.post("/admin/reload")
         assert r.status_code == 400
+
+
+async def test_stream_in_flight_survives_reload_that_removes_its_provider(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from trio_balancer.config import load_config
+
+    from .conftest import start_balancer
+
+    slow_events = anthropic_text_events([f"w{i} " for i in range(10)])
+    old = await FakeUpstream(Reply(steps=interleave(slow_events, 0.05))).start(nursery)
+    new = await FakeUpstream(Reply(steps=GOOD)).start(nursery)
+    path = tmp_path / "b.toml"
+    path.write_text(
+        f'[[providers]]\nname = "old"\nkind = "anthropic"\nbase_url = "{old.url}"\napi_key = "k"\n'
+    )
+    b = await start_balancer(nursery, load_config(path))
+    async with b.client:
+        assert b.app.registry is not None
+        old_runtime = b.app.registry.runtimes["old"]
+        async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
+            chunks = []
+            async for chunk in r.aiter_raw():
+                chunks.append(chunk)
+                if len(chunks) == 2:
+                    path.write_text(
+                        f'[[providers]]\nname = "new"\nkind = "anthropic"\nbase_url = "{new.url}"\napi_key = "k"\n'
+                    )
+                    assert (await b.client.post("/admin/reload")).json()["replaced"] == ["old"]
+                    assert not old_runtime.client.is_closed  # still in use by this stream
+        assert b"".join(chunks) == b"".join(slow_events)
+        _, body = await stream_body(b)
+        assert body == b"".join(GOOD)
+        await b.wait_idle()
+        with trio.fail_after(2):
+            await old_runtime.close_when_unused()
+        assert old_runtime.client.is_closed
