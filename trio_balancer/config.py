@@ -84,6 +84,10 @@ class ProviderConfig:
     # Retries on this same provider, for connect errors only (nothing reached the provider,
     # so a retry cannot duplicate work). Other failures move on to the next provider.
     max_retries: int = 0
+    # OpenAI-compatible providers only: map `thinking` to `reasoning_effort`, and the name of
+    # the output limit field (`max_completion_tokens` for OpenAI's newest models).
+    reasoning_effort: bool = False
+    max_tokens_field: str = "max_tokens"
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
@@ -225,7 +229,8 @@ def _server(r: _Reader) -> ServerConfig:
 def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
     r.allow_keys(
         "name", "kind", "base_url", "api_key", "api_key_env", "auth", "models", "headers",
-        "timeouts", "max_connections", "max_keepalive", "max_retries",
+        "timeouts", "max_connections", "max_keepalive", "max_retries", "reasoning_effort",
+        "max_tokens_field",
     )  # fmt: skip
     name = r.get_str("name")
     if not name:
@@ -269,6 +274,8 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         max_connections=r.get_int("max_connections", 200, lo=1),
         max_keepalive=r.get_int("max_keepalive", 50, lo=0),
         max_retries=r.get_int("max_retries", 0, lo=0, hi=10),
+        reasoning_effort=r.get_bool("reasoning_effort", False),
+        max_tokens_field=r.choice("max_tokens_field", ("max_tokens", "max_completion_tokens"), "max_tokens"),
     )
 
 

@@ -31,6 +31,16 @@ import attrs
 import httpx
 import trio
 
+from .config import ProviderConfig
+from .convert import (
+    ConversionError,
+    RequestOptions,
+    StreamConverter,
+    UpstreamStreamError,
+    openai_error_to_anthropic,
+    to_anthropic_message,
+    to_openai,
+)
 from .errors import (
     BalancerError,
     Overloaded,
@@ -48,7 +58,8 @@ from .providers import ProviderRuntime
 from .ratelimits import read_headers, retry_after_seconds
 from .respond import JSON_HEADERS
 from .routing import Attempt
-from .sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent
+from .sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent, encode_event
+from .tokens import estimate_request
 from .upstream import request_headers, response_headers, upstream_url
 
 __all__ = ["LISTENER_BUFFER", "Abort", "AttemptRecord", "Flight", "Head", "Item", "UpstreamRequest"]
@@ -68,6 +79,10 @@ MAX_HELD_JSON = 32 * 1024 * 1024
 _IDLE_SLIDE_S = 1.0
 # Backoff before retrying the same provider after a connect error (doubles each time).
 _RETRY_BACKOFF_S = 0.2
+# A converted stream silent this long gets a ping, as Anthropic's own streams do, so that
+# clients and proxies in between do not take the silence for a dead connection.
+PING_INTERVAL_S = 10.0
+PING = encode_event("ping", '{"type":"ping"}')
 
 
 @attrs.frozen
@@ -174,6 +189,7 @@ class Flight:
         self.bytes = 0
         self.error: str | None = None
         self.ttfb: float | None = None
+        self.usage_reported: bool | None = None  # for converted answers: did the upstream send usage
         self._sse = False
 
     # -- listeners ---------------------------------------------------------------------------
@@ -356,6 +372,12 @@ class Flight:
         self.provider = provider.name
         self.upstream_model = attempt.model
         req = self.request
+        if provider.kind == "openai" and req.path.endswith("/count_tokens"):
+            # OpenAI-compatible servers have no such endpoint: answer with our own estimate.
+            estimate = json.dumps({"input_tokens": estimate_request(req.payload)}).encode()
+            await self._commit(Head(200, list(JSON_HEADERS)), estimate)
+            self.completed = True
+            return
         t = provider.timeouts
         name = provider.name
         total = trio.CancelScope(deadline=_deadline(t.total))
@@ -369,7 +391,7 @@ class Flight:
                         "POST",
                         upstream_url(provider, req.path, req.query),
                         headers=request_headers(req.headers, provider),
-                        content=req.body_for(attempt.model),
+                        content=self._upstream_body(provider, attempt.model),
                     ) as response:
                         now = trio.current_time()
                         self.ttfb = now - started
@@ -406,12 +428,24 @@ class Flight:
                 UpstreamTimeout(f"provider {name!r}: response not complete within {t.total:g} s"),
             )
 
+    def _upstream_body(self, provider: ProviderConfig, model: str) -> bytes:
+        if provider.kind != "openai":
+            return self.request.body_for(model)
+        options = RequestOptions(
+            max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
+        )
+        converted = to_openai(self.request.payload, model=model, options=options)
+        if converted.dropped:
+            log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
+        return json.dumps(converted.body, ensure_ascii=False, separators=(",", ":")).encode()
+
     # -- relaying ----------------------------------------------------------------------------
 
     async def _relay(
         self, runtime: ProviderRuntime, response: httpx.Response, idle: trio.CancelScope, idle_s: float
     ) -> None:
         provider = runtime.config
+        openai = provider.kind == "openai"
         text_headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in response.headers.raw]
         now, wall = trio.current_time(), time.time()
         readings = read_headers(text_headers, now, wall)
@@ -424,21 +458,32 @@ class Flight:
         if status != 200:
             body = await _read_bounded(response, MAX_ERROR_BODY)
             verdict = classify_status(status, passthrough=provider.passthrough)
-            error_type = _error_type_of(body) or error_type_for_status(status)
-            message = f"provider {provider.name!r}: HTTP {status} {error_type}"
-            if not _is_anthropic_error(body):
-                excerpt = body[:300].decode("utf-8", "replace").strip()
-                body = error_body(
-                    error_type_for_status(status), message + (f": {excerpt}" if excerpt else "")
-                )
-                headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
+            if openai:
+                error_type, body = openai_error_to_anthropic(status, body, provider.name)
+                headers = _openai_headers(headers, b"application/json")
+            else:
+                found = _error_type_of(body)
+                error_type = found or error_type_for_status(status)
+                if found is None:  # not Anthropic's shape (an HTML page from a gateway...): wrap it
+                    excerpt = body[:300].decode("utf-8", "replace").strip()
+                    text = f"provider {provider.name!r} answered HTTP {status}" + (
+                        f": {excerpt}" if excerpt else ""
+                    )
+                    body = error_body(error_type, text)
+                    headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
             raise AttemptFailed(
                 verdict,
-                ProviderError(status, message, error_type=error_type),
+                ProviderError(
+                    status, f"provider {provider.name!r}: HTTP {status} {error_type}", error_type=error_type
+                ),
                 answer=_Answer(status, headers, body),
                 retry_after=retry_after_seconds(text_headers, wall) if verdict.kind else None,
             )
         self._sse = response.headers.get("content-type", "").startswith("text/event-stream")
+        if openai:
+            headers = _openai_headers(
+                headers, b"text/event-stream; charset=utf-8" if self._sse else b"application/json"
+            )
         head = Head(200, headers)
         # aclosing: a cancelled flight must close the generator (and the response) right here,
         # not when the garbage collector finds it. (httpx annotates these as AsyncIterator;
@@ -447,12 +492,37 @@ class Flight:
             AsyncGenerator[bytes, None], response.aiter_bytes() if decoded else response.aiter_raw()
         )
         async with aclosing(body_iter) as chunks:
-            if self._sse:
-                await self._relay_sse(provider.name, provider.passthrough, head, chunks, idle, idle_s)
+            if not self._sse:
+                await self._relay_json(provider, head, chunks)
+            elif not openai:
+                await self._relay_sse(provider, head, chunks, idle, idle_s, None)
             else:
-                await self._relay_json(provider.name, head, chunks)
+                # A converted stream has no upstream pings to forward; we send our own during
+                # long silences (reasoning models can think for minutes without a delta).
+                converter = StreamConverter(model=self.request.model)
+                failure: Exception | None = None
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._ping_while_silent)
+                    try:
+                        await self._relay_sse(provider, head, chunks, idle, idle_s, converter)
+                    except Exception as exc:  # re-raised below, not wrapped in a group
+                        failure = exc
+                    nursery.cancel_scope.cancel()
+                if failure is not None:
+                    raise failure
+                self.usage_reported = converter.usage_reported
 
-    async def _relay_json(self, name: str, head: Head, chunks: AsyncGenerator[bytes, None]) -> None:
+    async def _ping_while_silent(self) -> None:
+        seen = -1
+        while True:
+            await trio.sleep(PING_INTERVAL_S)
+            if self.committed and self.events == seen:
+                await self._publish(PING)
+            seen = self.events
+
+    async def _relay_json(
+        self, provider: ProviderConfig, head: Head, chunks: AsyncGenerator[bytes, None]
+    ) -> None:
         held = bytearray()
         async for chunk in chunks:
             self.bytes += len(chunk)
@@ -460,26 +530,38 @@ class Flight:
                 await self._publish(chunk)
                 continue
             held += chunk
-            if len(held) > MAX_HELD_JSON:
+            if len(held) > MAX_HELD_JSON and provider.kind != "openai":
                 await self._commit(head, bytes(held))
         if not self.committed:
-            await self._commit(head, bytes(held))
+            body = bytes(held)
+            if provider.kind == "openai":
+                try:
+                    message = to_anthropic_message(json.loads(body), model=self.request.model)
+                except (ValueError, ConversionError) as exc:
+                    raise AttemptFailed(
+                        Verdict(True, FailureKind.SERVER),
+                        UpstreamError(f"provider {provider.name!r}: unusable answer: {_short(exc)}"),
+                    ) from None
+                self.usage_reported = bool(
+                    message["usage"]["input_tokens"] or message["usage"]["output_tokens"]
+                )
+                body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+            await self._commit(head, body)
         self.completed = True
 
     async def _relay_sse(
         self,
-        name: str,
-        passthrough: bool,
+        provider: ProviderConfig,
         head: Head,
         chunks: AsyncGenerator[bytes, None],
         idle: trio.CancelScope,
         idle_s: float,
+        converter: StreamConverter | None,
     ) -> None:
+        name = provider.name
         decoder = SSEDecoder()
+        state = _StreamState()
         slid_at = trio.current_time()
-        saw_stop = False
-        saw_error = False
-        held: list[bytes] = []  # before the commit point
         try:
             async for chunk in chunks:
                 now = trio.current_time()
@@ -487,70 +569,109 @@ class Flight:
                     idle.deadline = now + idle_s
                     slid_at = now
                 events = decoder.feed(chunk)
-                if not events:
-                    continue
-                if not self.committed:
-                    commit_at = self._find_commit(name, passthrough, events, held)
-                    if commit_at is None:
-                        continue
-                    events = events[commit_at:]
-                for event in events:
-                    kind = event.event
-                    if kind == "message_stop":
-                        saw_stop = True
-                    elif kind == "error":
-                        saw_error = True
-                        self._error_after_commit(name, passthrough, event)
-                    elif event.data is not None:
-                        _check_shape(name, event)
-                self.events += len(events)
-                out = events[0].raw if len(events) == 1 else b"".join(e.raw for e in events)
-                if held:
-                    out = b"".join(held) + out
-                    held = []
-                self.bytes += len(out)
-                if self.committed:
-                    await self._publish(out)
-                else:
-                    await self._commit(head, out)
+                if events and converter is not None:
+                    events = self._convert(provider, converter, events)
+                if events:
+                    await self._take(provider, head, events, state, check=converter is None)
         except EventTooLarge as exc:
             raise AttemptFailed(
                 Verdict(True, FailureKind.SERVER), UpstreamError(f"provider {name!r}: {exc}")
             ) from None
         tail = decoder.close()
-        if tail is not None:
+        if converter is not None:
+            events = self._convert(provider, converter, [tail] if tail else [], closing=True)
+        elif tail is not None:
             # The provider ended without a blank line after its last event. Most SSE clients
             # drop such an event, so we end it for them: the one change we make to the bytes.
-            self.events += 1
-            if tail.event == "message_stop":
-                saw_stop = True
             end = b"\n" if tail.raw.endswith((b"\n", b"\r")) else b"\n\n"
-            if self.committed or saw_stop:
-                if not self.committed:
-                    await self._commit(head, b"".join(held))
-                await self._publish(tail.raw + end)
+            events = [attrs.evolve(tail, raw=tail.raw + end)]
+        else:
+            events = []
+        if events:
+            await self._take(provider, head, events, state, check=False)
         if not self.committed:
             raise AttemptFailed(
                 Verdict(True, FailureKind.SERVER),
                 UpstreamUnavailable(f"provider {name!r}: stream ended before any content"),
             )
-        if saw_error:
-            raise self._upstream_error_failure
-        if not saw_stop:
+        if state.upstream_error is not None:
+            raise state.upstream_error
+        if not state.saw_stop:
             raise AttemptFailed(
                 Verdict(True, FailureKind.SERVER),
                 UpstreamUnavailable(f"provider {name!r}: stream ended before message_stop"),
             )
         self.completed = True
 
-    def _find_commit(
-        self, name: str, passthrough: bool, events: list[SSEEvent], held: list[bytes]
-    ) -> int | None:
+    def _convert(
+        self,
+        provider: ProviderConfig,
+        converter: StreamConverter,
+        events: list[SSEEvent],
+        *,
+        closing: bool = False,
+    ) -> list[SSEEvent]:
+        try:
+            out: list[SSEEvent] = []
+            for event in events:
+                out.extend(converter.feed(event))
+            if closing:
+                out.extend(converter.close())
+            return out
+        except UpstreamStreamError as exc:
+            verdict = classify_error_type(exc.error_type, passthrough=provider.passthrough)
+            status = _STATUS_BY_ERROR_TYPE.get(exc.error_type, 500)
+            message = f"provider {provider.name!r}: {exc.error_type} in stream: {exc}"
+            raise AttemptFailed(
+                verdict,
+                ProviderError(status, message, error_type=exc.error_type),
+                answer=_Answer(status, list(JSON_HEADERS), error_body(exc.error_type, message)),
+            ) from None
+        except ConversionError as exc:
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER), UpstreamError(f"provider {provider.name!r}: {exc}")
+            ) from None
+
+    async def _take(
+        self,
+        provider: ProviderConfig,
+        head: Head,
+        events: list[SSEEvent],
+        state: _StreamState,
+        *,
+        check: bool,
+    ) -> None:
+        """Hold events until the commit point, then publish them as they come."""
+        if not self.committed:
+            commit_at = self._find_commit(provider, events, state.held)
+            if commit_at is None:
+                return
+            events = events[commit_at:]
+        for event in events:
+            kind = event.event
+            if kind == "message_stop":
+                state.saw_stop = True
+            elif kind == "error":
+                state.upstream_error = self._error_after_commit(provider, event)
+            elif check and event.data is not None:
+                _check_shape(provider.name, event)
+        self.events += len(events)
+        out = events[0].raw if len(events) == 1 else b"".join(e.raw for e in events)
+        if state.held:
+            out = b"".join(state.held) + out
+            state.held.clear()
+        self.bytes += len(out)
+        if self.committed:
+            await self._publish(out)
+        else:
+            await self._commit(head, out)
+
+    def _find_commit(self, provider: ProviderConfig, events: list[SSEEvent], held: list[bytes]) -> int | None:
         """Index of the first event at or after which the stream is committed; None: hold all."""
         for i, event in enumerate(events):
             kind = event.event
             if kind == "error":
-                raise self._error_before_commit(name, passthrough, event)
+                raise self._error_before_commit(provider, event)
             if kind in ("content_block_delta", "message_delta", "message_stop") or (
                 kind == "content_block_start" and _block_has_content(event)
             ):
@@ -558,14 +679,15 @@ class Flight:
                 self.events += i
                 return i
             if event.data is not None:
-                _check_shape(name, event)
+                _check_shape(provider.name, event)
         held.extend(e.raw for e in events)
         self.events += len(events)
         return None
 
-    def _error_before_commit(self, name: str, passthrough: bool, event: SSEEvent) -> AttemptFailed:
+    def _error_before_commit(self, provider: ProviderConfig, event: SSEEvent) -> AttemptFailed:
+        name = provider.name
         error_type, message = _parse_error_event(event)
-        verdict = classify_error_type(error_type, passthrough=passthrough)
+        verdict = classify_error_type(error_type, passthrough=provider.passthrough)
         status = _STATUS_BY_ERROR_TYPE.get(error_type, 500)
         body = (
             event.data
@@ -580,11 +702,12 @@ class Flight:
             answer=_Answer(status, list(JSON_HEADERS), body),
         )
 
-    def _error_after_commit(self, name: str, passthrough: bool, event: SSEEvent) -> None:
+    def _error_after_commit(self, provider: ProviderConfig, event: SSEEvent) -> AttemptFailed:
         """The provider's own error event reached the client; remember it for health."""
+        name = provider.name
         error_type, message = _parse_error_event(event)
-        self._upstream_error_failure = AttemptFailed(
-            classify_error_type(error_type, passthrough=passthrough),
+        return AttemptFailed(
+            classify_error_type(error_type, passthrough=provider.passthrough),
             ProviderError(
                 _STATUS_BY_ERROR_TYPE.get(error_type, 500),
                 f"provider {name!r}: {error_type} in stream: {message}",
@@ -593,7 +716,12 @@ class Flight:
             sent_to_client=True,
         )
 
-    _upstream_error_failure: AttemptFailed
+
+@attrs.define
+class _StreamState:
+    held: list[bytes] = attrs.Factory(list)  # raw events before the commit point
+    saw_stop: bool = False
+    upstream_error: AttemptFailed | None = None
 
 
 _STATUS_BY_ERROR_TYPE = {
@@ -629,6 +757,17 @@ def _block_has_content(event: SSEEvent) -> bool:
     if kind in ("text", "thinking"):
         return bool(block.get(kind))
     return True
+
+
+def _openai_headers(upstream: list[tuple[bytes, bytes]], content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """What an Anthropic client should see of an OpenAI server's headers: the request id."""
+    out = [(b"content-type", content_type)]
+    out.extend((b"request-id", v) for n, v in upstream if n == b"x-request-id")
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc)[:200]
 
 
 async def _read_bounded(response: httpx.Response, limit: int) -> bytes:

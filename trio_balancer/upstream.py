@@ -65,6 +65,8 @@ def request_headers(
     configured as ``passthrough``. A provider with its own key gets that key instead.
     """
     decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in client_headers]
+    if provider.kind == "openai":
+        return _openai_headers(decoded, provider)
     drop = _DROP_TO_UPSTREAM | _connection_tokens(decoded)
     if not provider.passthrough:
         drop = drop | CREDENTIAL_HEADERS
@@ -80,6 +82,22 @@ def request_headers(
         out.extend((k.lower(), v) for k, v in provider.headers.items())
     # Plain bytes from the provider: passthrough stays byte-exact and usage stays readable.
     out.append(("accept-encoding", "identity"))
+    return out
+
+
+def _openai_headers(client: list[tuple[str, str]], provider: ProviderConfig) -> list[tuple[str, str]]:
+    """An OpenAI-compatible server gets a request of its own kind, not Anthropic's headers."""
+    out = [("content-type", "application/json"), ("accept-encoding", "identity")]
+    key = provider.api_key
+    if provider.passthrough:
+        given = dict(client)
+        auth = given.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else given.get("x-api-key")
+    if key:
+        out.append(("authorization", f"Bearer {key}"))
+    overrides = {k.lower() for k in provider.headers}
+    out = [(n, v) for n, v in out if n not in overrides]
+    out.extend((k.lower(), v) for k, v in provider.headers.items())
     return out
 
 
@@ -106,6 +124,8 @@ def response_headers(
 
 
 def upstream_url(provider: ProviderConfig, path: str, query: bytes) -> str:
+    if provider.kind == "openai":
+        return provider.base_url + "/chat/completions"  # base_url carries the /v1
     url = provider.base_url + path
     if query:
         url += "?" + query.decode("latin-1")

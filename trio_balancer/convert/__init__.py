@@ -1,0 +1,17 @@
+"""Sans-I/O conversion between Anthropic Messages and OpenAI Chat Completions."""
+
+from .errors import openai_error_to_anthropic
+from .request import Converted, RequestOptions, to_openai
+from .response import to_anthropic_message
+from .stream import ConversionError, StreamConverter, UpstreamStreamError
+
+__all__ = [
+    "ConversionError",
+    "Converted",
+    "RequestOptions",
+    "StreamConverter",
+    "UpstreamStreamError",
+    "openai_error_to_anthropic",
+    "to_anthropic_message",
+    "to_openai",
+]

@@ -1,0 +1,230 @@
+"""Anthropic Messages request -> OpenAI Chat Completions request. Pure.
+
+Order matters in OpenAI's format: an assistant message's ``tool_calls`` must be followed by
+one ``role: tool`` message per call before anything else. Anthropic puts the results inside
+the next user message, together with any text, so each user message is split: tool results
+first (in the order given), then whatever else the user said.
+
+Fields with no OpenAI equivalent are dropped and reported in ``Converted.dropped`` so the
+caller can log them at debug; nothing is silently rewritten into something else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["Converted", "RequestOptions", "effort_for_budget", "to_openai"]
+
+
+@attrs.frozen
+class RequestOptions:
+    # Newer OpenAI models take max_completion_tokens; most compatible servers take max_tokens.
+    max_tokens_field: str = "max_tokens"
+    # Map Anthropic `thinking` to `reasoning_effort` (OpenAI o-series, some compatible servers).
+    reasoning_effort: bool = False
+
+
+@attrs.frozen
+class Converted:
+    body: dict[str, Any]
+    dropped: tuple[str, ...] = ()
+
+
+def effort_for_budget(budget: int) -> str:
+    """Anthropic thinking budgets to OpenAI's three effort levels."""
+    if budget < 4096:
+        return "low"
+    if budget < 16384:
+        return "medium"
+    return "high"
+
+
+def to_openai(
+    payload: Mapping[str, Any], *, model: str, options: RequestOptions = RequestOptions()
+) -> Converted:
+    dropped: list[str] = []
+    messages: list[dict[str, Any]] = []
+    system = payload.get("system")
+    if system:
+        text = system if isinstance(system, str) else _join_text(system, "system", dropped)
+        if text:
+            messages.append({"role": "system", "content": text})
+    for i, message in enumerate(payload.get("messages") or []):
+        role = message.get("role")
+        content = message.get("content")
+        if role == "assistant":
+            messages.extend(_assistant(content, dropped, i))
+        else:
+            messages.extend(_user(content, dropped, i))
+
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if "max_tokens" in payload:
+        body[options.max_tokens_field] = payload["max_tokens"]
+    for key in ("temperature", "top_p"):
+        if key in payload:
+            body[key] = payload[key]
+    if payload.get("stop_sequences"):
+        body["stop"] = list(payload["stop_sequences"])
+    metadata = payload.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        body["user"] = metadata["user_id"]
+    if payload.get("stream"):
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}  # or the upstream reports no usage
+    tools = payload.get("tools")
+    if tools:
+        converted = [_tool(t, dropped) for t in tools]
+        body["tools"] = [t for t in converted if t is not None]
+        if not body["tools"]:
+            del body["tools"]
+    choice = payload.get("tool_choice")
+    if isinstance(choice, dict) and "tools" in body:
+        kind = choice.get("type")
+        if kind == "auto":
+            body["tool_choice"] = "auto"
+        elif kind == "any":
+            body["tool_choice"] = "required"
+        elif kind == "none":
+            body["tool_choice"] = "none"
+        elif kind == "tool" and choice.get("name"):
+            body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        if choice.get("disable_parallel_tool_use"):
+            body["parallel_tool_calls"] = False
+    thinking = payload.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"):
+        if options.reasoning_effort:
+            budget = thinking.get("budget_tokens")
+            body["reasoning_effort"] = effort_for_budget(budget) if isinstance(budget, int) else "medium"
+        else:
+            dropped.append("thinking")
+    for key in payload:
+        if key not in _MAPPED:
+            dropped.append(key)
+    return Converted(body=body, dropped=tuple(dropped))
+
+
+_MAPPED = frozenset(
+    {
+        "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences",
+        "metadata", "stream", "tools", "tool_choice", "thinking",
+    }
+)  # fmt: skip
+
+
+def _join_text(blocks: Any, where: str, dropped: list[str]) -> str:
+    parts = []
+    for block in blocks if isinstance(blocks, list) else []:
+        if isinstance(block, dict) and block.get("type") == "text":
+            parts.append(str(block.get("text", "")))
+        else:
+            dropped.append(f"{where}.{block.get('type') if isinstance(block, dict) else 'non-block'}")
+    return "\n\n".join(parts)
+
+
+def _image_part(block: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
+    source = block.get("source") or {}
+    if source.get("type") == "base64":
+        url = f"data:{source.get('media_type', 'image/png')};base64,{source.get('data', '')}"
+    elif source.get("type") == "url":
+        url = str(source.get("url", ""))
+    else:
+        dropped.append(f"image.source.{source.get('type')}")
+        return None
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def _user(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "user", "content": content}]
+    tool_messages: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for block in content or []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            part = _image_part(block, dropped)
+            if part:
+                parts.append(part)
+        elif kind == "tool_result":
+            text, images = _tool_result_content(block.get("content"), dropped)
+            if block.get("is_error"):
+                text = f"Error: {text}" if text else "Error"
+            tool_messages.append(
+                {"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text}
+            )
+            # Tool messages carry text only; images a tool returned go to the user turn after.
+            parts.extend(images)
+        elif kind == "document" and (block.get("source") or {}).get("type") == "text":
+            parts.append({"type": "text", "text": block["source"].get("data", "")})
+        else:
+            dropped.append(f"messages[{i}].content.{kind}")
+    out = tool_messages
+    if parts:
+        if all(p["type"] == "text" for p in parts):
+            out.append({"role": "user", "content": "\n\n".join(p["text"] for p in parts)})
+        else:
+            out.append({"role": "user", "content": parts})
+    return out
+
+
+def _tool_result_content(content: Any, dropped: list[str]) -> tuple[str, list[dict[str, Any]]]:
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    texts, images = [], []
+    for block in content:
+        if block.get("type") == "text":
+            texts.append(block.get("text", ""))
+        elif block.get("type") == "image":
+            part = _image_part(block, dropped)
+            if part:
+                images.append(part)
+        else:
+            dropped.append(f"tool_result.content.{block.get('type')}")
+    return "\n\n".join(texts), images
+
+
+def _assistant(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"role": "assistant", "content": content}]
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in content or []:
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(block.get("text", ""))
+        elif kind == "tool_use":
+            calls.append(
+                {
+                    "id": block.get("id", ""),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name", ""),
+                        "arguments": json.dumps(block.get("input", {}), ensure_ascii=False),
+                    },
+                }
+            )
+        else:  # thinking, redacted_thinking, server tool blocks: nothing to send back
+            dropped.append(f"messages[{i}].content.{kind}")
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
+    if calls:
+        message["tool_calls"] = calls
+    if message["content"] is None and not calls:
+        message["content"] = ""
+    return [message]
+
+
+def _tool(tool: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:
+    if "input_schema" not in tool:  # Anthropic server tools (web search, bash...) have no schema
+        dropped.append(f"tools.{tool.get('type') or tool.get('name')}")
+        return None
+    function: dict[str, Any] = {"name": tool.get("name", ""), "parameters": tool["input_schema"]}
+    if tool.get("description"):
+        function["description"] = tool["description"]
+    return {"type": "function", "function": function}

@@ -1,0 +1,67 @@
+"""OpenAI Chat Completions response (non-stream) -> Anthropic Message. Pure."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from .stream import STOP_REASONS, ConversionError, _int
+
+__all__ = ["to_anthropic_message"]
+
+
+def to_anthropic_message(body: Any, *, model: str) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+        raise ConversionError("the upstream answer has no choices")
+    choice = body["choices"][0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+    text = message.get("content")
+    if isinstance(text, str) and text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or "{}"
+        try:
+            parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+        except ValueError:
+            raise ConversionError(
+                f"tool call {function.get('name')!r} has arguments that are not JSON"
+            ) from None
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call.get("id") or f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": function.get("name", ""),
+                "input": parsed if isinstance(parsed, dict) else {"value": parsed},
+            }
+        )
+    reason = STOP_REASONS.get(str(choice.get("finish_reason") or ""), "end_turn")
+    if reason == "end_turn" and message.get("tool_calls"):
+        reason = "tool_use"
+    usage = body.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    out_usage: dict[str, int] = {
+        "input_tokens": max(0, _int(usage.get("prompt_tokens")) - cached),
+        "output_tokens": _int(usage.get("completion_tokens")),
+    }
+    if cached:
+        out_usage["cache_read_input_tokens"] = cached
+    upstream_id = body.get("id")
+    return {
+        "id": f"msg_{upstream_id}"
+        if isinstance(upstream_id, str) and upstream_id
+        else f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": None,
+        "usage": out_usage,
+    }
