@@ -251,3 +251,87 @@ def interleave(events: Sequence[bytes], gap: float) -> list[Step]:
             steps.append(gap)
         steps.append(e)
     return steps
+
+
+# -- OpenAI stream builders ---------------------------------------------------------------------
+
+
+def oai(payload: Any) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+
+def oai_chunk(
+    delta: dict[str, Any] | None = None,
+    finish: str | None = None,
+    *,
+    usage: dict[str, Any] | None = None,
+    cid: str = "chatcmpl-1",
+) -> bytes:
+    choices = (
+        []
+        if delta is None and finish is None
+        else [{"index": 0, "delta": delta or {}, "finish_reason": finish}]
+    )
+    payload: dict[str, Any] = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-x",
+        "choices": choices,
+    }
+    if usage is not None:
+        payload["usage"] = usage
+    return oai(payload)
+
+
+OAI_DONE = b"data: [DONE]\n\n"
+OAI_USAGE = {
+    "prompt_tokens": 120,
+    "completion_tokens": 9,
+    "total_tokens": 129,
+    "prompt_tokens_details": {"cached_tokens": 100},
+}
+
+
+def openai_text_stream(
+    texts: Sequence[str], *, usage: dict[str, Any] | None = OAI_USAGE, done: bool = True
+) -> list[bytes]:
+    out = [oai_chunk({"role": "assistant", "content": ""})]
+    out += [oai_chunk({"content": t}) for t in texts]
+    out.append(oai_chunk({}, "stop"))
+    if usage is not None:
+        out.append(oai_chunk(usage=usage))
+    if done:
+        out.append(OAI_DONE)
+    return out
+
+
+def openai_tool_stream(
+    name: str, arguments: str, *, text: str = "", call_id: str = "call_abc", pieces: int = 4
+) -> list[bytes]:
+    out = [oai_chunk({"role": "assistant", "content": None})]
+    if text:
+        out.append(oai_chunk({"content": text}))
+    out.append(
+        oai_chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    }
+                ]
+            }
+        )
+    )
+    step = max(1, len(arguments) // pieces)
+    for i in range(0, len(arguments), step):
+        out.append(
+            oai_chunk({"tool_calls": [{"index": 0, "function": {"arguments": arguments[i : i + step]}}]})
+        )
+    out.append(oai_chunk({}, "tool_calls"))
+    out.append(oai_chunk(usage={"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}))
+    out.append(OAI_DONE)
+    return out
