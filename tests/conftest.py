@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,15 @@ blog.configure("debug", "console")
 @pytest.fixture(autouse=True)
 def _fresh_log_context() -> None:
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The default ledger lives under ~; every test (and its subprocesses) gets its own ~."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 def count_tasks() -> int:

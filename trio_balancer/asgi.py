@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import structlog
@@ -20,12 +19,16 @@ import trio
 
 from . import admin
 from . import logging as blog
+from .accounting import RequestContext, client_identity, error_record, flight_record, new_request_id
 from .config import Config, ConfigError, load_config
 from .errors import BalancerError, ClientGone, InvalidRequest, NotFound, RequestTooLarge
 from .flight import Abort, Flight, Head, Item, UpstreamRequest
+from .ledger import Ledger, Record, sqlite_path
+from .pricing import PriceTable
 from .providers import Registry
 from .respond import JSON_HEADERS, Receive, Scope, Send, send_error, send_json
 from .routing import Router, listed_models
+from .usage import ESTIMATED, PARTIAL
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "create_app"]
 
@@ -43,6 +46,8 @@ class BalancerApp:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.registry: Registry | None = None
+        self.ledger: Ledger | None = None
+        self.prices = PriceTable(config.prices)
         self.router = Router(config)
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
         self._nursery: trio.Nursery | None = None
@@ -68,18 +73,29 @@ class BalancerApp:
         assert message["type"] == "lifespan.startup"
         try:
             self.registry = Registry(self.config)
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._reload_on_sighup)
-                log.info(
-                    "balancer.start",
-                    config=self.config.source,
-                    providers=[p.name for p in self.config.providers],
-                )
-                await send({"type": "lifespan.startup.complete"})
-                message = await receive()  # lifespan.shutdown, after Hypercorn's grace period
-                # Flights still running here have no listener left that Hypercorn waits for.
-                nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as services:
+                if self.config.ledger.enabled:
+                    self.ledger = Ledger(sqlite_path(self.config.ledger.url))
+                    await services.start(self.ledger.run)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        self._nursery = nursery
+                        nursery.start_soon(self._reload_on_sighup)
+                        log.info(
+                            "balancer.start",
+                            config=self.config.source,
+                            providers=[p.name for p in self.config.providers],
+                            ledger=self.ledger.path if self.ledger else None,
+                        )
+                        await send({"type": "lifespan.startup.complete"})
+                        message = await receive()  # lifespan.shutdown, after Hypercorn's grace period
+                        # Flights still running here have no listener left that Hypercorn waits for.
+                        nursery.cancel_scope.cancel()
+                finally:
+                    # Every flight has ended and queued its record: write them all, then stop.
+                    if self.ledger is not None:
+                        with trio.CancelScope(shield=True):
+                            await self.ledger.aclose()
         finally:
             self._nursery = None
             if self.registry is not None:
@@ -108,6 +124,7 @@ class BalancerApp:
             self._nursery.start_soon(runtime.close_when_unused)
         self.config = new
         self.router = Router(new)
+        self.prices = PriceTable(new.prices)
         changed = sorted(r.name for r in retired)
         log.info(
             "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
@@ -141,31 +158,41 @@ class BalancerApp:
     # -- /v1/messages ------------------------------------------------------------------------
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = await _read_body(scope, receive, self.config.server.max_body_bytes)
-        request = _parse_request(scope, body)
-        assert self._nursery is not None and self.registry is not None, "lifespan not started"
-        providers = self.registry.runtimes
-        attempts = self.router.plan(
-            request.model,
-            providers,
-            now=trio.current_time(),
-            session=request.session,
-            # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
-            need_tokens=len(body) // 4,
-        )
+        ctx = RequestContext(new_request_id(), client_identity(scope["headers"]), scope["path"])
+        rid = [(b"x-balancer-request-id", ctx.id.encode())]
+        try:
+            body = await _read_body(scope, receive, self.config.server.max_body_bytes)
+            request = _parse_request(scope, body)
+            ctx.model, ctx.stream = request.model, request.stream
+            assert self._nursery is not None and self.registry is not None, "lifespan not started"
+            ctx.route = self.router.route_for(request.model).match
+            providers = self.registry.runtimes
+            attempts = self.router.plan(
+                request.model,
+                providers,
+                now=trio.current_time(),
+                session=request.session,
+                # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
+                need_tokens=len(body) // 4,
+            )
+        except BalancerError as exc:
+            if not isinstance(exc, ClientGone):
+                await send_error(send, exc, rid)
+            await self._record(error_record(ctx, exc, 499 if isinstance(exc, ClientGone) else exc.status))
+            return
         flight = Flight(request, attempts, providers)
         listener = flight.subscribe()
         self.flights.add(flight)
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._nursery.start_soon(self._run_flight, flight)
+        self._nursery.start_soon(self._run_flight, flight, ctx)
         try:
-            await _write(listener, receive, send)
+            if not await _write(listener, receive, send, rid):
+                flight.disconnected = True
         finally:
             flight.unsubscribe(listener)
 
-    async def _run_flight(self, flight: Flight) -> None:
-        started = time.perf_counter()
+    async def _run_flight(self, flight: Flight, ctx: RequestContext) -> None:
         try:
             await flight.run()
         finally:
@@ -173,20 +200,40 @@ class BalancerApp:
             session = flight.request.session
             if session is not None and flight.completed and flight.provider is not None:
                 self.router.remember(session, flight.provider, trio.current_time())
+            record = flight_record(ctx, flight, self.prices, disconnected=flight.disconnected)
+            await self._record(record)
             if not self.flights:
                 self._idle.set()
             log.info(
                 "request.end",
-                model=flight.request.model,
+                request_id=ctx.id,
+                model=ctx.model,
                 provider=flight.provider,
                 attempts=len(flight.tried),
                 status=flight.status,
                 error=flight.error,
                 completed=flight.completed,
+                disconnected=flight.disconnected,
                 events=flight.events,
                 bytes=flight.bytes,
-                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens,
+                usage_source=record.usage_source,
+                duration_ms=record.duration_ms,
             )
+            if record.usage_source in (ESTIMATED, PARTIAL):
+                log.warning(
+                    "usage.estimated",
+                    request_id=ctx.id,
+                    provider=flight.provider,
+                    usage_source=record.usage_source,
+                    input_tokens=record.input_tokens,
+                    output_tokens=record.output_tokens,
+                )
+
+    async def _record(self, record: Record) -> None:
+        if self.ledger is not None:
+            await self.ledger.record(record)
 
     # -- /v1/models --------------------------------------------------------------------------
 
@@ -259,34 +306,41 @@ def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
     )
 
 
-async def _write(listener: trio.MemoryReceiveChannel[Item], receive: Receive, send: Send) -> None:
-    """Drain one listener channel into the client until the end, or until the client leaves."""
+async def _write(
+    listener: trio.MemoryReceiveChannel[Item], receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
+) -> bool:
+    """Drain one listener channel into the client; False if the client left before the end."""
+    gone = trio.Event()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope)
+        nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, gone)
         started = False
         async for item in listener:
             if type(item) is bytes:
                 await send({"type": "http.response.body", "body": item, "more_body": True})
             elif isinstance(item, Head):
-                await send({"type": "http.response.start", "status": item.status, "headers": item.headers})
+                await send(
+                    {"type": "http.response.start", "status": item.status, "headers": item.headers + extra}
+                )
                 started = True
             elif isinstance(item, Abort):
                 # Returning without the final body message makes Hypercorn drop the connection,
                 # so the client sees a broken response rather than a cut one that looks whole.
                 log.warning("response.abort", reason=item.reason)
                 nursery.cancel_scope.cancel()
-                return
+                return False
         if not started:  # the flight ended without a word: a bug, but never a hung client
-            await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS})
+            await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS + extra})
             await send({"type": "http.response.body", "body": b"{}", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         nursery.cancel_scope.cancel()
+    return not gone.is_set()
 
 
-async def _watch_disconnect(receive: Receive, scope: trio.CancelScope) -> None:
+async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
+            gone.set()
             scope.cancel()
             return
 

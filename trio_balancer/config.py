@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from .pricing import Price
+
 __all__ = [
     "PASSTHROUGH",
     "Config",
@@ -32,6 +34,7 @@ __all__ = [
 PASSTHROUGH = "passthrough"
 PROVIDER_KINDS = ("anthropic", "openai")
 STRATEGIES = ("priority", "round_robin", "weighted", "latency")
+LEDGER_SCHEMES = ("sqlite:///",)
 AUTH_STYLES = ("x-api-key", "bearer")
 
 # Model ids the built-in default config lists on GET /v1/models: the ones the official SDK
@@ -136,12 +139,20 @@ class ServerConfig:
 
 
 @attrs.frozen
+class LedgerConfig:
+    enabled: bool = True
+    url: str = "sqlite:///~/.local/share/trio-balancer/ledger.sqlite3"
+
+
+@attrs.frozen
 class Config:
     server: ServerConfig
     providers: tuple[ProviderConfig, ...]
     routes: tuple[Route, ...] = ()
     routing: RoutingConfig = attrs.Factory(RoutingConfig)
     health: HealthConfig = attrs.Factory(HealthConfig)
+    ledger: LedgerConfig = attrs.Factory(LedgerConfig)
+    prices: tuple[Price, ...] = ()
     source: str = "<built-in default>"
     path: str | None = None  # the file it came from, for reloads
 
@@ -189,7 +200,7 @@ def parse_config(
 ) -> Config:
     env = os.environ if environ is None else environ
     r = _Reader(data, "", source)
-    r.allow_keys("server", "providers", "routes", "routing", "health")
+    r.allow_keys("server", "providers", "routes", "routing", "health", "ledger", "prices")
     server = _server(r.table("server"))
     rt = r.table("routing")
     rt.allow_keys("strategy", "sticky")

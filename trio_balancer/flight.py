@@ -61,6 +61,7 @@ from .routing import Attempt
 from .sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent, encode_event
 from .tokens import estimate_request
 from .upstream import request_headers, response_headers, upstream_url
+from .usage import Usage, UsageTracker
 
 __all__ = ["LISTENER_BUFFER", "Abort", "AttemptRecord", "Flight", "Head", "Item", "UpstreamRequest"]
 
@@ -190,6 +191,8 @@ class Flight:
         self.error: str | None = None
         self.ttfb: float | None = None
         self.usage_reported: bool | None = None  # for converted answers: did the upstream send usage
+        self.tracker = UsageTracker()
+        self.disconnected = False  # set by the handler when its client left before the end
         self._sse = False
 
     # -- listeners ---------------------------------------------------------------------------
@@ -303,6 +306,14 @@ class Flight:
             return
         raise self._all_failed()
 
+    def usage(self) -> Usage | None:
+        """What this response used; None when no provider produced one (errors, refusals)."""
+        if not self.committed or self.status != 200:
+            return None
+        if self.request.path.endswith("/count_tokens"):
+            return None  # counting tokens is free
+        return self.tracker.result(self.request.payload, trust_output=self.usage_reported is not False)
+
     def _all_failed(self) -> Overloaded:
         now = trio.current_time()
         summary = "; ".join(f"{r.provider}: {r.error}" for r in self.tried)
@@ -371,6 +382,8 @@ class Flight:
         provider = runtime.config
         self.provider = provider.name
         self.upstream_model = attempt.model
+        self.tracker = UsageTracker()  # what a failed attempt reported is not this response's
+        self.usage_reported = None
         req = self.request
         if provider.kind == "openai" and req.path.endswith("/count_tokens"):
             # OpenAI-compatible servers have no such endpoint: answer with our own estimate.
@@ -642,6 +655,9 @@ class Flight:
         check: bool,
     ) -> None:
         """Hold events until the commit point, then publish them as they come."""
+        observe = self.tracker.observe
+        for event in events:
+            observe(event)
         if not self.committed:
             commit_at = self._find_commit(provider, events, state.held)
             if commit_at is None:
@@ -810,6 +826,15 @@ def _error_type_of(body: bytes) -> str | None:
         t = parsed["error"].get("type")
         return t if isinstance(t, str) else "api_error"
     return None
+
+
+def _observe_json(tracker: UsageTracker, body: bytes) -> None:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return
+    if isinstance(message, dict):
+        tracker.observe_message(message)
 
 
 def _check_shape(name: str, event: SSEEvent) -> None:

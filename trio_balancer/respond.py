@@ -26,9 +26,9 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-async def send_error(send: Send, exc: BalancerError) -> None:
+async def send_error(send: Send, exc: BalancerError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     if isinstance(exc, ClientGone):
         return
-    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()]
+    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()] + (extra or [])
     await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
     await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
