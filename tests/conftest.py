@@ -73,14 +73,17 @@ def provider_config(*upstreams: FakeUpstream, **extra: Any) -> dict[str, Any]:
     }
 
 
-async def start_balancer(nursery: trio.Nursery, config: Config) -> Balancer:
+async def start_balancer(
+    nursery: trio.Nursery, config: Config, shutdown: Callable[[], Awaitable[None]] | None = None
+) -> Balancer:
     app = create_app(config)
     hc = hypercorn.config.Config()
     hc.bind = ["127.0.0.1:0"]
     hc.accesslog = None
     hc.errorlog = None
     hc.graceful_timeout = 0.5
-    binds = await nursery.start(partial(hypercorn.trio.serve, app, hc))  # type: ignore[arg-type]
+    hc.backlog = 4096  # as `trio-balancer serve` sets it: 1,000 clients may connect at once
+    binds = await nursery.start(partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown))  # type: ignore[arg-type]
     return Balancer(app, binds[0])
 
 

@@ -140,28 +140,37 @@ class FakeUpstream:
         self, conn: h11.Connection, stream: trio.SocketStream, received: Received, reply: Reply
     ) -> bool:
         """Send ``reply``; False when the connection must not be reused."""
-        keep = True
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_peer, stream, received, nursery.cancel_scope)
-            if reply.hang_before_headers:
-                await trio.sleep_forever()
-            headers = [(n.encode(), v.encode()) for n, v in reply.headers]
-            await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
-            for step in reply.steps:
-                if isinstance(step, bytes):
-                    await stream.send_all(conn.send(h11.Data(data=step)))
-                elif isinstance(step, float | int):
-                    await trio.sleep(step)
-                elif step is CUT:
-                    keep = False
-                    nursery.cancel_scope.cancel()
-                    return False
-                elif step is HANG:
-                    await trio.sleep_forever()
-            await stream.send_all(conn.send(h11.EndOfMessage()))
-            received.finished.set()
+            keep = False  # stays False if the watcher cancels us: the peer left
+            try:
+                keep = await self._send_reply(conn, stream, reply, received)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                received.disconnected.set()  # the balancer reset the connection: it left
+                keep = False
             nursery.cancel_scope.cancel()
         return keep and not received.disconnected.is_set()
+
+    async def _send_reply(
+        self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply, received: Received
+    ) -> bool:
+        """The reply's steps; False after a deliberate cut."""
+        if reply.hang_before_headers:
+            await trio.sleep_forever()
+        headers = [(n.encode(), v.encode()) for n, v in reply.headers]
+        await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+        for step in reply.steps:
+            if isinstance(step, bytes):
+                await stream.send_all(conn.send(h11.Data(data=step)))
+            elif isinstance(step, float | int):
+                await trio.sleep(step)
+            elif step is CUT:
+                return False
+            elif step is HANG:
+                await trio.sleep_forever()
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        received.finished.set()
+        return True
 
     async def _watch_peer(
         self, stream: trio.SocketStream, received: Received, scope: trio.CancelScope

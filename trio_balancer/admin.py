@@ -3,17 +3,21 @@
 ``GET /providers``: each provider's health, last error, cooldown and counters.
 ``POST /providers/{name}/reset``: end a cooldown now.
 ``POST /admin/reload``: re-read the config file (the same as SIGHUP).
+``GET /usage?since=&until=&group_by=provider,model,client``: token and cost totals.
+``GET /usage/requests?since=&until=&flagged=1&limit=&offset=``: the records, paged.
 """
 
 from __future__ import annotations
 
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import trio
 
 from .config import ConfigError
 from .errors import InvalidRequest, NotFound
+from .ledger import parse_time
 from .respond import Send, send_json
 
 if TYPE_CHECKING:
@@ -27,11 +31,14 @@ class _MethodNotAllowed(InvalidRequest):
 
 
 def handles(path: str) -> bool:
-    return path == "/providers" or path.startswith(("/providers/", "/admin/"))
+    return path in ("/providers", "/usage", "/usage/requests") or path.startswith(("/providers/", "/admin/"))
 
 
-async def dispatch(app: BalancerApp, method: str, path: str, send: Send) -> None:
-    if path == "/providers":
+async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send: Send) -> None:
+    if path in ("/usage", "/usage/requests"):
+        _require(method, "GET")
+        await send_json(send, 200, await usage_view(app, path, query))
+    elif path == "/providers":
         _require(method, "GET")
         await send_json(send, 200, {"providers": providers_view(app)})
     elif path.startswith("/providers/") and path.endswith("/reset"):
@@ -52,6 +59,28 @@ async def dispatch(app: BalancerApp, method: str, path: str, send: Send) -> None
         await send_json(send, 200, result)
     else:
         raise NotFound(f"no endpoint {method} {path}")
+
+
+async def usage_view(app: BalancerApp, path: str, query: bytes) -> dict[str, Any]:
+    if app.ledger is None:
+        raise NotFound("the usage ledger is disabled in this balancer's config")
+    q = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
+    try:
+        since, until = parse_time(q.get("since")), parse_time(q.get("until"))
+        if path == "/usage":
+            groups = [g for g in q.get("group_by", "").split(",") if g]
+            rows = await app.ledger.query("summary", since, until, groups)
+            return {"since": since, "until": until, "group_by": groups, "totals": rows}
+        limit = min(int(q.get("limit", "100")), 1000)
+        offset = int(q.get("offset", "0"))
+        flagged = q.get("flagged", "") in ("1", "true", "yes")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+    records = await app.ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
+    page: dict[str, Any] = {"records": records, "limit": limit, "offset": offset}
+    if len(records) == limit:
+        page["next_offset"] = offset + limit
+    return page
 
 
 def _require(method: str, expected: str) -> None:

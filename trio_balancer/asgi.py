@@ -149,7 +149,7 @@ class BalancerApp:
             elif path == "/health":
                 await send_json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
             elif admin.handles(path):
-                await admin.dispatch(self, method, path, send)
+                await admin.dispatch(self, method, path, scope.get("query_string", b""), send)
             else:
                 raise NotFound(f"no endpoint {method} {path}")
         except BalancerError as exc:

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import signal
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 import trio
 
 from . import __version__
 from . import logging as blog
 from .config import Config, ConfigError, load_config
+from .ledger import GROUP_COLUMNS, LedgerStore, parse_time, sqlite_path
 
 __all__ = ["main"]
 
@@ -28,9 +33,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port to bind (overrides [server] port)")
     _log_args(serve)
 
+    usage = sub.add_parser("usage", help="print token and cost totals from the ledger")
+    usage.add_argument("--config", help="config file whose [ledger] to read (default: built-in)")
+    usage.add_argument("--db", help="ledger database: a sqlite:/// URL or a file path (overrides --config)")
+    usage.add_argument("--since", help="start, e.g. 2026-11-01 or 2026-11-01T08:00:00 (UTC)")
+    usage.add_argument("--until", help="end (exclusive)")
+    usage.add_argument(
+        "--by", default="provider,model", help="group by, comma-separated: " + ", ".join(GROUP_COLUMNS)
+    )
+    usage.add_argument("--flagged", action="store_true", help="list records with estimated usage or no price")
+    usage.add_argument("--limit", type=int, default=100, help="records to list with --flagged")
+    usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "usage":
+        return _usage(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -63,6 +82,9 @@ def _serve(args: argparse.Namespace) -> int:
     hc.accesslog = None
     hc.errorlog = "-"
     hc.keep_alive_timeout = 75  # above common load balancers' idle timeouts (60 s)
+    # Hypercorn's default backlog (100) resets connections when hundreds of clients connect
+    # at once (Claude Code sub-agents, a team's morning); the kernel caps it at somaxconn.
+    hc.backlog = 4096
     app = create_app(config)
 
     async def run() -> None:
@@ -79,6 +101,72 @@ def _serve(args: argparse.Namespace) -> int:
     trio.run(run)
     print("trio-balancer: stopped", file=sys.stderr)
     return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    if args.db:
+        path = sqlite_path(args.db) if args.db.startswith("sqlite:///") else args.db
+    else:
+        path = sqlite_path(_load(args.config).ledger.url)
+    if not Path(path).exists():
+        print(f"trio-balancer: no ledger at {path}", file=sys.stderr)
+        return 1
+    try:
+        since, until = parse_time(args.since), parse_time(args.until)
+    except ValueError as exc:
+        print(f"trio-balancer: bad time: {exc}", file=sys.stderr)
+        return 2
+    store = LedgerStore(path)
+    try:
+        if args.flagged:
+            rows = store.records(since, until, flagged=True, limit=args.limit)
+            columns = ["id", "started_at", "provider", "upstream_model", "status", "usage_source", "priced",
+                       "input_tokens", "output_tokens", "cost_usd"]  # fmt: skip
+            for row in rows:
+                row["started_at"] = datetime.fromtimestamp(row["started_at"], UTC).strftime(
+                    "%Y-%m-%d %H:%M:%S"
+                )
+        else:
+            groups = [g for g in args.by.split(",") if g]
+            try:
+                rows = store.summary(since, until, groups)
+            except ValueError as exc:
+                print(f"trio-balancer: {exc}", file=sys.stderr)
+                return 2
+            columns = [*groups, "requests", "input_tokens", "output_tokens", "cache_creation_input_tokens",
+                       "cache_read_input_tokens", "cost_usd", "flagged", "unpriced", "errors"]  # fmt: skip
+    finally:
+        store.close()
+    _print_table(rows, columns, csv_out=args.csv)
+    return 0
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], *, csv_out: bool) -> None:
+    if csv_out:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else row.get(c) for c in columns])
+        return
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    if not rows:
+        print("(no requests in this period)")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6f}".rstrip("0").rstrip(".") if value else "0"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(".", "", 1).isdigit()
 
 
 async def _wait_for_signal() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .pricing import Price
+from .pricing import Price, Rates
 
 __all__ = [
     "PASSTHROUGH",
@@ -221,8 +221,35 @@ def parse_config(
         if name in names[:i]:
             raise ConfigError(f"{source}: providers[{i}].name: duplicate provider name {name!r}")
     routes = tuple(_route(rr, set(names), routing) for rr in r.tables("routes"))
+    lr = r.table("ledger")
+    lr.allow_keys("enabled", "url")
+    dl = LedgerConfig()
+    ledger = LedgerConfig(enabled=lr.get_bool("enabled", dl.enabled), url=lr.get_str("url", dl.url))
+    if not ledger.url.startswith(LEDGER_SCHEMES):
+        raise lr.error("url", f"must start with one of {', '.join(LEDGER_SCHEMES)}")
+    prices = tuple(_price(pr, set(names)) for pr in r.tables("prices"))
     return Config(
-        server=server, providers=providers, routes=routes, routing=routing, health=health, source=source
+        server=server, providers=providers, routes=routes, routing=routing, health=health,
+        ledger=ledger, prices=prices, source=source,
+    )  # fmt: skip
+
+
+def _price(r: _Reader, providers: set[str]) -> Price:
+    r.allow_keys("model", "provider", "input", "output", "cache_write_5m", "cache_write_1h", "cache_read")
+    provider = r.get_optional_str("provider")
+    if provider is not None and provider not in providers:
+        raise r.error("provider", f"no provider named {provider!r}")
+    inp = r.get_float("input", lo=0)
+    return Price(
+        model=r.get_str("model"),
+        provider=provider,
+        rates=Rates(
+            input=inp,
+            output=r.get_float("output", lo=0),
+            cache_write_5m=r.get_float("cache_write_5m", inp * 1.25, lo=0),
+            cache_write_1h=r.get_float("cache_write_1h", inp * 2.0, lo=0),
+            cache_read=r.get_float("cache_read", inp * 0.1, lo=0),
+        ),
     )
 
 

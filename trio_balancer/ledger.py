@@ -278,6 +278,12 @@ class Ledger:
         self.written = 0
         self.failed_writes = 0
         self._flushed = trio.Event()
+        self._wrote = trio.Event()
+
+    async def wait_written(self, count: int) -> None:
+        """Return once ``count`` records in all have been written (tests, status)."""
+        while self.written < count:
+            await self._wrote.wait()
 
     async def record(self, record: Record) -> None:
         """Queue a record; waits only if the writer is far behind, and never loses it."""
@@ -317,6 +323,8 @@ class Ledger:
                 try:
                     await trio.to_thread.run_sync(self.store.write, batch)
                     self.written += len(batch)
+                    wrote, self._wrote = self._wrote, trio.Event()
+                    wrote.set()
                     return
                 except sqlite3.Error as exc:
                     self.failed_writes += 1
