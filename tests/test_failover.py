@@ -43,8 +43,13 @@ async def two(
     return await balancer_for(a, b, **extra), a, b
 
 
+# These tests are about providers' health: every request must reach a provider, so none may be
+# answered from a shared flight or the response cache (tests/test_dedup.py covers those).
+NO_DEDUP = {"x-balancer-no-dedup": "1"}
+
+
 async def stream_body(b: Balancer, body: dict[str, Any] | None = None) -> tuple[httpx.Response, bytes]:
-    async with b.client.stream("POST", "/v1/messages", json=body or BODY) as r:
+    async with b.client.stream("POST", "/v1/messages", json=body or BODY, headers=NO_DEDUP) as r:
         return r, await r.aread()
 
 
@@ -379,7 +384,7 @@ async def test_stream_in_flight_survives_reload_that_removes_its_provider(
     async with b.client:
         assert b.app.registry is not None
         old_runtime = b.app.registry.runtimes["old"]
-        async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
+        async with b.client.stream("POST", "/v1/messages", json=BODY, headers=NO_DEDUP) as r:
             chunks = []
             async for chunk in r.aiter_raw():
                 chunks.append(chunk)

@@ -230,7 +230,9 @@ class TestEveryRequestRecorded:
         async with httpx.AsyncClient(base_url=b.url, limits=limits, timeout=60, trust_env=False) as client:
 
             async def one(i: int) -> None:
-                body = {**BODY, "stream": i % 3 != 0}
+                # 700 distinct requests; the other 300 repeat one of them and may share its flight.
+                content = f"question {i % 700}"
+                body = {**BODY, "stream": i % 3 != 0, "messages": [{"role": "user", "content": content}]}
                 if i % 17 == 0:
                     body = {"model": 5}  # invalid: never reaches a provider
                 async with client.stream("POST", "/v1/messages", json=body) as r:
@@ -248,6 +250,10 @@ class TestEveryRequestRecorded:
         assert any(r["disconnected"] for r in rows)
         assert any(r["status"] == 400 for r in rows)
         assert any(len(r["attempts"]) > 1 for r in rows)
+        roles = {r["dedup_role"] for r in rows}
+        assert {"leader", "follower"} <= roles or {"leader", "cache"} <= roles
+        upstream_calls = sum(len(r["attempts"]) for r in rows if r["dedup_role"] == "leader")
+        assert upstream_calls == len(a.received) + len(c.received)  # followers cost nothing upstream
 
 
 class TestReading:

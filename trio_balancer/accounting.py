@@ -113,3 +113,31 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
         events=flight.events,
         bytes=flight.bytes,
     )
+
+
+def shared_record(
+    ctx: RequestContext,
+    status: int | None,
+    provider: str | None,
+    upstream_model: str | None,
+    *,
+    disconnected: bool,
+) -> Record:
+    """A follower of a shared flight or a cache hit: the upstream was billed to the leader."""
+    return Record(
+        id=ctx.id,
+        started_at=ctx.started_at,
+        client=ctx.client,
+        model=ctx.model,
+        path=ctx.path,
+        stream=ctx.stream,
+        status=status,
+        route=ctx.route,
+        provider=provider,
+        upstream_model=upstream_model,
+        duration_ms=ctx.elapsed_ms(),
+        usage_source="shared",
+        cost_usd=0.0,
+        dedup_role=ctx.dedup_role,
+        disconnected=disconnected,
+    )

@@ -14,18 +14,36 @@ import signal
 import threading
 from typing import Any
 
+import attrs
 import structlog
 import trio
 
 from . import admin
 from . import logging as blog
-from .accounting import RequestContext, client_identity, error_record, flight_record, new_request_id
+from .accounting import (
+    RequestContext,
+    client_identity,
+    error_record,
+    flight_record,
+    new_request_id,
+    shared_record,
+)
 from .config import Config, ConfigError, load_config
-from .errors import BalancerError, ClientGone, InvalidRequest, NotFound, RequestTooLarge
-from .flight import Abort, Flight, Head, Item, UpstreamRequest
+from .dedup import CachedResponse, ResponseCache, signature
+from .errors import (
+    BalancerError,
+    ClientGone,
+    InvalidRequest,
+    NotFound,
+    RequestTooLarge,
+    error_body,
+    error_event,
+)
+from .flight import Abort, Flight, Head, Item, SharePolicy, UpstreamRequest
 from .ledger import Ledger, Record, sqlite_path
 from .pricing import PriceTable
 from .providers import Registry
+from .reshape import Form, Passthrough, form_for
 from .respond import JSON_HEADERS, Receive, Scope, Send, send_error, send_json
 from .routing import Router, listed_models
 from .usage import ESTIMATED, PARTIAL
@@ -47,6 +65,8 @@ class BalancerApp:
         self.config = config
         self.registry: Registry | None = None
         self.ledger: Ledger | None = None
+        self.shared: dict[str, Flight] = {}  # signature -> live flight others may join
+        self.cache = ResponseCache(ttl_s=config.dedup.cache_ttl_s, max_bytes=config.dedup.cache_max_bytes)
         self.prices = PriceTable(config.prices)
         self.router = Router(config)
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
@@ -159,14 +179,50 @@ class BalancerApp:
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext(new_request_id(), client_identity(scope["headers"]), scope["path"])
-        rid = [(b"x-balancer-request-id", ctx.id.encode())]
+        extra = [(b"x-balancer-request-id", ctx.id.encode())]
         try:
             body = await _read_body(scope, receive, self.config.server.max_body_bytes)
             request = _parse_request(scope, body)
             ctx.model, ctx.stream = request.model, request.stream
             assert self._nursery is not None and self.registry is not None, "lifespan not started"
             ctx.route = self.router.route_for(request.model).match
-            providers = self.registry.runtimes
+        except BalancerError as exc:
+            if not isinstance(exc, ClientGone):
+                await send_error(send, exc, extra)
+            await self._record(error_record(ctx, exc, 499 if isinstance(exc, ClientGone) else exc.status))
+            return
+
+        key = self._dedup_key(scope, request, ctx)
+        if key is not None:
+            cached = self.cache.get(key, trio.current_time())
+            if cached is not None:
+                ctx.dedup_role = "cache"
+                await self._answer_shared(
+                    ctx,
+                    request,
+                    _replay(cached),
+                    receive,
+                    send,
+                    extra,
+                    cached.provider,
+                    cached.upstream_model,
+                )
+                return
+            leader = self.shared.get(key)
+            if leader is not None and not leader.done.is_set():
+                ctx.dedup_role = "follower"
+                listener = leader.subscribe()
+                try:
+                    await self._answer_shared(
+                        ctx, request, listener, receive, send, extra, None, None, leader
+                    )
+                finally:
+                    leader.unsubscribe(listener)
+                return
+            ctx.dedup_role = "leader"
+
+        providers = self.registry.runtimes
+        try:
             attempts = self.router.plan(
                 request.model,
                 providers,
@@ -176,27 +232,76 @@ class BalancerApp:
                 need_tokens=len(body) // 4,
             )
         except BalancerError as exc:
-            if not isinstance(exc, ClientGone):
-                await send_error(send, exc, rid)
-            await self._record(error_record(ctx, exc, 499 if isinstance(exc, ClientGone) else exc.status))
+            await send_error(send, exc, extra)
+            await self._record(error_record(ctx, exc, exc.status))
             return
-        flight = Flight(request, attempts, providers)
+        d = self.config.dedup
+        share = SharePolicy(
+            keep_history=key is not None,
+            max_lag_events=d.max_lag_events,
+            max_lag_s=d.max_lag_s,
+            finish_orphans=d.finish_orphans and key is not None,
+        )
+        flight = Flight(request, attempts, providers, share)
+        if key is not None:
+            self.shared[key] = flight
         listener = flight.subscribe()
         self.flights.add(flight)
         if self._idle.is_set():
             self._idle = trio.Event()
-        self._nursery.start_soon(self._run_flight, flight, ctx)
+        self._nursery.start_soon(self._run_flight, flight, ctx, key)
+        extra.append((b"x-balancer-dedup", ctx.dedup_role.encode()))
         try:
-            if not await _write(listener, receive, send, rid):
-                flight.disconnected = True
+            delivery = await _write(listener, receive, send, extra, request.stream, flight)
+            flight.disconnected = not delivery.complete
         finally:
             flight.unsubscribe(listener)
 
-    async def _run_flight(self, flight: Flight, ctx: RequestContext) -> None:
+    def _dedup_key(self, scope: Scope, request: UpstreamRequest, ctx: RequestContext) -> str | None:
+        if not self.config.dedup.enabled or request.path != "/v1/messages":
+            return None
+        for name, value in scope["headers"]:
+            if name == b"x-balancer-no-dedup" and value.strip() not in (b"", b"0", b"false"):
+                return None
+        return signature(
+            request.payload,
+            path=request.path,
+            query=request.query,
+            headers=scope["headers"],
+            identity=ctx.client,
+            include_max_tokens=self.config.dedup.include_max_tokens,
+        )
+
+    async def _answer_shared(
+        self,
+        ctx: RequestContext,
+        request: UpstreamRequest,
+        items: trio.MemoryReceiveChannel[Item],
+        receive: Receive,
+        send: Send,
+        extra: list[tuple[bytes, bytes]],
+        provider: str | None,
+        upstream_model: str | None,
+        leader: Flight | None = None,
+    ) -> None:
+        """A follower of a live flight, or a cache hit: no upstream request of its own."""
+        extra.append((b"x-balancer-dedup", ctx.dedup_role.encode()))
+        delivery = await _write(items, receive, send, extra, request.stream, leader)
+        if leader is not None:
+            provider, upstream_model = leader.provider, leader.upstream_model
+        await self._record(
+            shared_record(ctx, delivery.status, provider, upstream_model, disconnected=not delivery.complete)
+        )
+
+    async def _run_flight(self, flight: Flight, ctx: RequestContext, key: str | None) -> None:
         try:
             await flight.run()
         finally:
             self.flights.discard(flight)
+            if key is not None:
+                if self.shared.get(key) is flight:
+                    del self.shared[key]
+                self._maybe_cache(key, flight)
             session = flight.request.session
             if session is not None and flight.completed and flight.provider is not None:
                 self.router.remember(session, flight.provider, trio.current_time())
@@ -230,6 +335,24 @@ class BalancerApp:
                     input_tokens=record.input_tokens,
                     output_tokens=record.output_tokens,
                 )
+
+    def _maybe_cache(self, key: str, flight: Flight) -> None:
+        """Keep a complete, successful response for identical requests; never errors or cuts."""
+        history = flight.history
+        if not (flight.completed and flight.status == 200 and history and isinstance(history[0], Head)):
+            return
+        head = history[0]
+        chunks = [item for item in history[1:] if type(item) is bytes]
+        self.cache.put(
+            key,
+            trio.current_time(),
+            status=head.status,
+            headers=head.headers,
+            chunks=chunks,
+            sse=flight.sse,
+            provider=flight.provider,
+            upstream_model=flight.upstream_model,
+        )
 
     async def _record(self, record: Record) -> None:
         if self.ledger is not None:
@@ -306,34 +429,76 @@ def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
     )
 
 
+@attrs.frozen
+class Delivery:
+    status: int | None  # what the client was answered, None if nothing was
+    complete: bool  # the client got the whole response (did not leave, was not cut off)
+
+
 async def _write(
-    listener: trio.MemoryReceiveChannel[Item], receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
-) -> bool:
-    """Drain one listener channel into the client; False if the client left before the end."""
+    listener: trio.MemoryReceiveChannel[Item],
+    receive: Receive,
+    send: Send,
+    extra: list[tuple[bytes, bytes]],
+    wants_stream: bool,
+    flight: Flight | None = None,
+) -> Delivery:
+    """Drain one listener channel into the client, in the form it asked for."""
     gone = trio.Event()
+    status: int | None = None
+    form: Form = Passthrough()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, gone)
-        started = False
         async for item in listener:
             if type(item) is bytes:
-                await send({"type": "http.response.body", "body": item, "more_body": True})
+                out = form.chunk(item)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
             elif isinstance(item, Head):
-                await send(
-                    {"type": "http.response.start", "status": item.status, "headers": item.headers + extra}
-                )
-                started = True
+                form = form_for(wants_stream, item.headers)
+                head = form.head(item.status, item.headers)
+                if head is not None:
+                    status = head[0]
+                    await send({"type": "http.response.start", "status": status, "headers": head[1] + extra})
             elif isinstance(item, Abort):
                 # Returning without the final body message makes Hypercorn drop the connection,
                 # so the client sees a broken response rather than a cut one that looks whole.
                 log.warning("response.abort", reason=item.reason)
                 nursery.cancel_scope.cancel()
-                return False
-        if not started:  # the flight ended without a word: a bug, but never a hung client
+                return Delivery(status, False)
+        dropped = flight is not None and flight.was_dropped(listener)
+        end_head, tail = form.end()
+        if dropped:
+            end_head, tail = _dropped_ending(status, wants_stream)
+        if end_head is not None:
+            status = end_head[0]
+            await send({"type": "http.response.start", "status": status, "headers": end_head[1] + extra})
+        elif status is None:  # the flight ended without a word: a bug, but never a hung client
+            status = 502
             await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS + extra})
-            await send({"type": "http.response.body", "body": b"{}", "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            tail = error_body("api_error", "the balancer produced no response")
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
         nursery.cancel_scope.cancel()
-    return not gone.is_set()
+    return Delivery(status, not gone.is_set() and not dropped)
+
+
+def _dropped_ending(
+    status: int | None, wants_stream: bool
+) -> tuple[tuple[int, list[tuple[bytes, bytes]]] | None, bytes]:
+    message = "this client fell too far behind the shared stream and was cut off"
+    if status is not None:  # mid-stream: end it with an error event
+        return None, error_event("api_error", message)
+    return (502, list(JSON_HEADERS)), error_body("api_error", message)
+
+
+def _replay(cached: CachedResponse) -> trio.MemoryReceiveChannel[Item]:
+    """A cached response as a listener channel, ready to drain at full speed."""
+    send, recv = trio.open_memory_channel[Item](len(cached.chunks) + 1)
+    send.send_nowait(Head(cached.status, cached.headers))
+    for chunk in cached.chunks:
+        send.send_nowait(chunk)
+    send.close()
+    return recv
 
 
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:

@@ -139,6 +139,19 @@ class ServerConfig:
 
 
 @attrs.frozen
+class DedupConfig:
+    enabled: bool = True
+    cache_ttl_s: float = 60.0
+    cache_max_bytes: int = 64 * 1024 * 1024
+    include_max_tokens: bool = True
+    finish_orphans: bool = False
+    # A listener sharing a stream may fall this far behind (events buffered, and seconds the
+    # others wait for it once its buffer is full) before it is cut off with an error.
+    max_lag_events: int = 1024
+    max_lag_s: float = 10.0
+
+
+@attrs.frozen
 class LedgerConfig:
     enabled: bool = True
     url: str = "sqlite:///~/.local/share/trio-balancer/ledger.sqlite3"
@@ -152,6 +165,7 @@ class Config:
     routing: RoutingConfig = attrs.Factory(RoutingConfig)
     health: HealthConfig = attrs.Factory(HealthConfig)
     ledger: LedgerConfig = attrs.Factory(LedgerConfig)
+    dedup: DedupConfig = attrs.Factory(DedupConfig)
     prices: tuple[Price, ...] = ()
     source: str = "<built-in default>"
     path: str | None = None  # the file it came from, for reloads
@@ -200,7 +214,7 @@ def parse_config(
 ) -> Config:
     env = os.environ if environ is None else environ
     r = _Reader(data, "", source)
-    r.allow_keys("server", "providers", "routes", "routing", "health", "ledger", "prices")
+    r.allow_keys("server", "providers", "routes", "routing", "health", "ledger", "prices", "dedup")
     server = _server(r.table("server"))
     rt = r.table("routing")
     rt.allow_keys("strategy", "sticky")
@@ -230,8 +244,30 @@ def parse_config(
     prices = tuple(_price(pr, set(names)) for pr in r.tables("prices"))
     return Config(
         server=server, providers=providers, routes=routes, routing=routing, health=health,
-        ledger=ledger, prices=prices, source=source,
+        ledger=ledger, prices=prices, dedup=_dedup(r.table("dedup")), source=source,
     )  # fmt: skip
+
+
+def _dedup(r: _Reader) -> DedupConfig:
+    r.allow_keys(
+        "enabled",
+        "cache_ttl_s",
+        "cache_max_bytes",
+        "include_max_tokens",
+        "finish_orphans",
+        "max_lag_events",
+        "max_lag_s",
+    )
+    d = DedupConfig()
+    return DedupConfig(
+        enabled=r.get_bool("enabled", d.enabled),
+        cache_ttl_s=r.get_float("cache_ttl_s", d.cache_ttl_s, lo=0),
+        cache_max_bytes=r.get_int("cache_max_bytes", d.cache_max_bytes, lo=0),
+        include_max_tokens=r.get_bool("include_max_tokens", d.include_max_tokens),
+        finish_orphans=r.get_bool("finish_orphans", d.finish_orphans),
+        max_lag_events=r.get_int("max_lag_events", d.max_lag_events, lo=1),
+        max_lag_s=r.get_float("max_lag_s", d.max_lag_s, lo=0.001),
+    )
 
 
 def _price(r: _Reader, providers: set[str]) -> Price:

@@ -166,17 +166,31 @@ class AttemptFailed(Exception):
         self.sent_to_client = sent_to_client  # the provider's own error event was relayed
 
 
+@attrs.frozen
+class SharePolicy:
+    """How a flight treats several listeners (dedup); the defaults are one listener's."""
+
+    keep_history: bool = False  # replay for late joiners and the cache
+    max_lag_events: int = LISTENER_BUFFER
+    max_lag_s: float = 10.0
+    finish_orphans: bool = False  # keep streaming into the cache after the last listener left
+
+
 class Flight:
     def __init__(
         self,
         request: UpstreamRequest,
         attempts: list[Attempt],
         providers: Mapping[str, ProviderRuntime],
+        share: SharePolicy = SharePolicy(),
     ) -> None:
         self.request = request
         self.attempts = attempts
         self._providers = providers
+        self.share = share
         self._listeners: dict[trio.MemoryReceiveChannel[Item], trio.MemorySendChannel[Item]] = {}
+        self._dropped: set[trio.MemoryReceiveChannel[Item]] = set()
+        self.history: list[Item] = []
         self.cancel_scope = trio.CancelScope()
         self.done = trio.Event()
         # What happened, for logs, metrics, the ledger and tests.
@@ -195,11 +209,31 @@ class Flight:
         self.disconnected = False  # set by the handler when its client left before the end
         self._sse = False
 
+    @property
+    def sse(self) -> bool:
+        """The response is an event stream (rather than a JSON body)."""
+        return self._sse
+
     # -- listeners ---------------------------------------------------------------------------
 
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
     def subscribe(self) -> trio.MemoryReceiveChannel[Item]:
-        send, recv = trio.open_memory_channel[Item](LISTENER_BUFFER)
-        self._listeners[recv] = send
+        """A new listener; a late one first gets everything published so far, in order.
+
+        The replay and the registration happen without a checkpoint in between, so the
+        listener sees every item exactly once whatever the flight does meanwhile.
+        """
+        history = self.history
+        send, recv = trio.open_memory_channel[Item](len(history) + self.share.max_lag_events)
+        for item in history:
+            send.send_nowait(item)
+        if self.done.is_set():
+            send.close()
+        else:
+            self._listeners[recv] = send
         return recv
 
     def unsubscribe(self, recv: trio.MemoryReceiveChannel[Item]) -> None:
@@ -208,23 +242,52 @@ class Flight:
         send = self._listeners.pop(recv, None)
         if send is not None:
             send.close()
-        if not self._listeners and not self.done.is_set():
+        if not self._listeners and not self.done.is_set() and not self.share.finish_orphans:
             self.cancel_scope.cancel()
 
+    def was_dropped(self, recv: trio.MemoryReceiveChannel[Item]) -> bool:
+        """This listener fell further behind than the bounds allow and was cut off."""
+        return recv in self._dropped
+
     async def _publish(self, item: Item) -> None:
-        if len(self._listeners) == 1:  # the common case, without a copy of the dict
+        if self.share.keep_history:
+            self.history.append(item)
+        if len(self._listeners) == 1:  # one listener: plain backpressure, nobody else to protect
             ((recv, send),) = self._listeners.items()
             try:
                 await send.send(item)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.unsubscribe(recv)
             return
+        slow = []
         for recv, send in list(self._listeners.items()):
             try:
-                await send.send(item)
+                send.send_nowait(item)
+            except trio.WouldBlock:
+                slow.append((recv, send))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.unsubscribe(recv)
-        if not self._listeners:
+        if slow:
+            await self._wait_for_slow(slow, item)
+
+    async def _wait_for_slow(
+        self, slow: list[tuple[trio.MemoryReceiveChannel[Item], trio.MemorySendChannel[Item]]], item: Item
+    ) -> None:
+        """Give listeners that are a full buffer behind ``max_lag_s`` to catch up, then cut them off."""
+        with trio.move_on_after(self.share.max_lag_s):
+            while slow:
+                recv, send = slow[0]
+                try:
+                    await send.send(item)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.unsubscribe(recv)
+                slow.pop(0)
+        for recv, send in slow:
+            self._dropped.add(recv)
+            self._listeners.pop(recv, None)
+            send.close()
+            log.warning("listener.dropped", lag_events=self.share.max_lag_events, lag_s=self.share.max_lag_s)
+        if not self._listeners and not self.share.finish_orphans:
             self.cancel_scope.cancel()
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -377,6 +440,9 @@ class Flight:
             finally:
                 if not verdict_given:  # cancelled: the client left, no verdict on the provider
                     health.abandoned()
+                    self.tried.append(
+                        AttemptRecord(runtime.name, attempt.model, "cancelled: no listener left")
+                    )
 
     async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         provider = runtime.config

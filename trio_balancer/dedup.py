@@ -1,0 +1,115 @@
+"""Which requests may share one upstream response, and the cache of completed ones.
+
+Signature: a hash of everything in the request that can change the answer (every body field
+except ``stream`` and ``metadata``, the endpoint, the query string, the ``anthropic-version``
+and ``anthropic-beta`` headers) plus the identity of the client. Requests from different
+clients never share, whatever they ask: a response is only ever replayed to the key that
+asked for it.
+
+The cache keeps completed responses (ended with ``message_stop``, or a complete JSON body; never
+errors or cut streams) for a TTL, in an LRU bounded in bytes. The clock is passed in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+__all__ = ["NOT_SIGNED", "CachedResponse", "ResponseCache", "signature"]
+
+NOT_SIGNED = frozenset({"stream", "metadata"})
+_SIGNED_HEADERS = (b"anthropic-version", b"anthropic-beta")
+
+
+def signature(
+    payload: Mapping[str, Any],
+    *,
+    path: str,
+    query: bytes,
+    headers: Iterable[tuple[bytes, bytes]],
+    identity: str,
+    include_max_tokens: bool = True,
+) -> str:
+    skip = NOT_SIGNED if include_max_tokens else NOT_SIGNED | {"max_tokens"}
+    body = {k: v for k, v in payload.items() if k not in skip}
+    signed_headers = sorted(
+        (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n in _SIGNED_HEADERS
+    )
+    canonical = json.dumps(
+        [identity, path, query.decode("latin-1"), signed_headers, body],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@attrs.frozen
+class CachedResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    chunks: tuple[bytes, ...]
+    sse: bool
+    size: int
+    expires: float
+    provider: str | None = None
+    upstream_model: str | None = None
+
+
+class ResponseCache:
+    def __init__(self, *, ttl_s: float, max_bytes: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, CachedResponse] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, now: float) -> CachedResponse | None:
+        item = self._items.get(key)
+        if item is None or now >= item.expires:
+            if item is not None:
+                self._drop(key)
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return item
+
+    def put(
+        self,
+        key: str,
+        now: float,
+        *,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        chunks: Sequence[bytes],
+        sse: bool,
+        provider: str | None = None,
+        upstream_model: str | None = None,
+    ) -> bool:
+        size = sum(len(c) for c in chunks) + sum(len(n) + len(v) for n, v in headers) + 256
+        if size > self.max_bytes or self.ttl_s <= 0:
+            return False
+        if key in self._items:
+            self._drop(key)
+        self._items[key] = CachedResponse(
+            status, headers, tuple(chunks), sse, size, now + self.ttl_s, provider, upstream_model
+        )
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            oldest = next(iter(self._items))
+            self._drop(oldest)
+        return True
+
+    def _drop(self, key: str) -> None:
+        item = self._items.pop(key)
+        self.bytes -= item.size
