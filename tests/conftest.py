@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
@@ -23,7 +25,37 @@ from .fakes import FakeUpstream
 PROVIDER_KEY = "sk-test-provider-key-0123456789"
 CLIENT_KEY = "sk-ant-client-key-abcdefghijkl"
 
-blog.configure("debug", "console")
+# Every secret any test hands the balancer. The whole session's log output is kept and checked
+# at the end: if one of these appears anywhere, the run fails (tests/test_observability.py).
+SECRETS = [PROVIDER_KEY, CLIENT_KEY, "sk-secret-value-123456", "sk-cli-test-key", "sk-hidden-1", "sk-backup",
+           "sk-ant-someone-else-1234567", "sk-ant-example"]  # fmt: skip
+
+
+class _Tee(io.TextIOBase):
+    """Log lines go to stderr (pytest shows them on failure) and into the session's record."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.lines.append(text)
+        sys.stderr.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+SESSION_LOG = _Tee()
+blog.configure("debug", "console", stream=SESSION_LOG)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    text = "".join(SESSION_LOG.lines)
+    leaked = [s for s in SECRETS if s in text]
+    if leaked:
+        sys.stderr.write(f"\nSECRETS LEAKED INTO LOGS during the test run: {len(leaked)} distinct keys\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)

@@ -4,6 +4,7 @@
 ``POST /providers/{name}/reset``: end a cooldown now.
 ``POST /admin/reload``: re-read the config file (the same as SIGHUP).
 ``GET /usage?since=&until=&group_by=provider,model,client``: token and cost totals.
+``GET /metrics``: Prometheus. ``GET /status``: a live HTML page; ``GET /status.json``: its data.
 ``GET /usage/requests?since=&until=&flagged=1&limit=&offset=``: the records, paged.
 """
 
@@ -18,7 +19,9 @@ import trio
 from .config import ConfigError
 from .errors import InvalidRequest, NotFound
 from .ledger import parse_time
-from .respond import Send, send_json
+from .metrics import CONTENT_TYPE
+from .respond import Send, send_body, send_json
+from .status import render_html, status_data
 
 if TYPE_CHECKING:
     from .asgi import BalancerApp
@@ -30,12 +33,24 @@ class _MethodNotAllowed(InvalidRequest):
     status = 405
 
 
+ENDPOINTS = ("/providers", "/usage", "/usage/requests", "/metrics", "/status", "/status.json")
+
+
 def handles(path: str) -> bool:
-    return path in ("/providers", "/usage", "/usage/requests") or path.startswith(("/providers/", "/admin/"))
+    return path in ENDPOINTS or path.startswith(("/providers/", "/admin/"))
 
 
 async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send: Send) -> None:
-    if path in ("/usage", "/usage/requests"):
+    if path == "/metrics":
+        _require(method, "GET")
+        await send_body(send, 200, app.metrics.render(), CONTENT_TYPE)
+    elif path == "/status.json":
+        _require(method, "GET")
+        await send_json(send, 200, status_data(app))
+    elif path == "/status":
+        _require(method, "GET")
+        await send_body(send, 200, render_html(status_data(app)).encode(), "text/html; charset=utf-8")
+    elif path in ("/usage", "/usage/requests"):
         _require(method, "GET")
         await send_json(send, 200, await usage_view(app, path, query))
     elif path == "/providers":

@@ -12,11 +12,14 @@ import json
 import os
 import signal
 import threading
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
 import structlog
 import trio
+from prometheus_client.core import GaugeMetricFamily
 
 from . import admin
 from . import logging as blog
@@ -28,7 +31,7 @@ from .accounting import (
     new_request_id,
     shared_record,
 )
-from .config import Config, ConfigError, load_config
+from .config import DEFAULT_MODELS, Config, ConfigError, load_config
 from .dedup import CachedResponse, ResponseCache, signature
 from .errors import (
     BalancerError,
@@ -41,11 +44,13 @@ from .errors import (
 )
 from .flight import Abort, Flight, Head, Item, SharePolicy, UpstreamRequest
 from .ledger import Ledger, Record, sqlite_path
+from .metrics import Metrics, normalise_model
 from .pricing import PriceTable
 from .providers import Registry
 from .reshape import Form, Passthrough, form_for
 from .respond import JSON_HEADERS, Receive, Scope, Send, send_error, send_json
 from .routing import Router, listed_models
+from .stats import RecentStats
 from .usage import ESTIMATED, PARTIAL
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "create_app"]
@@ -66,6 +71,11 @@ class BalancerApp:
         self.registry: Registry | None = None
         self.ledger: Ledger | None = None
         self.shared: dict[str, Flight] = {}  # signature -> live flight others may join
+        self.metrics = Metrics()
+        self.metrics.add_live(self._live_metrics)
+        self.stats = RecentStats()
+        self.started_at = 0.0
+        self._known_models = _known_models(config)
         self.cache = ResponseCache(ttl_s=config.dedup.cache_ttl_s, max_bytes=config.dedup.cache_max_bytes)
         self.prices = PriceTable(config.prices)
         self.router = Router(config)
@@ -93,6 +103,7 @@ class BalancerApp:
         assert message["type"] == "lifespan.startup"
         try:
             self.registry = Registry(self.config)
+            self.started_at = trio.current_time()
             async with trio.open_nursery() as services:
                 if self.config.ledger.enabled:
                     self.ledger = Ledger(sqlite_path(self.config.ledger.url))
@@ -145,6 +156,7 @@ class BalancerApp:
         self.config = new
         self.router = Router(new)
         self.prices = PriceTable(new.prices)
+        self._known_models = _known_models(new)
         changed = sorted(r.name for r in retired)
         log.info(
             "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
@@ -179,11 +191,34 @@ class BalancerApp:
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = RequestContext(new_request_id(), client_identity(scope["headers"]), scope["path"])
+        structlog.contextvars.bind_contextvars(request_id=ctx.id)  # every line of this request, flight too
         extra = [(b"x-balancer-request-id", ctx.id.encode())]
+        self.metrics.active_listeners.inc()
+        try:
+            await self._serve_messages(ctx, extra, scope, receive, send)
+        finally:
+            self.metrics.active_listeners.dec()
+
+    async def _serve_messages(
+        self,
+        ctx: RequestContext,
+        extra: list[tuple[bytes, bytes]],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         try:
             body = await _read_body(scope, receive, self.config.server.max_body_bytes)
             request = _parse_request(scope, body)
             ctx.model, ctx.stream = request.model, request.stream
+            log.info(
+                "request.start",
+                path=ctx.path,
+                model=ctx.model,
+                stream=ctx.stream,
+                client=ctx.client,
+                bytes=len(body),
+            )
             assert self._nursery is not None and self.registry is not None, "lifespan not started"
             ctx.route = self.router.route_for(request.model).match
         except BalancerError as exc:
@@ -242,11 +277,12 @@ class BalancerApp:
             max_lag_s=d.max_lag_s,
             finish_orphans=d.finish_orphans and key is not None,
         )
-        flight = Flight(request, attempts, providers, share)
+        flight = Flight(request, attempts, providers, share, observer=self)
         if key is not None:
             self.shared[key] = flight
         listener = flight.subscribe()
         self.flights.add(flight)
+        self.metrics.active_streams.set(len(self.flights))
         if self._idle.is_set():
             self._idle = trio.Event()
         self._nursery.start_soon(self._run_flight, flight, ctx, key)
@@ -298,6 +334,7 @@ class BalancerApp:
             await flight.run()
         finally:
             self.flights.discard(flight)
+            self.metrics.active_streams.set(len(self.flights))
             if key is not None:
                 if self.shared.get(key) is flight:
                     del self.shared[key]
@@ -355,8 +392,80 @@ class BalancerApp:
         )
 
     async def _record(self, record: Record) -> None:
+        """The single place a finished request is accounted: metrics, recent stats, ledger."""
+        m = self.metrics
+        provider = record.provider or "none"
+        model = normalise_model(record.upstream_model or record.model, self._known_models)
+        m.requests.labels(provider, model, str(record.status or 0)).inc()
+        m.dedup.labels(record.dedup_role).inc()
+        if record.ttfb_ms is not None and record.provider is not None:
+            m.ttfb.labels(provider).observe(record.ttfb_ms / 1000)
+        if record.events or record.bytes:
+            m.events.labels(provider).inc(record.events)
+            m.bytes.labels(provider).inc(record.bytes)
+        for kind, n in (
+            ("input", record.input_tokens),
+            ("output", record.output_tokens),
+            ("cache_read", record.cache_read_input_tokens),
+            ("cache_write", record.cache_creation_input_tokens),
+        ):
+            if n:
+                m.tokens.labels(provider, model, kind).inc(n)
+        if record.cost_usd:
+            m.cost.labels(provider, model).inc(record.cost_usd)
+        if record.usage_source in (ESTIMATED, PARTIAL):
+            m.estimated.labels(provider).inc()
+        self.stats.request(
+            time.time(),
+            status=record.status,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            ttfb=None if record.ttfb_ms is None else record.ttfb_ms / 1000,
+        )
         if self.ledger is not None:
             await self.ledger.record(record)
+
+    # -- FlightObserver ----------------------------------------------------------------------
+
+    def forward(self, seconds: float) -> None:
+        self.metrics.forward.observe(seconds)
+        self.stats.forward(time.time(), seconds)
+
+    def failover(self, provider: str, reason: str) -> None:
+        self.metrics.failovers.labels(provider, reason).inc()
+
+    def _live_metrics(self) -> Iterable[GaugeMetricFamily]:
+        state = GaugeMetricFamily(
+            "trio_balancer_provider_state",
+            "1 for each provider's current health state",
+            labels=["provider", "state"],
+        )
+        cooldown = GaugeMetricFamily(
+            "trio_balancer_provider_cooldown_seconds", "Cooldown left per provider", labels=["provider"]
+        )
+        if self.registry is not None:
+            now = trio.current_time()
+            for name, runtime in self.registry.runtimes.items():
+                snap = runtime.health.snapshot(now)
+                for s in ("healthy", "cooling", "half_open"):
+                    state.add_metric([name, s], 1.0 if snap.state.value == s else 0.0)
+                cooldown.add_metric([name], max(0.0, snap.cooling_until - now))
+        yield state
+        yield cooldown
+        cache = GaugeMetricFamily("trio_balancer_cache_bytes", "Bytes held by the response cache")
+        cache.add_metric([], float(self.cache.bytes))
+        yield cache
+        if self.ledger is not None:
+            written = GaugeMetricFamily(
+                "trio_balancer_ledger_records_written", "Ledger records written since start"
+            )
+            written.add_metric([], float(self.ledger.written))
+            yield written
+            failed = GaugeMetricFamily(
+                "trio_balancer_ledger_write_failures", "Failed ledger writes since start (retried)"
+            )
+            failed.add_metric([], float(self.ledger.failed_writes))
+            yield failed
 
     # -- /v1/models --------------------------------------------------------------------------
 
@@ -373,6 +482,14 @@ class BalancerApp:
         if model_id in listed_models(self.config):
             return _model_object(model_id)
         raise NotFound(f"model {model_id!r} not found")
+
+
+def _known_models(config: Config) -> set[str]:
+    """Model ids that may be metric labels: what the config names, and the defaults."""
+    known = set(listed_models(config)) | set(DEFAULT_MODELS)
+    known.update(t.model for r in config.routes for t in r.targets if t.model)
+    known.update(m for p in config.providers for m in p.models)
+    return known
 
 
 def _model_object(model_id: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import attrs
 import httpx
@@ -53,7 +53,7 @@ from .errors import (
 )
 from .failover import Verdict, classify_error_type, classify_status
 from .health import FailureKind
-from .logging import get_logger
+from .logging import debug_enabled, get_logger
 from .providers import ProviderRuntime
 from .ratelimits import read_headers, retry_after_seconds
 from .respond import JSON_HEADERS
@@ -166,6 +166,21 @@ class AttemptFailed(Exception):
         self.sent_to_client = sent_to_client  # the provider's own error event was relayed
 
 
+class FlightObserver(Protocol):
+    """What a flight reports as it goes (metrics, the status page); the app implements it."""
+
+    def forward(self, seconds: float) -> None: ...
+    def failover(self, provider: str, reason: str) -> None: ...
+
+
+class _Unobserved:
+    def forward(self, seconds: float) -> None:
+        pass
+
+    def failover(self, provider: str, reason: str) -> None:
+        pass
+
+
 @attrs.frozen
 class SharePolicy:
     """How a flight treats several listeners (dedup); the defaults are one listener's."""
@@ -183,8 +198,11 @@ class Flight:
         attempts: list[Attempt],
         providers: Mapping[str, ProviderRuntime],
         share: SharePolicy = SharePolicy(),
+        observer: FlightObserver | None = None,
     ) -> None:
         self.request = request
+        self.observer: FlightObserver = observer or _Unobserved()
+        self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.attempts = attempts
         self._providers = providers
         self.share = share
@@ -327,6 +345,7 @@ class Flight:
     async def _commit(self, head: Head, first: bytes | None) -> None:
         self.committed = True
         self.status = head.status
+        log.info("stream.commit", provider=self.provider, status=head.status, events_held=self.events)
         await self._publish(head)
         if first:
             await self._publish(first)
@@ -356,6 +375,9 @@ class Flight:
                     await self._relay_answer(failure)
                     return
                 last = failure
+                self.observer.failover(
+                    runtime.name, failure.verdict.kind.value if failure.verdict.kind else "client"
+                )
                 if n + 1 < len(self.attempts):
                     log.warning(
                         "failover",
@@ -463,6 +485,7 @@ class Flight:
         phase = trio.CancelScope(deadline=_deadline(t.first_byte))
         started = trio.current_time()
         in_body = False
+        log.info("upstream.connect", provider=name, model=attempt.model, kind=provider.kind)
         with total:
             with phase:
                 try:
@@ -642,7 +665,9 @@ class Flight:
         state = _StreamState()
         slid_at = trio.current_time()
         try:
+            observer = self.observer
             async for chunk in chunks:
+                received = time.perf_counter()
                 now = trio.current_time()
                 if now - slid_at > _IDLE_SLIDE_S:
                     idle.deadline = now + idle_s
@@ -651,7 +676,20 @@ class Flight:
                 if events and converter is not None:
                     events = self._convert(provider, converter, events)
                 if events:
+                    before = self.bytes
                     await self._take(provider, head, events, state, check=converter is None)
+                    if self.bytes != before:  # published (not held before the commit point)
+                        handed = time.perf_counter()
+                        observer.forward(handed - received)
+                        if self._trace:
+                            log.debug(
+                                "stream.chunk",
+                                events=len(events),
+                                bytes=self.bytes - before,
+                                received=received,
+                                handed=handed,
+                                forward_us=round((handed - received) * 1e6, 1),
+                            )
         except EventTooLarge as exc:
             raise AttemptFailed(
                 Verdict(True, FailureKind.SERVER), UpstreamError(f"provider {name!r}: {exc}")

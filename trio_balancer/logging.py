@@ -53,8 +53,18 @@ def redact(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> 
     return event_dict
 
 
+_level = logging.INFO
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are written: hot paths check this once instead of building them."""
+    return _level <= logging.DEBUG
+
+
 def configure(level: str = "info", fmt: str = "console", stream: Any = None) -> None:
     """Configure structlog once for the process: JSON lines or readable console output."""
+    global _level
+    _level = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any
     if fmt == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -69,7 +79,7 @@ def configure(level: str = "info", fmt: str = "console", stream: Any = None) -> 
             redact,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=True,
     )

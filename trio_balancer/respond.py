@@ -26,6 +26,17 @@ async def send_json(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+async def send_body(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type.encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def send_error(send: Send, exc: BalancerError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     if isinstance(exc, ClientGone):
         return
