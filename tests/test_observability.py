@@ -131,6 +131,22 @@ class TestLogs:
         assert PROVIDER_KEY not in out and CLIENT_KEY not in out and "abcdef123456" not in out
         assert blog.REDACTED in out and '"accept": "*/*"' in out
 
+    def test_token_counts_are_not_secrets(self) -> None:
+        counts = {
+            "event": "request.end",
+            "input_tokens": 12,
+            "output_tokens": 34,
+            "max_tokens": 100,
+            "cache_read_input_tokens": 5,
+        }
+        assert blog.redact(None, "info", dict(counts)) == counts
+        assert (
+            blog.redact(None, "info", {"event": "x", "access_token": "abc", "client_secret": "s"})[
+                "access_token"
+            ]
+            == blog.REDACTED
+        )
+
     def test_real_log_output_is_redacted(self) -> None:
         """Through the configured pipeline (not a capture): the line is written, the key is not.
         The conftest also scans the whole session's log output for every test key at the end."""

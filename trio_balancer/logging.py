@@ -18,7 +18,11 @@ import structlog
 __all__ = ["REDACTED", "configure", "get_logger", "redact"]
 
 REDACTED = "[redacted]"
-_SECRET_KEYS = re.compile(r"(api[-_]?key|authorization|token|secret|password|credential)", re.I)
+# Keys that name a secret: "x-api-key", "authorization", "access_token", "client_secret"...
+# A singular "token" at the end only: "input_tokens" and "max_tokens" are counts, not secrets.
+_SECRET_KEYS = re.compile(
+    r"(api[-_]?key|authorization|token|secret|password|passwd|credentials?|cookie)$", re.I
+)
 # Provider keys (sk-ant-..., sk-proj-..., sk-...), bearer tokens, and x-api-key values inline.
 _SECRET_VALUES = re.compile(
     r"(sk-[A-Za-z0-9_\-]{6,}|(?i:bearer)\s+[A-Za-z0-9._~+/\-]{6,}=*|(?i:x-api-key)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]{6,})"

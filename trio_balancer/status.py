@@ -89,20 +89,22 @@ def _chart(minutes: list[Minute] | list[dict[str, Any]], key: str, label: str, u
     width, height, pad = 560, 120, 30
     top = max(known) if known else 1.0
     top = top or 1.0
-    step = (width - pad) / max(1, len(values) - 1)
-    points = " ".join(
-        f"{pad + i * step:.1f},{height - 15 - (v / top) * (height - 30):.1f}"
+    step = (width - 2 * pad) / max(1, len(values) - 1)  # margins so the newest dot is not clipped
+    xy = [
+        (pad + i * step, height - 15 - (v / top) * (height - 30))
         for i, v in enumerate(values)
         if v is not None
-    )
+    ]
+    points = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
+    dots = "".join(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in xy)
     return (
         f"<figure><figcaption>{html.escape(label)} (max {top:g} {unit})</figcaption>"
         f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" aria-label="{html.escape(label)}">'
         f'<line x1="{pad}" y1="{height - 15}" x2="{width}" y2="{height - 15}" stroke="#999"/>'
         f'<text x="0" y="12" font-size="10">{top:g}</text><text x="0" y="{height - 15}" font-size="10">0</text>'
         f'<text x="{pad}" y="{height - 2}" font-size="10">-{len(values)} min</text>'
-        f'<text x="{width - 30}" y="{height - 2}" font-size="10">now</text>'
-        f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/></svg></figure>'
+        f'<text x="{width - pad - 10}" y="{height - 2}" font-size="10">now</text>'
+        f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>{dots}</svg></figure>'
     )
 
 
