@@ -17,6 +17,7 @@ import structlog
 import trio
 
 from trio_balancer import logging as blog
+from trio_balancer import simulator
 from trio_balancer.asgi import BalancerApp, create_app
 from trio_balancer.config import Config, parse_config
 
@@ -141,6 +142,13 @@ async def balancer_for(nursery: trio.Nursery) -> AsyncIterator[BalancerFactory]:
     yield make
     for b in made:
         await b.client.aclose()
+
+
+@pytest.fixture
+async def sim(nursery: trio.Nursery) -> str:
+    """The upstream simulator on a free port; its URL."""
+    port = await nursery.start(partial(simulator.serve, simulator.Simulator()))
+    return f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

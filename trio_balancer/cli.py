@@ -18,6 +18,7 @@ from . import __version__
 from . import logging as blog
 from .config import Config, ConfigError, load_config
 from .ledger import GROUP_COLUMNS, LedgerStore, parse_time, sqlite_path
+from .simulator import SimOptions
 
 __all__ = ["main"]
 
@@ -45,7 +46,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     usage.add_argument("--limit", type=int, default=100, help="records to list with --flagged")
     usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
 
+    sim = sub.add_parser(
+        "simulate", help="run an upstream simulator (Anthropic and OpenAI APIs) for tests and load tests"
+    )
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8788)
+    d = SimOptions()
+    sim.add_argument("--ttfb", type=float, default=d.ttfb, help="seconds before response headers")
+    sim.add_argument(
+        "--eps", type=float, default=d.eps, help="text events per second per stream (0: no pacing)"
+    )
+    sim.add_argument("--events", type=int, default=d.events, help="text deltas per response")
+    sim.add_argument("--event-bytes", type=int, default=d.event_bytes, help="characters per delta")
+    sim.add_argument("--cjk", action="store_true", help="Chinese text")
+    sim.add_argument("--tools", type=int, default=d.tools, help="tool calls per response")
+    sim.add_argument("--no-usage", action="store_true", help="send no usage (like some proxies)")
+    sim.add_argument("--stamp", action="store_true", help="stamp each delta with its send time (ns)")
+    sim.epilog = (
+        "Every option can also be set per request with an x-sim-* header; see trio_balancer/simulator.py."
+    )
+
     args = parser.parse_args(argv)
+    if args.command == "simulate":
+        return _simulate(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "usage":
@@ -167,6 +190,27 @@ def _cell(value: Any) -> str:
 
 def _numeric(text: str) -> bool:
     return text.replace(".", "", 1).isdigit()
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator import Simulator, serve
+
+    options = SimOptions(
+        ttfb=args.ttfb, eps=args.eps, events=args.events, event_bytes=args.event_bytes, cjk=args.cjk,
+        tools=args.tools, no_usage=args.no_usage, stamp=args.stamp,
+    )  # fmt: skip
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(partial(serve, Simulator(options), args.host, args.port))
+            print(
+                f"trio-balancer simulate: listening on http://{args.host}:{port}", file=sys.stderr, flush=True
+            )
+            await _wait_for_signal()
+            nursery.cancel_scope.cancel()
+
+    trio.run(run)
+    return 0
 
 
 async def _wait_for_signal() -> None:
