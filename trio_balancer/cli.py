@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import signal
+import subprocess
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -66,7 +67,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Every option can also be set per request with an x-sim-* header; see trio_balancer/simulator.py."
     )
 
+    claude = sub.add_parser(
+        "claude",
+        help="run Claude Code through the balancer (arguments after -- go to Claude Code)",
+        description="Starts the installed Claude Code CLI with ANTHROPIC_BASE_URL pointing at the balancer.",
+    )
+    claude.add_argument("--config", help="the balancer's config (for its address)")
+    claude.add_argument(
+        "--url", help="the balancer's URL (default: from --config, else http://127.0.0.1:8787)"
+    )
+    claude.add_argument("--key", help="client key for the balancer (default: $TRIO_BALANCER_KEY if set)")
+    claude.add_argument(
+        "--install", action="store_true", help="install Claude Code from npm first if missing"
+    )
+    claude.add_argument("claude_args", nargs=argparse.REMAINDER, help="arguments for Claude Code")
+
+    check = sub.add_parser("check-config", help="validate a config and print the routes it implies")
+    check.add_argument("path")
+
     args = parser.parse_args(argv)
+    if args.command == "claude":
+        return _claude(args)
+    if args.command == "check-config":
+        return _check_config(args.path)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "serve":
@@ -190,6 +213,61 @@ def _cell(value: Any) -> str:
 
 def _numeric(text: str) -> bool:
     return text.replace(".", "", 1).isdigit()
+
+
+def _claude(args: argparse.Namespace) -> int:
+    import os
+
+    from .claude_code import ClaudeCodeNotFound, environment, find_binary, install
+
+    if args.url:
+        url = args.url.rstrip("/")
+    else:
+        server = _load(args.config).server
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        url = f"http://{host}:{server.port}"
+    try:
+        binary = install() if args.install else find_binary()
+    except (ClaudeCodeNotFound, OSError, subprocess.SubprocessError) as exc:
+        print(
+            f"trio-balancer: {exc}; run with --install, or `npm install -g @anthropic-ai/claude-code`",
+            file=sys.stderr,
+        )
+        return 127
+    key = args.key or os.environ.get("TRIO_BALANCER_KEY")
+    extra = args.claude_args[1:] if args.claude_args[:1] == ["--"] else args.claude_args
+    os.execve(binary, [str(binary), *extra], environment(url, api_key=key))
+    return 0  # pragma: no cover - execve does not return
+
+
+def _check_config(path: str) -> int:
+    from .routing import Router, listed_models
+
+    config = _load(path)
+    print(f"{config.source}: OK")
+    print(f"server: http://{config.server.host}:{config.server.port}")
+    print("providers:")
+    for p in config.providers:
+        key = "client's own key (passthrough)" if p.passthrough else f"own key, sent as {p.auth}"
+        print(f"  {p.name}: {p.kind} {p.base_url} ({key})")
+    router = Router(config)
+    print("routes (first match wins; targets in failover order):")
+    routes = config.routes or (router.route_for("*"),)
+    for route in routes:
+        targets = ", ".join(f"{t.provider}" + (f" as {t.model}" if t.model else "") + (f" (weight {t.weight:g})" if route.strategy == "weighted" else "")
+                            for t in route.targets)  # fmt: skip
+        print(f"  {route.match}  ->  {targets}  [{route.strategy}{', sticky' if route.sticky else ''}]")
+    models = listed_models(config)
+    if models:
+        print("models listed on /v1/models:")
+        for model in models:
+            route = router.route_for(model)
+            chain = " -> ".join(f"{t.provider}:{t.model or model}" for t in route.targets)
+            print(f"  {model}: {chain}")
+    print(
+        f"ledger: {config.ledger.url if config.ledger.enabled else 'disabled'}; dedup: {'on' if config.dedup.enabled else 'off'}"
+    )
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
