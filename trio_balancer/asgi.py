@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from fnmatch import fnmatchcase
 from typing import Any
 
 import attrs
@@ -31,19 +32,25 @@ from .accounting import (
     new_request_id,
     shared_record,
 )
+from .auth import ClientKey, KeyRing, is_loopback
 from .config import DEFAULT_MODELS, Config, ConfigError, load_config
 from .dedup import CachedResponse, ResponseCache, signature
 from .errors import (
     BalancerError,
     ClientGone,
+    HeadersTooLarge,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
+    RateLimited,
+    RequestTimeout,
     RequestTooLarge,
     error_body,
     error_event,
 )
 from .flight import Abort, Flight, Head, Item, SharePolicy, UpstreamRequest
 from .ledger import Ledger, Record, sqlite_path
+from .limits import Limiter
 from .metrics import Metrics, normalise_model
 from .pricing import PriceTable
 from .providers import Registry
@@ -79,6 +86,8 @@ class BalancerApp:
         self.cache = ResponseCache(ttl_s=config.dedup.cache_ttl_s, max_bytes=config.dedup.cache_max_bytes)
         self.prices = PriceTable(config.prices)
         self.router = Router(config)
+        self.keyring = KeyRing(config.server.client_keys, config.server.admin_key_sha256)
+        self.limiter = Limiter(config.server.max_concurrent)
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
         self._nursery: trio.Nursery | None = None
         self._idle = trio.Event()
@@ -157,6 +166,8 @@ class BalancerApp:
         self.router = Router(new)
         self.prices = PriceTable(new.prices)
         self._known_models = _known_models(new)
+        self.keyring = KeyRing(new.server.client_keys, new.server.admin_key_sha256)
+        self.limiter.max_total = new.server.max_concurrent
         changed = sorted(r.name for r in retired)
         log.info(
             "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
@@ -171,33 +182,66 @@ class BalancerApp:
         try:
             if path in ("/v1/messages", "/v1/messages/count_tokens"):
                 _require(method, "POST")
-                await self._messages(scope, receive, send)
+                key = self._authenticate(scope)
+                await self._messages(scope, receive, send, key)
             elif path == "/v1/models":
                 _require(method, "GET")
+                self._authenticate(scope)
                 await send_json(send, 200, self._models_page(scope))
             elif path.startswith("/v1/models/"):
                 _require(method, "GET")
+                self._authenticate(scope)
                 await send_json(send, 200, self._model(path.removeprefix("/v1/models/")))
             elif path == "/health":
                 await send_json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
             elif admin.handles(path):
+                if not (path == "/metrics" and self.config.server.public_metrics):
+                    self.keyring.check_admin(scope["headers"], scope.get("client"))
                 await admin.dispatch(self, method, path, scope.get("query_string", b""), send)
             else:
                 raise NotFound(f"no endpoint {method} {path}")
         except BalancerError as exc:
             await send_error(send, exc)
 
+    def _authenticate(self, scope: Scope) -> ClientKey | None:
+        """Who is calling: a configured client key, or (without keys) a loopback client."""
+        server = self.config.server
+        size = sum(len(n) + len(v) + 4 for n, v in scope["headers"])
+        if size > server.max_header_bytes:
+            raise HeadersTooLarge(f"request headers are over the limit of {server.max_header_bytes} bytes")
+        if self.keyring.enabled:
+            return self.keyring.identify(scope["headers"])
+        if not server.allow_open and not is_loopback(scope.get("client")):
+            raise PermissionDenied(
+                "this balancer has no client keys, so it serves loopback clients only"
+                " (configure [[server.client_keys]], or allow_open = true)"
+            )
+        return None
+
     # -- /v1/messages ------------------------------------------------------------------------
 
-    async def _messages(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = RequestContext(new_request_id(), client_identity(scope["headers"]), scope["path"])
+    async def _messages(self, scope: Scope, receive: Receive, send: Send, key: ClientKey | None) -> None:
+        client = key.name if key is not None else client_identity(scope["headers"])
+        ctx = RequestContext(new_request_id(), client, scope["path"])
         structlog.contextvars.bind_contextvars(request_id=ctx.id)  # every line of this request, flight too
         extra = [(b"x-balancer-request-id", ctx.id.encode())]
+        try:
+            self.limiter.acquire(
+                client,
+                trio.current_time(),
+                max_concurrent=key.max_concurrent if key else None,
+                per_minute=key.requests_per_minute if key else None,
+            )
+        except RateLimited as exc:
+            await send_error(send, exc, extra)
+            await self._record(error_record(ctx, exc, exc.status))
+            return
         self.metrics.active_listeners.inc()
         try:
-            await self._serve_messages(ctx, extra, scope, receive, send)
+            await self._serve_messages(ctx, extra, scope, receive, send, key)
         finally:
             self.metrics.active_listeners.dec()
+            self.limiter.release(client)
 
     async def _serve_messages(
         self,
@@ -206,11 +250,23 @@ class BalancerApp:
         scope: Scope,
         receive: Receive,
         send: Send,
+        client_key: ClientKey | None,
     ) -> None:
         try:
-            body = await _read_body(scope, receive, self.config.server.max_body_bytes)
+            with trio.move_on_after(self.config.server.body_timeout_s) as body_scope:
+                body = await _read_body(scope, receive, self.config.server.max_body_bytes)
+            if body_scope.cancelled_caught:
+                raise RequestTimeout(
+                    f"request body not complete within {self.config.server.body_timeout_s:g} s"
+                )
             request = _parse_request(scope, body)
             ctx.model, ctx.stream = request.model, request.stream
+            if (
+                client_key is not None
+                and client_key.models
+                and not any(fnmatchcase(request.model, g) for g in client_key.models)
+            ):
+                raise PermissionDenied(f"client {client_key.name!r} may not use model {request.model!r}")
             log.info(
                 "request.start",
                 path=ctx.path,
@@ -277,7 +333,16 @@ class BalancerApp:
             max_lag_s=d.max_lag_s,
             finish_orphans=d.finish_orphans and key is not None,
         )
-        flight = Flight(request, attempts, providers, share, observer=self)
+        server = self.config.server
+        flight = Flight(
+            request,
+            attempts,
+            providers,
+            share,
+            observer=self,
+            max_response_bytes=server.max_upstream_response_bytes,
+            max_event_bytes=server.max_upstream_event_bytes,
+        )
         if key is not None:
             self.shared[key] = flight
         listener = flight.subscribe()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import ipaddress
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 
 from . import __version__
@@ -33,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--config", help="TOML config file (default: built-in, forwards to Anthropic)")
     serve.add_argument("--host", help="address to bind (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to bind (overrides [server] port)")
+    serve.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="bind beyond loopback with no client keys (anyone who can reach it may use it)",
+    )
     _log_args(serve)
 
     usage = sub.add_parser("usage", help="print token and cost totals from the ledger")
@@ -82,12 +89,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     claude.add_argument("claude_args", nargs=argparse.REMAINDER, help="arguments for Claude Code")
 
+    keys = sub.add_parser("keys", help="client keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    new = keys_sub.add_parser("new", help="print a fresh client key and the config lines for it")
+    new.add_argument("name")
+    new.add_argument("--admin", action="store_true", help="an admin key ([server] admin_key_sha256) instead")
+
     check = sub.add_parser("check-config", help="validate a config and print the routes it implies")
     check.add_argument("path")
 
     args = parser.parse_args(argv)
     if args.command == "claude":
         return _claude(args)
+    if args.command == "keys":
+        return _keys_new(args.name, admin=args.admin)
     if args.command == "check-config":
         return _check_config(args.path)
     if args.command == "simulate":
@@ -122,6 +137,24 @@ def _serve(args: argparse.Namespace) -> int:
     blog.configure(args.log_level, args.log_format)
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    open_ok = args.allow_open or config.server.allow_open
+    if not config.server.client_keys:
+        if not _loopback_host(host) and not open_ok:
+            print(
+                f"trio-balancer: refusing to bind {host}: no client keys are configured, so anyone who can reach"
+                " it could spend your providers' keys. Add [[server.client_keys]] (trio-balancer keys new NAME),"
+                " or pass --allow-open if that is what you want.",
+                file=sys.stderr,
+            )
+            return 2
+        if open_ok and not _loopback_host(host):
+            print(
+                f"trio-balancer: WARNING: open to every client that can reach {host}, with no client keys",
+                file=sys.stderr,
+            )
+            config = attrs.evolve(config, server=attrs.evolve(config.server, allow_open=True))
+        else:
+            print("trio-balancer: no client keys configured: serving loopback clients only", file=sys.stderr)
     hc = hypercorn.config.Config()
     hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hc.graceful_timeout = config.server.grace_period_s
@@ -131,6 +164,9 @@ def _serve(args: argparse.Namespace) -> int:
     # Hypercorn's default backlog (100) resets connections when hundreds of clients connect
     # at once (Claude Code sub-agents, a team's morning); the kernel caps it at somaxconn.
     hc.backlog = 4096
+    # Oversized headers are answered by the app in Anthropic's error shape; Hypercorn's own
+    # limit only has to be above ours.
+    hc.h11_max_incomplete_size = config.server.max_header_bytes * 2 + 16 * 1024
     app = create_app(config)
 
     async def run() -> None:
@@ -238,6 +274,34 @@ def _claude(args: argparse.Namespace) -> int:
     extra = args.claude_args[1:] if args.claude_args[:1] == ["--"] else args.claude_args
     os.execve(binary, [str(binary), *extra], environment(url, api_key=key))
     return 0  # pragma: no cover - execve does not return
+
+
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _keys_new(name: str, *, admin: bool) -> int:
+    from .auth import new_key
+
+    key, digest = new_key()
+    print(f"key (give it to {name!r}; it is not stored anywhere): {key}")
+    print()
+    if admin:
+        print("[server]")
+        print(f'admin_key_sha256 = "{digest}"')
+    else:
+        print("[[server.client_keys]]")
+        print(f'name = "{name}"')
+        print(f'sha256 = "{digest}"')
+        print('# models = ["claude-*"]      # optional allow-list')
+        print("# max_concurrent = 20          # optional")
+        print("# requests_per_minute = 120    # optional")
+    return 0
 
 
 def _check_config(path: str) -> int:

@@ -8,6 +8,7 @@ so the operator can fix it without reading our source.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import attrs
 
+from .auth import ClientKey
 from .pricing import Price, Rates
 
 __all__ = [
@@ -136,6 +138,18 @@ class ServerConfig:
     grace_period_s: float = 30.0
     # Claude Code sends whole conversations, images included; Anthropic's own limit is 32 MB.
     max_body_bytes: int = 32 * 1024 * 1024
+    # Claude Code's headers are about 2 KiB; 64 KiB leaves room for any real client.
+    max_header_bytes: int = 64 * 1024
+    # A client that takes longer than this to send its body is holding a handler hostage.
+    body_timeout_s: float = 60.0
+    client_keys: tuple[ClientKey, ...] = ()
+    admin_key_sha256: str | None = None
+    public_metrics: bool = False  # /metrics without the admin key (for a scraper on another host)
+    allow_open: bool = False  # serve clients beyond loopback without client keys
+    max_concurrent: int | None = 2000  # requests in progress, all clients together
+    # What one upstream may send: a response, and one SSE event. Past these it is cut off.
+    max_upstream_response_bytes: int = 256 * 1024 * 1024
+    max_upstream_event_bytes: int = 8 * 1024 * 1024
 
 
 @attrs.frozen
@@ -234,6 +248,11 @@ def parse_config(
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"{source}: providers[{i}].name: duplicate provider name {name!r}")
+        if server.client_keys and providers[i].passthrough:
+            raise ConfigError(
+                f'{source}: providers[{i}].api_key: "passthrough" forwards the client\'s key, but with'
+                " [[server.client_keys]] the client's key is the balancer's: give this provider its own key"
+            )
     routes = tuple(_route(rr, set(names), routing) for rr in r.tables("routes"))
     lr = r.table("ledger")
     lr.allow_keys("enabled", "url")
@@ -290,13 +309,63 @@ def _price(r: _Reader, providers: set[str]) -> Price:
 
 
 def _server(r: _Reader) -> ServerConfig:
-    r.allow_keys("host", "port", "grace_period_s", "max_body_bytes")
+    r.allow_keys(
+        "host", "port", "grace_period_s", "max_body_bytes", "max_header_bytes", "body_timeout_s", "client_keys",
+        "admin_key_sha256", "public_metrics", "allow_open", "max_concurrent", "max_upstream_response_bytes",
+        "max_upstream_event_bytes",
+    )  # fmt: skip
     d = ServerConfig()
+    keys = tuple(_client_key(k) for k in r.tables("client_keys"))
+    names = [k.name for k in keys]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise r.error(f"client_keys[{i}].name", f"duplicate client key name {name!r}")
+    admin = r.get_optional_str("admin_key_sha256")
+    if admin is not None and not _SHA256.fullmatch(admin):
+        raise r.error(
+            "admin_key_sha256", "must be 64 hex digits (sha256 of the key; see `trio-balancer keys new`)"
+        )
+    max_concurrent = (
+        r.get_int("max_concurrent", 0, lo=0) if "max_concurrent" in r.names() else d.max_concurrent
+    )
     return ServerConfig(
         host=r.get_str("host", d.host),
         port=r.get_int("port", d.port, lo=0, hi=65535),
         grace_period_s=r.get_float("grace_period_s", d.grace_period_s, lo=0),
         max_body_bytes=r.get_int("max_body_bytes", d.max_body_bytes, lo=1),
+        max_header_bytes=r.get_int("max_header_bytes", d.max_header_bytes, lo=1024),
+        body_timeout_s=r.get_float("body_timeout_s", d.body_timeout_s, lo=0.001),
+        client_keys=keys,
+        admin_key_sha256=admin.lower() if admin else None,
+        public_metrics=r.get_bool("public_metrics", d.public_metrics),
+        allow_open=r.get_bool("allow_open", d.allow_open),
+        max_concurrent=max_concurrent or None,
+        max_upstream_response_bytes=r.get_int(
+            "max_upstream_response_bytes", d.max_upstream_response_bytes, lo=1024
+        ),
+        max_upstream_event_bytes=r.get_int("max_upstream_event_bytes", d.max_upstream_event_bytes, lo=1024),
+    )
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _client_key(r: _Reader) -> ClientKey:
+    r.allow_keys("name", "sha256", "models", "max_concurrent", "requests_per_minute")
+    name = r.get_str("name")
+    if not name:
+        raise r.error("name", "must not be empty")
+    digest = r.get_str("sha256")
+    if not _SHA256.fullmatch(digest):
+        raise r.error("sha256", "must be 64 hex digits (sha256 of the key; see `trio-balancer keys new`)")
+    return ClientKey(
+        name=name,
+        sha256=digest.lower(),
+        models=tuple(r.get_str_list("models")),
+        max_concurrent=r.get_int("max_concurrent", None, lo=1) if "max_concurrent" in r.names() else None,
+        requests_per_minute=r.get_int("requests_per_minute", None, lo=1)
+        if "requests_per_minute" in r.names()
+        else None,
     )
 
 

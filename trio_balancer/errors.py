@@ -16,12 +16,14 @@ __all__ = [
     "AuthenticationFailed",
     "BalancerError",
     "ClientGone",
+    "HeadersTooLarge",
     "InvalidRequest",
     "NotFound",
     "Overloaded",
     "PermissionDenied",
     "ProviderError",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "UpstreamError",
     "UpstreamTimeout",
@@ -124,6 +126,20 @@ class RequestTooLarge(BalancerError):
 
     status = 413
     error_type = "request_too_large"
+
+
+class RequestTimeout(BalancerError):
+    """The client took too long to send its request."""
+
+    status = 408
+    error_type = "timeout_error"
+
+
+class HeadersTooLarge(BalancerError):
+    """The client's request headers are over the configured limit."""
+
+    status = 431
+    error_type = "invalid_request_error"
 
 
 class RateLimited(BalancerError):

@@ -58,7 +58,14 @@ from .providers import ProviderRuntime
 from .ratelimits import read_headers, retry_after_seconds
 from .respond import JSON_HEADERS
 from .routing import Attempt
-from .sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent, encode_event
+from .sse import (
+    DEFAULT_MAX_EVENT_BYTES,
+    EventTooLarge,
+    MalformedEventData,
+    SSEDecoder,
+    SSEEvent,
+    encode_event,
+)
 from .tokens import estimate_request
 from .upstream import request_headers, response_headers, upstream_url
 from .usage import Usage, UsageTracker
@@ -199,8 +206,13 @@ class Flight:
         providers: Mapping[str, ProviderRuntime],
         share: SharePolicy = SharePolicy(),
         observer: FlightObserver | None = None,
+        *,
+        max_response_bytes: int = 256 * 1024 * 1024,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
     ) -> None:
         self.request = request
+        self.max_response_bytes = max_response_bytes
+        self.max_event_bytes = max_event_bytes
         self.observer: FlightObserver = observer or _Unobserved()
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.attempts = attempts
@@ -628,6 +640,13 @@ class Flight:
         held = bytearray()
         async for chunk in chunks:
             self.bytes += len(chunk)
+            if self.bytes > self.max_response_bytes:
+                raise AttemptFailed(
+                    Verdict(True, FailureKind.SERVER),
+                    UpstreamError(
+                        f"provider {provider.name!r}: response larger than {self.max_response_bytes} bytes, cut off"
+                    ),
+                )
             if self.committed:
                 await self._publish(chunk)
                 continue
@@ -661,13 +680,21 @@ class Flight:
         converter: StreamConverter | None,
     ) -> None:
         name = provider.name
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self.max_event_bytes)
         state = _StreamState()
+        limit = self.max_response_bytes
+        received_bytes = 0
         slid_at = trio.current_time()
         try:
             observer = self.observer
             async for chunk in chunks:
                 received = time.perf_counter()
+                received_bytes += len(chunk)
+                if received_bytes > limit:
+                    raise AttemptFailed(
+                        Verdict(True, FailureKind.SERVER),
+                        UpstreamError(f"provider {name!r}: response larger than {limit} bytes, cut off"),
+                    )
                 now = trio.current_time()
                 if now - slid_at > _IDLE_SLIDE_S:
                     idle.deadline = now + idle_s

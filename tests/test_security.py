@@ -1,0 +1,389 @@
+"""Client keys, admin access and limits: never an open relay, never a leaked key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from trio_balancer.asgi import BalancerApp, create_app
+from trio_balancer.auth import KeyRing, new_key
+from trio_balancer.cli import main
+from trio_balancer.config import ConfigError, parse_config
+from trio_balancer.limits import Limiter
+
+from .conftest import PROVIDER_KEY, BalancerFactory
+from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
+
+ALICE, ALICE_SHA = new_key()
+BOB, BOB_SHA = new_key()
+ADMIN, ADMIN_SHA = new_key()
+BODY: dict[str, Any] = {
+    "model": "claude-opus-4-6",
+    "max_tokens": 8,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+def keyed(upstream: FakeUpstream, **server: Any) -> dict[str, Any]:
+    return {
+        "server": {
+            "client_keys": [
+                {
+                    "name": "alice",
+                    "sha256": ALICE_SHA,
+                    "models": ["claude-opus-*"],
+                    "max_concurrent": 2,
+                    "requests_per_minute": 600,
+                },
+                {"name": "bob", "sha256": BOB_SHA, "requests_per_minute": 3},
+            ],
+            **server,
+        },
+        "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": PROVIDER_KEY}],
+    }
+
+
+class TestClientKeys:
+    async def test_keys_required_and_checked(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        b = await balancer_for(config=keyed(upstream))
+        for headers in (
+            {},
+            {"x-api-key": "tb-wrong"},
+            {"authorization": "Bearer tb-wrong"},
+            {"authorization": "Basic xyz"},
+        ):
+            r = await b.client.post("/v1/messages", json=BODY, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert upstream.received == []
+        assert (
+            await b.client.post("/v1/messages", json=BODY, headers={"x-api-key": ALICE})
+        ).status_code == 200
+        assert (
+            await b.client.post("/v1/messages", json=BODY, headers={"authorization": f"Bearer {ALICE}"})
+        ).status_code == 200
+        assert (await b.client.get("/v1/models")).status_code == 401
+        # The client's key never reaches a provider.
+        assert all(ALICE not in json.dumps(r.headers) for r in upstream.received)
+
+    async def test_key_name_is_the_identity(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        upstream.script(Reply(steps=interleave(anthropic_text_events(["ok"]), 0.05)))
+        b = await balancer_for(config=keyed(upstream))
+
+        async def post(key: str) -> None:
+            await b.client.post("/v1/messages", json={**BODY, "stream": True}, headers={"x-api-key": key})
+
+        async with trio.open_nursery() as n:  # same request, different clients: never shared
+            n.start_soon(post, ALICE)
+            n.start_soon(post, BOB)
+        assert len(upstream.received) == 2
+        await b.wait_idle()
+        assert b.app.ledger is not None
+        with trio.fail_after(5):
+            await b.app.ledger.wait_written(2)
+        clients = {r["client"] for r in (await b.client.get("/usage/requests")).json()["records"]}
+        assert clients == {"alice", "bob"}
+
+    async def test_model_allow_list(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        b = await balancer_for(config=keyed(upstream))
+        r = await b.client.post(
+            "/v1/messages", json={**BODY, "model": "claude-haiku-4-5"}, headers={"x-api-key": ALICE}
+        )
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert "claude-haiku-4-5" in r.json()["error"]["message"] and upstream.received == []
+
+    def test_passthrough_with_client_keys_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match="passthrough"):
+            parse_config(
+                {
+                    "server": {"client_keys": [{"name": "a", "sha256": ALICE_SHA}]},
+                    "providers": [
+                        {"name": "p", "kind": "anthropic", "base_url": "http://x", "api_key": "passthrough"}
+                    ],
+                }
+            )
+
+    def test_constant_time_check_compares_every_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from trio_balancer import auth
+
+        ring = KeyRing(
+            [auth.ClientKey(f"k{i}", hashlib.sha256(f"key{i}".encode()).hexdigest()) for i in range(5)]
+        )
+        calls: list[str] = []
+        real = auth.hmac.compare_digest
+        monkeypatch.setattr(auth.hmac, "compare_digest", lambda a, b: calls.append(a) or real(a, b))
+        assert ring.identify([(b"x-api-key", b"key0")]).name == "k0"
+        assert len(calls) == 5  # no early exit on the first match
+
+    def test_keys_new_prints_a_working_config(self, capsys: pytest.CaptureFixture[str]) -> None:
+        assert main(["keys", "new", "carol"]) == 0
+        out = capsys.readouterr().out
+        key = re.search(r"(tb-\S+)", out).group(1)  # type: ignore[union-attr]
+        digest = re.search(r'sha256 = "([0-9a-f]{64})"', out).group(1)  # type: ignore[union-attr]
+        assert hashlib.sha256(key.encode()).hexdigest() == digest
+        assert (
+            KeyRing(
+                [
+                    parse_config(
+                        {
+                            "server": {"client_keys": [{"name": "carol", "sha256": digest}]},
+                            "providers": [
+                                {"name": "p", "kind": "anthropic", "base_url": "http://x", "api_key": "k"}
+                            ],
+                        }
+                    ).server.client_keys[0]
+                ]
+            )
+            .identify([(b"x-api-key", key.encode())])
+            .name
+            == "carol"
+        )
+
+
+class TestLimits:
+    async def test_concurrent_streams_per_client(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        upstream.script(
+            lambda r: Reply(steps=interleave(anthropic_text_events([f"w{i}" for i in range(10)]), 0.05))
+        )
+        b = await balancer_for(config=keyed(upstream))
+        statuses: list[int] = []
+
+        async def one(i: int) -> None:
+            r = await b.client.post(
+                "/v1/messages", json={**BODY, "stream": True, "max_tokens": i}, headers={"x-api-key": ALICE}
+            )
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+
+        async with trio.open_nursery() as n:
+            for i in range(4):
+                n.start_soon(one, i + 1)
+                await trio.sleep(0.02)
+        assert sorted(statuses) == [200, 200, 429, 429]
+        assert (
+            await b.client.post("/v1/messages", json=BODY, headers={"x-api-key": ALICE})
+        ).status_code == 200  # slots returned
+
+    async def test_requests_per_minute(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        b = await balancer_for(config=keyed(upstream))
+        codes = [
+            (
+                await b.client.post(
+                    "/v1/messages", json={**BODY, "max_tokens": i + 1}, headers={"x-api-key": BOB}
+                )
+            )
+            for i in range(4)
+        ]
+        assert [r.status_code for r in codes] == [200, 200, 200, 429]
+        assert 1 <= int(codes[-1].headers["retry-after"]) <= 20
+
+    def test_token_bucket_refills(self) -> None:
+        lim = Limiter()
+        for _ in range(3):
+            lim.acquire("c", 0.0, max_concurrent=None, per_minute=3)
+            lim.release("c")
+        with pytest.raises(Exception, match="3 requests per minute") as info:
+            lim.acquire("c", 1.0, max_concurrent=None, per_minute=3)
+        assert info.value.headers["retry-after"] == "19"  # type: ignore[attr-defined]
+        lim.acquire("c", 20.0, max_concurrent=None, per_minute=3)
+
+    async def test_total_concurrency(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        upstream.script(lambda r: Reply(steps=interleave(anthropic_text_events(["a", "b"]), 0.2)))
+        b = await balancer_for(
+            config={
+                "server": {"max_concurrent": 1},
+                "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
+            }
+        )
+        codes: list[int] = []
+
+        async def one(i: int) -> None:
+            codes.append((await b.client.post("/v1/messages", json={**BODY, "max_tokens": i})).status_code)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(one, 1)
+            await trio.sleep(0.05)
+            n.start_soon(one, 2)
+        assert sorted(codes) == [200, 429]
+
+    async def test_header_size(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        b = await balancer_for(
+            config={
+                "server": {"max_header_bytes": 2048},
+                "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
+            }
+        )
+        r = await b.client.post("/v1/messages", json=BODY, headers={"x-padding": "x" * 4000})
+        assert r.status_code == 431 and r.json()["type"] == "error"
+
+    async def test_slow_body_times_out(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        b = await balancer_for(
+            config={
+                "server": {"body_timeout_s": 0.3},
+                "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
+            }
+        )
+
+        async def slow_body() -> AsyncIterator[bytes]:
+            yield b'{"model": "m", '
+            await trio.sleep(2)
+            yield b'"max_tokens": 1}'
+
+        r = await b.client.post(
+            "/v1/messages", content=slow_body(), headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 408 and r.json()["error"]["type"] == "timeout_error"
+
+    async def test_upstream_huge_event_is_cut_off_not_buffered(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        events = anthropic_text_events(["a", "b"])
+        huge = b"event: content_block_delta\ndata: " + b"x" * (2 * 1024 * 1024)  # never ends: no blank line
+        upstream.script(Reply(steps=[*events[:4], huge, *events[4:]]))
+        b = await balancer_for(
+            config={
+                "server": {"max_upstream_event_bytes": 1024 * 1024},
+                "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
+            }
+        )
+        async with b.client.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as r:
+            body = await r.aread()
+        assert body.startswith(b"".join(events[:4])) and body.count(b"event: error") == 1
+        assert len(body) < 64 * 1024
+
+    async def test_upstream_response_size(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        many = anthropic_text_events(["x" * 500] * 400)
+        upstream.script(Reply(steps=many))
+        b = await balancer_for(
+            config={
+                "server": {"max_upstream_response_bytes": 64 * 1024},
+                "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
+            }
+        )
+        async with b.client.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as r:
+            body = await r.aread()
+        assert b"response larger than 65536 bytes" in body and body.count(b"event: error") == 1
+
+
+# -- access from beyond loopback, through an in-memory ASGI driver ----------------------------
+
+
+@asynccontextmanager
+async def running(app: BalancerApp) -> AsyncIterator[BalancerApp]:
+    to_app, from_server = trio.open_memory_channel[dict[str, Any]](10)
+    to_server, from_app = trio.open_memory_channel[dict[str, Any]](10)
+    async with trio.open_nursery() as n:
+        n.start_soon(app, {"type": "lifespan"}, from_server.receive, to_server.send)
+        await to_app.send({"type": "lifespan.startup"})
+        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
+        yield app
+        await to_app.send({"type": "lifespan.shutdown"})
+        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
+
+
+async def call(
+    app: BalancerApp,
+    method: str,
+    path: str,
+    *,
+    client: tuple[str, int],
+    headers: list[tuple[bytes, bytes]] = [],
+    body: bytes = b"",
+) -> tuple[int, bytes]:  # noqa: B006
+    sent: list[dict[str, Any]] = []
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop(0)
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": b"",
+        "headers": headers,
+        "client": client,
+    }
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+REMOTE = ("10.20.30.40", 5555)
+LOCAL = ("127.0.0.1", 5555)
+
+
+async def test_no_client_keys_means_loopback_only(tmp_path: Any) -> None:
+    config = parse_config(
+        {
+            "ledger": {"enabled": False},
+            "providers": [
+                {"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "k"}
+            ],
+        }
+    )
+    async with running(create_app(config)) as app:
+        status, body = await call(app, "POST", "/v1/messages", client=REMOTE, body=json.dumps(BODY).encode())
+        assert status == 403 and b"loopback" in body
+        status, _ = await call(app, "GET", "/v1/models", client=REMOTE)
+        assert status == 403
+
+
+async def test_admin_endpoints() -> None:
+    base = {
+        "ledger": {"enabled": False},
+        "providers": [{"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "k"}],
+    }
+    async with running(create_app(parse_config(base))) as app:
+        for path in ("/providers", "/status", "/status.json", "/metrics", "/usage"):
+            assert (await call(app, "GET", path, client=REMOTE))[0] == 403, path
+        assert (await call(app, "GET", "/providers", client=LOCAL))[0] == 200
+        assert (await call(app, "GET", "/health", client=REMOTE))[0] == 200  # liveness stays open
+    cfg = parse_config({**base, "server": {"admin_key_sha256": ADMIN_SHA, "public_metrics": True}})
+    async with running(create_app(cfg)) as app:
+        assert (await call(app, "GET", "/providers", client=LOCAL))[0] == 401  # the key, even on loopback
+        assert (
+            await call(app, "GET", "/providers", client=REMOTE, headers=[(b"x-api-key", ADMIN.encode())])
+        )[0] == 200
+        assert (
+            await call(
+                app,
+                "POST",
+                "/admin/reload",
+                client=REMOTE,
+                headers=[(b"authorization", b"Bearer " + ADMIN.encode())],
+            )
+        )[0] == 400
+        assert (await call(app, "GET", "/metrics", client=REMOTE))[0] == 200  # opened on purpose
+
+
+async def test_serve_refuses_open_binding_without_keys() -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "trio_balancer", "serve", "--host", "0.0.0.0", "--port", "0"],
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2 and b"--allow-open" in result.stderr
