@@ -305,9 +305,9 @@ async def call(
     path: str,
     *,
     client: tuple[str, int],
-    headers: list[tuple[bytes, bytes]] = [],
+    headers: tuple[tuple[bytes, bytes], ...] = (),
     body: bytes = b"",
-) -> tuple[int, bytes]:  # noqa: B006
+) -> tuple[int, bytes]:
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
@@ -366,7 +366,7 @@ async def test_admin_endpoints() -> None:
     async with running(create_app(cfg)) as app:
         assert (await call(app, "GET", "/providers", client=LOCAL))[0] == 401  # the key, even on loopback
         assert (
-            await call(app, "GET", "/providers", client=REMOTE, headers=[(b"x-api-key", ADMIN.encode())])
+            await call(app, "GET", "/providers", client=REMOTE, headers=((b"x-api-key", ADMIN.encode()),))
         )[0] == 200
         assert (
             await call(
@@ -374,7 +374,7 @@ async def test_admin_endpoints() -> None:
                 "POST",
                 "/admin/reload",
                 client=REMOTE,
-                headers=[(b"authorization", b"Bearer " + ADMIN.encode())],
+                headers=((b"authorization", b"Bearer " + ADMIN.encode()),),
             )
         )[0] == 400
         assert (await call(app, "GET", "/metrics", client=REMOTE))[0] == 200  # opened on purpose
