@@ -164,6 +164,17 @@ class TestHeaders:
             assert req.header(dropped) is None
         assert req.json() == BODY
 
+    async def test_non_ascii_header_bytes_cross_unchanged(
+        self, upstream: FakeUpstream, balancer: Balancer
+    ) -> None:
+        """A latin-1 byte in a header value is legal HTTP; it once crashed the flight (fuzzing)."""
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        r = await balancer.client.post(
+            "/v1/messages", json=BODY, headers={"x-note": "caf\xe9".encode("latin-1")}
+        )
+        assert r.status_code == 200
+        assert upstream.received[0].header("x-note") == "caf\xe9"
+
     async def test_bearer_provider_and_query_string(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:

@@ -7,18 +7,18 @@ import json
 import re
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import trio
 
-from trio_balancer.asgi import BalancerApp, create_app
+from trio_balancer.asgi import create_app
 from trio_balancer.auth import KeyRing, new_key
 from trio_balancer.cli import main
 from trio_balancer.config import ConfigError, parse_config
 from trio_balancer.limits import Limiter
 
+from .asgi_driver import call, running
 from .conftest import PROVIDER_KEY, BalancerFactory
 from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
 
@@ -284,52 +284,6 @@ class TestLimits:
 
 
 # -- access from beyond loopback, through an in-memory ASGI driver ----------------------------
-
-
-@asynccontextmanager
-async def running(app: BalancerApp) -> AsyncIterator[BalancerApp]:
-    to_app, from_server = trio.open_memory_channel[dict[str, Any]](10)
-    to_server, from_app = trio.open_memory_channel[dict[str, Any]](10)
-    async with trio.open_nursery() as n:
-        n.start_soon(app, {"type": "lifespan"}, from_server.receive, to_server.send)
-        await to_app.send({"type": "lifespan.startup"})
-        assert (await from_app.receive())["type"] == "lifespan.startup.complete"
-        yield app
-        await to_app.send({"type": "lifespan.shutdown"})
-        assert (await from_app.receive())["type"] == "lifespan.shutdown.complete"
-
-
-async def call(
-    app: BalancerApp,
-    method: str,
-    path: str,
-    *,
-    client: tuple[str, int],
-    headers: tuple[tuple[bytes, bytes], ...] = (),
-    body: bytes = b"",
-) -> tuple[int, bytes]:
-    sent: list[dict[str, Any]] = []
-    messages = [{"type": "http.request", "body": body, "more_body": False}]
-
-    async def receive() -> dict[str, Any]:
-        if messages:
-            return messages.pop(0)
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": method,
-        "path": path,
-        "query_string": b"",
-        "headers": headers,
-        "client": client,
-    }
-    await app(scope, receive, send)  # type: ignore[arg-type]
-    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
 REMOTE = ("10.20.30.40", 5555)

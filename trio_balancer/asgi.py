@@ -93,6 +93,19 @@ class BalancerApp:
         self._idle = trio.Event()
         self._idle.set()
 
+    def task_count(self) -> int:
+        """Tasks the app owns right now (flights, their children, housekeeping)."""
+        if self._nursery is None:
+            return 0
+        stack = list(self._nursery.child_tasks)
+        count = 0
+        while stack:
+            task = stack.pop()
+            count += 1
+            for nursery in task.child_nurseries:
+                stack.extend(nursery.child_tasks)
+        return count
+
     async def wait_idle(self) -> None:
         """Return once no flight is running."""
         while not self._idle.is_set():

@@ -22,12 +22,20 @@ Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`
 ``x-sim-trickle: 1``      send the response one byte at a time
 ``x-sim-no-usage: 1``     leave usage out (the failure of shared/reference/000)
 ``x-sim-stamp: 1``        start each delta's text with its send time, ``time.time_ns()``, 19 digits
+``x-sim-reset-after``     after N deltas, reset the connection (TCP RST)
+``x-sim-no-status: 1``    read the request, then close without answering
+``x-sim-garbage: 1``      answer 200 ``text/event-stream`` with random bytes
+``x-sim-bad-utf8: 1``     text deltas carry invalid UTF-8
+``x-sim-huge-event``      after the first delta, one event of this many bytes
 ========================  =====================================================================
 """
 
 from __future__ import annotations
 
 import json
+import random
+import socket
+import struct
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -63,6 +71,11 @@ class SimOptions:
     trickle: bool = False
     no_usage: bool = False
     stamp: bool = False
+    reset_after: int | None = None
+    no_status: bool = False
+    garbage: bool = False
+    bad_utf8: bool = False
+    huge_event: int = 0
 
     def with_headers(self, headers: Mapping[str, str]) -> SimOptions:
         changes: dict[str, Any] = {}
@@ -83,11 +96,27 @@ class _Cut(Exception):
     """Drop the connection now, mid-response."""
 
 
+class _Reset(Exception):
+    """Reset the connection now (RST), mid-response."""
+
+
+def _set_linger_zero(stream: trio.SocketStream) -> None:
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 class Simulator:
     def __init__(self, defaults: SimOptions = SimOptions()) -> None:
         self.defaults = defaults
         self.requests = 0
         self.open_connections = 0
+        self.active = 0  # responses being sent right now
+        self._inactive = trio.Event()
+        self._inactive.set()
+
+    async def wait_inactive(self) -> None:
+        """Return once no response is being sent (tests check nothing was left streaming)."""
+        while not self._inactive.is_set():
+            await self._inactive.wait()
 
     async def handle(self, stream: trio.SocketStream) -> None:
         self.open_connections += 1
@@ -99,10 +128,20 @@ class Simulator:
                     return
                 self.requests += 1
                 method, target, headers, body = request
+                self.active += 1
+                if self._inactive.is_set():
+                    self._inactive = trio.Event()
                 try:
                     await self._answer(conn, stream, method, target, headers, body)
                 except _Cut:
                     return
+                except _Reset:
+                    _set_linger_zero(stream)  # close() now sends RST instead of FIN
+                    return
+                finally:
+                    self.active -= 1
+                    if not self.active:
+                        self._inactive.set()
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
@@ -157,6 +196,8 @@ class Simulator:
             )
         if opts.ttfb:
             await trio.sleep(opts.ttfb)
+        if opts.no_status:
+            raise _Cut
         openai = path.endswith("/chat/completions")
         if path.endswith("/models") and method == "GET":
             return await self._send(
@@ -234,6 +275,12 @@ class Simulator:
             )
         )
         gap = 1.0 / opts.eps if opts.eps > 0 else 0.0
+        if opts.garbage:
+            rng = random.Random(7)
+            for _ in range(20):
+                await stream.send_all(conn.send(h11.Data(data=rng.randbytes(97))))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return
         for kind, data in events:
             if kind == "delta_wait":
                 if gap:
@@ -241,8 +288,13 @@ class Simulator:
                 continue
             if kind == "cut":
                 raise _Cut
+            if kind == "reset":
+                raise _Reset
             if kind == "stall":
-                await trio.sleep_forever()
+                # Send nothing more, but notice when the client gives up, as a real server would.
+                while await stream.receive_some(65536):
+                    pass
+                raise _Cut
             payload_bytes = data() if callable(data) else data
             if opts.trickle:
                 for i in range(len(payload_bytes)):
@@ -289,6 +341,14 @@ def _sse(name: str, payload: dict[str, Any]) -> bytes:
     )
 
 
+def _anthropic_delta(opts: SimOptions, i: int) -> bytes:
+    delta = {"type": "text_delta", "text": _delta_text(opts, i)}
+    wire = _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    if opts.bad_utf8:
+        wire = wire.replace(b'"text":"', b'"text":"\xff\xfe', 1)
+    return wire
+
+
 def _output_tokens(opts: SimOptions) -> int:
     per = opts.event_bytes if opts.cjk else max(1, opts.event_bytes // 4)
     return opts.events * per + opts.tools * 12
@@ -297,6 +357,8 @@ def _output_tokens(opts: SimOptions) -> int:
 def _faults(opts: SimOptions, sent: int) -> str | None:
     if opts.cut_after is not None and sent >= opts.cut_after:
         return "cut"
+    if opts.reset_after is not None and sent >= opts.reset_after:
+        return "reset"
     if opts.stall_after is not None and sent >= opts.stall_after:
         return "stall"
     if opts.error_after is not None and sent >= opts.error_after:
@@ -339,20 +401,9 @@ def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterat
             yield fault, None
         if i:
             yield "delta_wait", None
-        yield (
-            "event",
-            partial(
-                lambda k: _sse(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": 0,
-                        "delta": {"type": "text_delta", "text": _delta_text(opts, k)},
-                    },
-                ),
-                i,
-            ),
-        )
+        yield "event", partial(_anthropic_delta, opts, i)
+        if i == 0 and opts.huge_event:
+            yield "event", b"event: content_block_delta\ndata: " + b"A" * opts.huge_event + b"\n\n"
     fault = _faults(opts, opts.events)
     if fault == "error":
         yield (

@@ -56,6 +56,7 @@ def status_data(app: BalancerApp) -> dict[str, Any]:
         "version": __version__,
         "time": now_wall,
         "uptime_s": round(trio.current_time() - app.started_at, 1),
+        "tasks": app.task_count(),
         "config": app.config.source,
         "providers": providers,
         "live_streams": streams,

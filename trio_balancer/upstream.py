@@ -56,6 +56,21 @@ def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
 
 def request_headers(
     client_headers: Iterable[tuple[bytes, bytes]], provider: ProviderConfig
+) -> list[tuple[bytes, bytes]]:
+    """Headers to send upstream, as bytes: a client's header may hold any latin-1 byte, which
+    httpx would refuse to re-encode from text as ASCII (found by fuzzing)."""
+    return [(n.encode("latin-1"), _encode(v)) for n, v in _request_headers(client_headers, provider)]
+
+
+def _encode(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")  # a client's bytes, decoded as latin-1: back exactly
+    except UnicodeEncodeError:
+        return value.encode("utf-8")  # a value from the config
+
+
+def _request_headers(
+    client_headers: Iterable[tuple[bytes, bytes]], provider: ProviderConfig
 ) -> list[tuple[str, str]]:
     """Headers to send upstream for a client request.
 
