@@ -86,6 +86,7 @@ class ProviderConfig:
     timeouts: Timeouts = attrs.Factory(Timeouts)
     max_connections: int = 200
     max_keepalive: int = 50
+    keepalive_s: float = 30.0  # how long an idle pooled connection to the provider is kept
     # Retries on this same provider, for connect errors only (nothing reached the provider,
     # so a retry cannot duplicate work). Other failures move on to the next provider.
     max_retries: int = 0
@@ -372,7 +373,7 @@ def _client_key(r: _Reader) -> ClientKey:
 def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
     r.allow_keys(
         "name", "kind", "base_url", "api_key", "api_key_env", "auth", "models", "headers",
-        "timeouts", "max_connections", "max_keepalive", "max_retries", "reasoning_effort",
+        "timeouts", "max_connections", "max_keepalive", "keepalive_s", "max_retries", "reasoning_effort",
         "max_tokens_field",
     )  # fmt: skip
     name = r.get_str("name")
@@ -416,6 +417,7 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         ),
         max_connections=r.get_int("max_connections", 200, lo=1),
         max_keepalive=r.get_int("max_keepalive", 50, lo=0),
+        keepalive_s=r.get_float("keepalive_s", 30.0, lo=0),
         max_retries=r.get_int("max_retries", 0, lo=0, hi=10),
         reasoning_effort=r.get_bool("reasoning_effort", False),
         max_tokens_field=r.choice("max_tokens_field", ("max_tokens", "max_completion_tokens"), "max_tokens"),

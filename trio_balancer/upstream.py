@@ -157,7 +157,7 @@ def make_client(provider: ProviderConfig) -> httpx.AsyncClient:
         limits=httpx.Limits(
             max_connections=provider.max_connections,
             max_keepalive_connections=provider.max_keepalive,
-            keepalive_expiry=30.0,
+            keepalive_expiry=provider.keepalive_s,
         ),
         trust_env=False,
         follow_redirects=False,
