@@ -147,7 +147,7 @@ def main() -> int:
                 f"requests: {result['counts']}",
                 f"checks: {result['checks']}",
                 f"RSS peak first half {result['first_peak']:.1f} MiB, second half {result['second_peak']:.1f} MiB",
-            ],  # fmt: skip
+            ],
         )
     return 0 if ok else 1
 
