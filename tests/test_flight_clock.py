@@ -7,6 +7,7 @@ elapse in virtual time, and the tests take milliseconds.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -115,6 +116,35 @@ async def test_idle_deadline_slides_with_traffic(autojump_clock: trio.testing.Mo
     _, registry, router = make({"a": slow}, timeouts={"idle": 30})
     flight, status, _ = await run_flight(registry, router)
     assert status == 200 and flight.completed
+
+
+async def test_short_idle_bound_does_not_fire_on_a_live_stream(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """An idle bound shorter than the deadline-sliding interval once fired mid-stream."""
+
+    async def steady(_r: httpx.Request) -> httpx.Response:
+        return sse_response(anthropic_text_events([f"t{i}" for i in range(40)]), gap=0.1)
+
+    _, registry, router = make({"a": steady}, timeouts={"idle": 0.5})
+    flight, status, _ = await run_flight(registry, router)
+    assert status == 200 and flight.completed
+
+
+async def test_slow_json_body_is_not_idle(autojump_clock: trio.testing.MockClock) -> None:
+    body = json.dumps(
+        {"id": "m", "type": "message", "content": [], "usage": {"input_tokens": 1, "output_tokens": 1}}
+    ).encode()
+
+    async def trickle(_r: httpx.Request) -> httpx.Response:
+        chunks = [body[i : i + 8] for i in range(0, len(body), 8)]
+        return httpx.Response(
+            200, headers={"content-type": "application/json"}, stream=Events(chunks, gap=0.3)
+        )
+
+    _, registry, router = make({"a": trickle}, timeouts={"idle": 1.0})
+    _flight, status, out = await run_flight(registry, router)
+    assert (status, out) == (200, body) and trio.current_time() > 1.0
 
 
 async def test_retry_after_cooldown_then_half_open_trial(autojump_clock: trio.testing.MockClock) -> None:

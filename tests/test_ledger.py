@@ -17,7 +17,8 @@ import trio
 
 from trio_balancer.cli import main
 from trio_balancer.config import parse_config
-from trio_balancer.ledger import MIGRATIONS, LedgerStore, Record
+from trio_balancer.ledger import MIGRATIONS, Record
+from trio_balancer.ledger import SqliteStore as LedgerStore
 
 from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, start_balancer
 from .fakes import CUT, FakeUpstream, Reply, anthropic_text_events, interleave

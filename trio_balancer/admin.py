@@ -55,7 +55,11 @@ async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send:
         await send_json(send, 200, await usage_view(app, path, query))
     elif path == "/providers":
         _require(method, "GET")
-        await send_json(send, 200, {"providers": providers_view(app)})
+        view = {
+            "providers": providers_view(app),
+            "cluster": None if app.cluster is None else app.cluster.view(),
+        }
+        await send_json(send, 200, view)
     elif path.startswith("/providers/") and path.endswith("/reset"):
         _require(method, "POST")
         name = path.removeprefix("/providers/").removesuffix("/reset")

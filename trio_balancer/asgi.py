@@ -22,7 +22,7 @@ import structlog
 import trio
 from prometheus_client.core import GaugeMetricFamily
 
-from . import admin
+from . import __version__, admin
 from . import logging as blog
 from .accounting import (
     RequestContext,
@@ -33,6 +33,7 @@ from .accounting import (
     shared_record,
 )
 from .auth import ClientKey, KeyRing, is_loopback
+from .cluster import Cluster, LimitRefused
 from .config import DEFAULT_MODELS, Config, ConfigError, load_config
 from .dedup import CachedResponse, ResponseCache, signature
 from .errors import (
@@ -49,7 +50,8 @@ from .errors import (
     error_event,
 )
 from .flight import Abort, Flight, Head, Item, SharePolicy, UpstreamRequest
-from .ledger import Ledger, Record, sqlite_path
+from .health import ProviderHealth, State
+from .ledger import Ledger, Record
 from .limits import Limiter
 from .metrics import Metrics, normalise_model
 from .pricing import PriceTable
@@ -78,6 +80,7 @@ class BalancerApp:
         self.registry: Registry | None = None
         self.ledger: Ledger | None = None
         self.shared: dict[str, Flight] = {}  # signature -> live flight others may join
+        self.cluster: Cluster | None = None
         self.metrics = Metrics()
         self.metrics.add_live(self._live_metrics)
         self.stats = RecentStats()
@@ -127,8 +130,19 @@ class BalancerApp:
             self.registry = Registry(self.config)
             self.started_at = trio.current_time()
             async with trio.open_nursery() as services:
+                cc = self.config.cluster
+                if cc.redis_url:
+                    self.cluster = Cluster(
+                        cc.redis_url,
+                        instance_id=cc.instance_id,
+                        lease_ttl_s=cc.lease_ttl_s,
+                        apply_health=self._apply_remote_health,
+                        status=self._cluster_status,
+                    )
+                    await services.start(self.cluster.run)
                 if self.config.ledger.enabled:
-                    self.ledger = Ledger(sqlite_path(self.config.ledger.url))
+                    lc = self.config.ledger
+                    self.ledger = Ledger(lc.url, spill_path=lc.spill_path)
                     await services.start(self.ledger.run)
                 try:
                     async with trio.open_nursery() as nursery:
@@ -145,10 +159,12 @@ class BalancerApp:
                         # Flights still running here have no listener left that Hypercorn waits for.
                         nursery.cancel_scope.cancel()
                 finally:
-                    # Every flight has ended and queued its record: write them all, then stop.
+                    # Every flight has ended and queued its record: write them all, then stop
+                    # the services (cluster loops run until cancelled).
                     if self.ledger is not None:
                         with trio.CancelScope(shield=True):
                             await self.ledger.aclose()
+                    services.cancel_scope.cancel()
         finally:
             self._nursery = None
             if self.registry is not None:
@@ -239,12 +255,7 @@ class BalancerApp:
         structlog.contextvars.bind_contextvars(request_id=ctx.id)  # every line of this request, flight too
         extra = [(b"x-balancer-request-id", ctx.id.encode())]
         try:
-            self.limiter.acquire(
-                client,
-                trio.current_time(),
-                max_concurrent=key.max_concurrent if key else None,
-                per_minute=key.requests_per_minute if key else None,
-            )
+            lease = await self._acquire(client, key)
         except RateLimited as exc:
             await send_error(send, exc, extra)
             await self._record(error_record(ctx, exc, exc.status))
@@ -255,6 +266,45 @@ class BalancerApp:
         finally:
             self.metrics.active_listeners.dec()
             self.limiter.release(client)
+            if lease is not None and self.cluster is not None:
+                with trio.CancelScope(shield=True):
+                    await self.cluster.release(client, lease)
+
+    async def _acquire(self, client: str, key: ClientKey | None) -> str | None:
+        """Take this request's place in the limits: across instances (Redis) when clustered.
+
+        Returns the cluster lease to release, if any. With Redis unreachable the per-client
+        limits fall back to this instance's own counts, so requests keep flowing.
+        """
+        max_concurrent = key.max_concurrent if key else None
+        per_minute = key.requests_per_minute if key else None
+        shared = self.cluster is not None and bool(max_concurrent or per_minute) and not self.cluster.degraded
+        lease = None
+        if shared:
+            assert self.cluster is not None
+            try:
+                lease = await self.cluster.acquire(
+                    client, max_concurrent=max_concurrent, per_minute=per_minute
+                )
+            except LimitRefused as exc:
+                what = (
+                    f"{max_concurrent} concurrent requests"
+                    if exc.reason == "concurrency"
+                    else f"{per_minute} requests per minute"
+                )
+                raise RateLimited(
+                    f"client {client!r} is at its limit of {what}",
+                    headers={"retry-after": str(exc.retry_after)},
+                ) from None
+            except Exception:  # Redis went away mid-call: this instance's own counts
+                shared = False
+        self.limiter.acquire(
+            client,
+            trio.current_time(),
+            max_concurrent=None if shared else max_concurrent,
+            per_minute=None if shared else per_minute,
+        )
+        return lease
 
     async def _serve_messages(
         self,
@@ -299,6 +349,8 @@ class BalancerApp:
         key = self._dedup_key(scope, request, ctx)
         if key is not None:
             cached = self.cache.get(key, trio.current_time())
+            if cached is None and self.cluster is not None and not self.cluster.degraded:
+                cached = await self.cluster.cache_get(key)  # another instance may have answered it
             if cached is not None:
                 ctx.dedup_role = "cache"
                 await self._answer_shared(
@@ -468,6 +520,19 @@ class BalancerApp:
             provider=flight.provider,
             upstream_model=flight.upstream_model,
         )
+        if self.cluster is not None and self.config.dedup.cache_ttl_s > 0:
+            body = b"".join(chunks)
+            entry = CachedResponse(
+                head.status,
+                head.headers,
+                (body,),
+                flight.sse,
+                len(body),
+                0.0,
+                flight.provider,
+                flight.upstream_model,
+            )
+            self.cluster.cache_put(key, entry, self.config.dedup.cache_ttl_s)
 
     async def _record(self, record: Record) -> None:
         """The single place a finished request is accounted: metrics, recent stats, ledger."""
@@ -512,6 +577,42 @@ class BalancerApp:
     def failover(self, provider: str, reason: str) -> None:
         self.metrics.failovers.labels(provider, reason).inc()
 
+    def health_changed(self, provider: str, health: ProviderHealth) -> None:
+        """A cooldown started or ended here: tell the other instances."""
+        if self.cluster is None:
+            return
+        now = trio.current_time()
+        cooling = health.state is not State.HEALTHY
+        self.cluster.publish_health(
+            {
+                "provider": provider,
+                "state": "cooling" if cooling else "healthy",
+                "until": time.time() + max(0.0, health.cooling_until - now),
+                "message": health.last_error,
+            }
+        )
+
+    def _apply_remote_health(self, message: dict[str, Any]) -> None:
+        runtime = self.registry.runtimes.get(str(message.get("provider"))) if self.registry else None
+        if runtime is None:
+            return
+        now = trio.current_time()
+        runtime.health.apply_remote(
+            now,
+            cooling=message.get("state") == "cooling",
+            cooling_until=now + (float(message.get("until", 0)) - time.time()),
+            message=f"{message.get('message')} (on instance {message.get('instance')})",
+        )
+        log.info(
+            "cluster.health_applied",
+            provider=runtime.name,
+            state=message.get("state"),
+            instance=message.get("instance"),
+        )
+
+    def _cluster_status(self) -> dict[str, Any]:
+        return {"flights": len(self.flights), "version": __version__}
+
     def _live_metrics(self) -> Iterable[GaugeMetricFamily]:
         state = GaugeMetricFamily(
             "trio_balancer_provider_state",
@@ -530,6 +631,12 @@ class BalancerApp:
                 cooldown.add_metric([name], max(0.0, snap.cooling_until - now))
         yield state
         yield cooldown
+        if self.cluster is not None:
+            degraded = GaugeMetricFamily(
+                "trio_balancer_cluster_degraded", "1 while Redis is unreachable (local state only)"
+            )
+            degraded.add_metric([], 1.0 if self.cluster.degraded else 0.0)
+            yield degraded
         cache = GaugeMetricFamily("trio_balancer_cache_bytes", "Bytes held by the response cache")
         cache.add_metric([], float(self.cache.bytes))
         yield cache
@@ -539,6 +646,11 @@ class BalancerApp:
             )
             written.add_metric([], float(self.ledger.written))
             yield written
+            spilled = GaugeMetricFamily(
+                "trio_balancer_ledger_spilled", "Records waiting in the spill file for the database"
+            )
+            spilled.add_metric([], float(self.ledger.spilled))
+            yield spilled
             failed = GaugeMetricFamily(
                 "trio_balancer_ledger_write_failures", "Failed ledger writes since start (retried)"
             )

@@ -20,7 +20,7 @@ import trio
 from . import __version__
 from . import logging as blog
 from .config import Config, ConfigError, load_config
-from .ledger import GROUP_COLUMNS, LedgerStore, parse_time, sqlite_path
+from .ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
 from .simulator import SimOptions
 
 __all__ = ["main"]
@@ -186,19 +186,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    if args.db:
-        path = sqlite_path(args.db) if args.db.startswith("sqlite:///") else args.db
-    else:
-        path = sqlite_path(_load(args.config).ledger.url)
-    if not Path(path).exists():
-        print(f"trio-balancer: no ledger at {path}", file=sys.stderr)
+    url = args.db or _load(args.config).ledger.url
+    if "://" not in url:
+        url = f"sqlite:///{url}"
+    if url.startswith("sqlite:///") and not Path(sqlite_path(url)).exists():
+        print(f"trio-balancer: no ledger at {sqlite_path(url)}", file=sys.stderr)
         return 1
     try:
         since, until = parse_time(args.since), parse_time(args.until)
     except ValueError as exc:
         print(f"trio-balancer: bad time: {exc}", file=sys.stderr)
         return 2
-    store = LedgerStore(path)
+    try:
+        store = open_store(url)
+    except Exception as exc:
+        print(f"trio-balancer: cannot open the ledger: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.flagged:
             rows = store.records(since, until, flagged=True, limit=args.limit)

@@ -36,7 +36,7 @@ __all__ = [
 PASSTHROUGH = "passthrough"
 PROVIDER_KINDS = ("anthropic", "openai")
 STRATEGIES = ("priority", "round_robin", "weighted", "latency")
-LEDGER_SCHEMES = ("sqlite:///",)
+LEDGER_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 AUTH_STYLES = ("x-api-key", "bearer")
 
 # Model ids the built-in default config lists on GET /v1/models: the ones the official SDK
@@ -167,9 +167,28 @@ class DedupConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    redis_url: str | None = None  # None: one instance, all state local
+    instance_id: str | None = None  # default: hostname-pid
+    lease_ttl_s: float = 30.0  # a crashed instance's concurrency slots free themselves after this
+
+    def __repr__(self) -> str:
+        return f"ClusterConfig(redis_url={_redact(self.redis_url or '')!r}, instance_id={self.instance_id!r})"
+
+
+@attrs.frozen
 class LedgerConfig:
     enabled: bool = True
     url: str = "sqlite:///~/.local/share/trio-balancer/ledger.sqlite3"
+    # With a database server as the ledger: where records wait while it is unreachable.
+    spill_path: str = "~/.local/share/trio-balancer/ledger-spill.sqlite3"
+
+    def __repr__(self) -> str:  # the URL may carry a password
+        return f"LedgerConfig(enabled={self.enabled}, url={_redact(self.url)!r})"
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 @attrs.frozen
@@ -181,6 +200,7 @@ class Config:
     health: HealthConfig = attrs.Factory(HealthConfig)
     ledger: LedgerConfig = attrs.Factory(LedgerConfig)
     dedup: DedupConfig = attrs.Factory(DedupConfig)
+    cluster: ClusterConfig = attrs.Factory(ClusterConfig)
     prices: tuple[Price, ...] = ()
     source: str = "<built-in default>"
     path: str | None = None  # the file it came from, for reloads
@@ -229,7 +249,7 @@ def parse_config(
 ) -> Config:
     env = os.environ if environ is None else environ
     r = _Reader(data, "", source)
-    r.allow_keys("server", "providers", "routes", "routing", "health", "ledger", "prices", "dedup")
+    r.allow_keys("server", "providers", "routes", "routing", "health", "ledger", "prices", "dedup", "cluster")
     server = _server(r.table("server"))
     rt = r.table("routing")
     rt.allow_keys("strategy", "sticky")
@@ -256,16 +276,33 @@ def parse_config(
             )
     routes = tuple(_route(rr, set(names), routing) for rr in r.tables("routes"))
     lr = r.table("ledger")
-    lr.allow_keys("enabled", "url")
+    lr.allow_keys("enabled", "url", "spill_path")
     dl = LedgerConfig()
-    ledger = LedgerConfig(enabled=lr.get_bool("enabled", dl.enabled), url=lr.get_str("url", dl.url))
+    ledger = LedgerConfig(
+        enabled=lr.get_bool("enabled", dl.enabled),
+        url=lr.get_str("url", dl.url),
+        spill_path=lr.get_str("spill_path", dl.spill_path),
+    )
     if not ledger.url.startswith(LEDGER_SCHEMES):
         raise lr.error("url", f"must start with one of {', '.join(LEDGER_SCHEMES)}")
     prices = tuple(_price(pr, set(names)) for pr in r.tables("prices"))
     return Config(
         server=server, providers=providers, routes=routes, routing=routing, health=health,
-        ledger=ledger, prices=prices, dedup=_dedup(r.table("dedup")), source=source,
+        ledger=ledger, prices=prices, dedup=_dedup(r.table("dedup")), cluster=_cluster(r.table("cluster")),
+        source=source,
     )  # fmt: skip
+
+
+def _cluster(r: _Reader) -> ClusterConfig:
+    r.allow_keys("redis_url", "instance_id", "lease_ttl_s")
+    url = r.get_optional_str("redis_url")
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise r.error("redis_url", "must start with redis://, rediss:// or unix://")
+    return ClusterConfig(
+        redis_url=url,
+        instance_id=r.get_optional_str("instance_id"),
+        lease_ttl_s=r.get_float("lease_ttl_s", 30.0, lo=1.0),
+    )
 
 
 def _dedup(r: _Reader) -> DedupConfig:

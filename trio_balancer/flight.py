@@ -52,7 +52,7 @@ from .errors import (
     error_type_for_status,
 )
 from .failover import Verdict, classify_error_type, classify_status
-from .health import FailureKind
+from .health import FailureKind, ProviderHealth, State
 from .logging import debug_enabled, get_logger
 from .providers import ProviderRuntime
 from .ratelimits import read_headers, retry_after_seconds
@@ -84,6 +84,8 @@ MAX_ERROR_BODY = 256 * 1024
 MAX_HELD_JSON = 32 * 1024 * 1024
 # Slide the idle deadline at most this often: moving a cancel scope deadline re-sorts trio's
 # deadline heap, so it is not free per event, and a second of slack on a 300 s bound is noise.
+# Never more than a quarter of the idle bound itself, or a short bound would fire on a live
+# stream (it did: 15 events in 0.47 s against a 0.5 s bound).
 _IDLE_SLIDE_S = 1.0
 # Backoff before retrying the same provider after a connect error (doubles each time).
 _RETRY_BACKOFF_S = 0.2
@@ -178,6 +180,7 @@ class FlightObserver(Protocol):
 
     def forward(self, seconds: float) -> None: ...
     def failover(self, provider: str, reason: str) -> None: ...
+    def health_changed(self, provider: str, health: ProviderHealth) -> None: ...
 
 
 class _Unobserved:
@@ -185,6 +188,9 @@ class _Unobserved:
         pass
 
     def failover(self, provider: str, reason: str) -> None:
+        pass
+
+    def health_changed(self, provider: str, health: ProviderHealth) -> None:
         pass
 
 
@@ -441,7 +447,10 @@ class Flight:
                 await self._try(attempt, runtime)
                 verdict_given = True
                 if self.completed:
+                    recovered = health.state is not State.HEALTHY
                     health.succeeded(trio.current_time())
+                    if recovered:
+                        self.observer.health_changed(runtime.name, health)
                 else:
                     health.abandoned()
                 self.tried.append(AttemptRecord(runtime.name, attempt.model, None, self.status))
@@ -453,6 +462,7 @@ class Flight:
                     cooldown = health.failed(
                         trio.current_time(), kind, failure.error.message, failure.retry_after
                     )
+                    self.observer.health_changed(runtime.name, health)
                     level = log.error if kind is FailureKind.AUTH else log.warning
                     level(
                         "provider.cooldown",
@@ -607,7 +617,7 @@ class Flight:
         )
         async with aclosing(body_iter) as chunks:
             if not self._sse:
-                await self._relay_json(provider, head, chunks)
+                await self._relay_json(provider, head, chunks, idle, idle_s)
             elif not openai:
                 await self._relay_sse(provider, head, chunks, idle, idle_s, None)
             else:
@@ -635,10 +645,16 @@ class Flight:
             seen = self.events
 
     async def _relay_json(
-        self, provider: ProviderConfig, head: Head, chunks: AsyncGenerator[bytes, None]
+        self,
+        provider: ProviderConfig,
+        head: Head,
+        chunks: AsyncGenerator[bytes, None],
+        idle: trio.CancelScope,
+        idle_s: float,
     ) -> None:
         held = bytearray()
         async for chunk in chunks:
+            idle.deadline = trio.current_time() + idle_s  # JSON bodies come in few chunks
             self.bytes += len(chunk)
             if self.bytes > self.max_response_bytes:
                 raise AttemptFailed(
@@ -685,6 +701,7 @@ class Flight:
         limit = self.max_response_bytes
         received_bytes = 0
         slid_at = trio.current_time()
+        slide_every = min(_IDLE_SLIDE_S, idle_s / 4)
         try:
             observer = self.observer
             async for chunk in chunks:
@@ -696,7 +713,7 @@ class Flight:
                         UpstreamError(f"provider {name!r}: response larger than {limit} bytes, cut off"),
                     )
                 now = trio.current_time()
-                if now - slid_at > _IDLE_SLIDE_S:
+                if now - slid_at > slide_every:
                     idle.deadline = now + idle_s
                     slid_at = now
                 events = decoder.feed(chunk)

@@ -132,6 +132,18 @@ class ProviderHealth:
         self.cooling_until = max(self.cooling_until, now + cooldown)
         return cooldown
 
+    def apply_remote(self, now: float, *, cooling: bool, cooling_until: float, message: str | None) -> None:
+        """Another instance saw this provider fail (or recover): take its word for it."""
+        if cooling:
+            self.state = State.COOLING
+            self.cooling_until = max(self.cooling_until, cooling_until)
+            self.trial_in_flight = False
+            if message:
+                self.last_error = message
+                self.last_error_at = now
+        elif self.state is not State.HEALTHY:
+            self.reset()
+
     def abandoned(self) -> None:
         """The request ended without a verdict (client left): free the half-open trial."""
         self.trial_in_flight = False

@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +45,12 @@ BUFFER = 10_000
 BATCH_MAX = 1_000
 # A failing write is retried with backoff (0.1 s doubling to 5 s) about 30 s in all.
 WRITE_TRIES = 10
+# How often the spill file is checked for records to move back to the primary database.
+DRAIN_INTERVAL_S = 1.0
 
 GROUP_COLUMNS = {"provider": "provider", "model": "model", "client": "client", "upstream_model": "upstream_model",
                  "route": "route", "status": "status", "usage_source": "usage_source", "dedup_role": "dedup_role",
-                 "day": "date(started_at, 'unixepoch')"}  # fmt: skip
+                 "day": "day"}  # fmt: skip  # "day" is an expression each backend supplies
 
 
 @attrs.frozen
@@ -152,10 +156,105 @@ def parse_time(text: str | None) -> float | None:
 
 
 class LedgerStore:
-    """Synchronous SQLite access; call it from worker threads (or the CLI)."""
+    """Synchronous SQL access to the ledger; call it from worker threads (or the CLI).
 
+    The SQL is shared by both backends; each subclass supplies its connection, placeholder,
+    migrations and the few expressions that differ.
+    """
+
+    placeholder = "?"
+    day_expr = "date(started_at, 'unixepoch')"
+    insert_verb = "INSERT OR IGNORE INTO"
+    insert_suffix = ""
+    url: str
+
+    def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        raise NotImplementedError
+
+    def migrate(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def version(self) -> int:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def _write_rows(self, sql: str, rows: list[list[Any]]) -> None:
+        raise NotImplementedError
+
+    def write(self, records: Sequence[Record]) -> None:
+        columns = [*_COLUMNS, "flagged"]
+        marks = ", ".join([self.placeholder] * len(columns))
+        sql = f"{self.insert_verb} requests ({', '.join(columns)}) VALUES ({marks}){self.insert_suffix}"
+        self._write_rows(sql, [_row(r) for r in records])
+
+    def count(self) -> int:
+        return int(self._execute("SELECT count(*) FROM requests").fetchone()[0])
+
+    def summary(
+        self, since: float | None = None, until: float | None = None, group_by: Iterable[str] = ()
+    ) -> list[dict[str, Any]]:
+        groups = list(group_by)
+        for g in groups:
+            if g not in GROUP_COLUMNS:
+                raise ValueError(f"cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}")
+        where, args = _where(since, until, flagged=False, mark=self.placeholder)
+        exprs = {g: (self.day_expr if g == "day" else GROUP_COLUMNS[g]) for g in groups}
+        select = [f"{exprs[g]} AS {g}" for g in groups]
+        sql = (
+            f"SELECT {', '.join([*select, *_TOTALS])} FROM requests {where}"
+            + (f" GROUP BY {', '.join(exprs[g] for g in groups)}" if groups else "")
+            + " ORDER BY cost_usd DESC, requests DESC"
+        )
+        cur = self._execute(sql, args)
+        names = [d[0] for d in cur.description]
+        return [{k: _plain(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+
+    def records(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        *,
+        flagged: bool = False,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        where, args = _where(since, until, flagged=flagged, mark=self.placeholder)
+        m = self.placeholder
+        cur = self._execute(
+            f"SELECT {', '.join(_COLUMNS)}, flagged FROM requests {where} ORDER BY started_at, id LIMIT {m} OFFSET {m}",
+            [*args, limit, offset],
+        )
+        names = [d[0] for d in cur.description]
+        out = []
+        for row in cur.fetchall():
+            item = {k: _plain(v) for k, v in zip(names, row, strict=True)}
+            item["attempts"] = json.loads(item["attempts"])
+            for key in ("stream", "priced", "disconnected", "flagged"):
+                item[key] = bool(item[key])
+            out.append(item)
+        return out
+
+    def take(self, limit: int) -> list[Record]:
+        """The oldest records as Record objects (draining a spill file)."""
+        rows = self.records(limit=limit)
+        return [
+            Record(**{**{k: v for k, v in r.items() if k != "flagged"}, "attempts": tuple(r["attempts"])})
+            for r in rows
+        ]
+
+    def delete(self, ids: Sequence[str]) -> None:
+        if ids:
+            marks = ", ".join([self.placeholder] * len(ids))
+            self._write_rows(f"DELETE FROM requests WHERE id IN ({marks})", [list(ids)])
+
+
+class SqliteStore(LedgerStore):
     def __init__(self, path: str) -> None:
         self.path = path
+        self.url = f"sqlite:///{path}"
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -163,6 +262,14 @@ class LedgerStore:
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
         self._conn.execute("PRAGMA busy_timeout=5000")
         self.migrate()
+
+    def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(sql, args)
+
+    def _write_rows(self, sql: str, rows: list[list[Any]]) -> None:
+        with self._conn:
+            self._conn.execute("BEGIN")
+            self._conn.executemany(sql, rows)
 
     def migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -176,82 +283,135 @@ class LedgerStore:
     def close(self) -> None:
         self._conn.close()
 
-    def write(self, records: Sequence[Record]) -> None:
-        columns = [*_COLUMNS, "flagged"]
-        sql = (
-            f"INSERT OR IGNORE INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        )
-        rows = [_row(r) for r in records]
-        with self._conn:
-            self._conn.execute("BEGIN")
-            self._conn.executemany(sql, rows)
 
-    def count(self) -> int:
-        return int(self._conn.execute("SELECT count(*) FROM requests").fetchone()[0])
-
-    def summary(
-        self, since: float | None = None, until: float | None = None, group_by: Iterable[str] = ()
-    ) -> list[dict[str, Any]]:
-        groups = list(group_by)
-        for g in groups:
-            if g not in GROUP_COLUMNS:
-                raise ValueError(f"cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}")
-        where, args = _where(since, until, flagged=False)
-        select = [f"{GROUP_COLUMNS[g]} AS {g}" for g in groups]
-        sql = (
-            f"SELECT {', '.join([*select, *_TOTALS])} FROM requests {where}"
-            + (f" GROUP BY {', '.join(GROUP_COLUMNS[g] for g in groups)}" if groups else "")
-            + " ORDER BY cost_usd DESC, requests DESC"
-        )
-        cur = self._conn.execute(sql, args)
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
-
-    def records(
-        self,
-        since: float | None = None,
-        until: float | None = None,
-        *,
-        flagged: bool = False,
-        limit: int = 100,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        where, args = _where(since, until, flagged=flagged)
-        cur = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)}, flagged FROM requests {where} ORDER BY started_at, id LIMIT ? OFFSET ?",
-            [*args, limit, offset],
-        )
-        names = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            item = dict(zip(names, row, strict=True))
-            item["attempts"] = json.loads(item["attempts"])
-            for key in ("stream", "priced", "disconnected", "flagged"):
-                item[key] = bool(item[key])
-            out.append(item)
-        return out
+PG_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE requests (
+        id TEXT PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        client TEXT NOT NULL,
+        model TEXT,
+        path TEXT NOT NULL,
+        stream INTEGER NOT NULL,
+        status INTEGER,
+        route TEXT,
+        provider TEXT,
+        upstream_model TEXT,
+        error_type TEXT,
+        ttfb_ms DOUBLE PRECISION,
+        duration_ms DOUBLE PRECISION,
+        input_tokens BIGINT NOT NULL DEFAULT 0,
+        output_tokens BIGINT NOT NULL DEFAULT 0,
+        cache_creation_input_tokens BIGINT NOT NULL DEFAULT 0,
+        cache_read_input_tokens BIGINT NOT NULL DEFAULT 0,
+        usage_source TEXT NOT NULL,
+        cost_usd DOUBLE PRECISION,
+        priced INTEGER NOT NULL,
+        dedup_role TEXT NOT NULL,
+        disconnected INTEGER NOT NULL,
+        attempts TEXT NOT NULL,
+        events BIGINT NOT NULL DEFAULT 0,
+        bytes BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX requests_started_at ON requests (started_at);
+    """,
+    """
+    ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
+    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
+    CREATE INDEX requests_flagged ON requests (flagged, started_at);
+    """,
+)
 
 
-_TOTALS = [
+class PostgresStore(LedgerStore):
+    """The same ledger in PostgreSQL, for several balancer instances (psycopg, sync, in threads)."""
+
+    placeholder = "%s"
+    day_expr = "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+    insert_verb = "INSERT INTO"
+    insert_suffix = " ON CONFLICT (id) DO NOTHING"
+
+    def __init__(self, url: str, *, connect_timeout: float = 3.0) -> None:
+        import psycopg
+
+        self.url = url
+        self.path = _redact_url(url)
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+        self.migrate()
+
+    def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        return self._conn.execute(sql, args)
+
+    def _write_rows(self, sql: str, rows: list[list[Any]]) -> None:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            cur.executemany(sql, rows)
+
+    def migrate(self) -> None:
+        with self._conn.transaction():
+            self._conn.execute("CREATE TABLE IF NOT EXISTS trio_balancer_schema (version INTEGER NOT NULL)")
+            self._conn.execute(
+                "LOCK TABLE trio_balancer_schema IN EXCLUSIVE MODE"
+            )  # instances start together
+            row = self._conn.execute("SELECT version FROM trio_balancer_schema").fetchone()
+            version = row[0] if row else 0
+            if row is None:
+                self._conn.execute("INSERT INTO trio_balancer_schema (version) VALUES (0)")
+            for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
+                self._conn.execute(script)
+                self._conn.execute("UPDATE trio_balancer_schema SET version = %s", (number,))
+
+    @property
+    def version(self) -> int:
+        return int(self._conn.execute("SELECT version FROM trio_balancer_schema").fetchone()[0])  # type: ignore[index]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _redact_url(url: str) -> str:
+    """A database URL without its password, for logs and /status."""
+    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def _plain(value: Any) -> Any:
+    """Database numbers as plain ints and floats (PostgreSQL sums are Decimal)."""
+    from decimal import Decimal
+
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+def open_store(url: str) -> LedgerStore:
+    if url.startswith("sqlite:///"):
+        return SqliteStore(sqlite_path(url))
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStore(url)
+    raise ValueError(f"unsupported ledger URL {url!r}")
+
+
+_TOTALS = [  # portable: the same SQL runs on SQLite and PostgreSQL
     "count(*) AS requests",
     "sum(input_tokens) AS input_tokens",
     "sum(output_tokens) AS output_tokens",
     "sum(cache_creation_input_tokens) AS cache_creation_input_tokens",
     "sum(cache_read_input_tokens) AS cache_read_input_tokens",
-    "round(sum(coalesce(cost_usd, 0)), 6) AS cost_usd",
+    "round(CAST(sum(coalesce(cost_usd, 0)) AS NUMERIC), 6) AS cost_usd",
     "sum(flagged) AS flagged",
-    "sum(priced = 0) AS unpriced",
-    "sum(status >= 400 OR status IS NULL) AS errors",
+    "sum(CASE WHEN priced = 0 THEN 1 ELSE 0 END) AS unpriced",
+    "sum(CASE WHEN status >= 400 OR status IS NULL THEN 1 ELSE 0 END) AS errors",
 ]
 
 
-def _where(since: float | None, until: float | None, *, flagged: bool) -> tuple[str, list[Any]]:
+def _where(
+    since: float | None, until: float | None, *, flagged: bool, mark: str = "?"
+) -> tuple[str, list[Any]]:
     clauses, args = [], []
     if since is not None:
-        clauses.append("started_at >= ?")
+        clauses.append(f"started_at >= {mark}")
         args.append(since)
     if until is not None:
-        clauses.append("started_at < ?")
+        clauses.append(f"started_at < {mark}")
         args.append(until)
     if flagged:
         clauses.append("flagged = 1")
@@ -269,16 +429,30 @@ def _row(r: Record) -> list[Any]:
 
 
 class Ledger:
-    """The writer task and the channel that feeds it."""
+    """The writer task and the channel that feeds it.
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    With a database server as the primary store (PostgreSQL), a batch it cannot take goes to
+    a local SQLite spill file instead of waiting: nothing is lost and requests never wait for
+    the database. A drain loop moves spilled records to the primary once it answers again.
+    While anything is spilled, ``degraded`` is true (logged, on /status and in the metrics).
+    """
+
+    def __init__(self, url: str, *, spill_path: str | None = None) -> None:
+        self.url = url
+        self.path = _redact_url(url) if not url.startswith("sqlite:///") else sqlite_path(url)
+        self._spill_path = os.path.expanduser(spill_path) if spill_path else None
         self._send, self._recv = trio.open_memory_channel[Record](BUFFER)
         self.store: LedgerStore | None = None
-        self.written = 0
+        self.spill: SqliteStore | None = None
+        self.spilled = 0  # records currently in the spill file
+        self.written = 0  # records written to the primary store or the spill file
         self.failed_writes = 0
         self._flushed = trio.Event()
         self._wrote = trio.Event()
+
+    @property
+    def degraded(self) -> bool:
+        return self.store is None or self.spilled > 0
 
     async def wait_written(self, count: int) -> None:
         """Return once ``count`` records in all have been written (tests, status)."""
@@ -294,63 +468,133 @@ class Ledger:
                 await self._send.send(record)
         except trio.ClosedResourceError:
             # After shutdown began: write it directly rather than lose it.
-            if self.store is not None:
-                await trio.to_thread.run_sync(self.store.write, [record])
+            with trio.CancelScope(shield=True):
+                await self._write([record])
+
+    async def _open_primary(self) -> bool:
+        try:
+            self.store = await trio.to_thread.run_sync(open_store, self.url)
+        except Exception as exc:  # any driver error: the database is not there yet
+            self.store = None
+            log.error("ledger.unavailable", url=self.path, error=_short(exc))
+            return False
+        log.info("ledger.open", url=self.path, schema=self.store.version)
+        return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.store = await trio.to_thread.run_sync(LedgerStore, self.path)
-        log.info("ledger.open", path=self.path, schema=self.store.version)
+        primary_ok = await self._open_primary()
+        if not primary_ok and self.url.startswith("sqlite:///"):
+            raise RuntimeError(f"cannot open the ledger at {self.path}")
+        if self._spill_path is not None and not self.url.startswith("sqlite:///"):
+            self.spill = await trio.to_thread.run_sync(SqliteStore, self._spill_path)
+            self.spilled = await trio.to_thread.run_sync(self.spill.count)
         task_status.started()
         try:
-            async with self._recv:
-                async for first in self._recv:
-                    batch = [first]
-                    while len(batch) < BATCH_MAX:
-                        try:
-                            batch.append(self._recv.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                    await self._write(batch)
+            async with trio.open_nursery() as nursery:
+                if self.spill is not None:
+                    nursery.start_soon(self._drain_spill)
+                async with self._recv:
+                    async for first in self._recv:
+                        batch = [first]
+                        while len(batch) < BATCH_MAX:
+                            try:
+                                batch.append(self._recv.receive_nowait())
+                            except (trio.WouldBlock, trio.EndOfChannel):
+                                break
+                        await self._write(batch)
+                nursery.cancel_scope.cancel()
         finally:
             self._flushed.set()
 
     async def _write(self, batch: list[Record]) -> None:
-        """Write one batch, retrying a failing disk; shielded so shutdown cannot drop it."""
-        assert self.store is not None
+        """Write one batch: to the primary, else the spill file; shielded so shutdown cannot drop it."""
         delay = 0.1
         with trio.CancelScope(shield=True):
             for _ in range(WRITE_TRIES):
+                store = self.store
                 try:
-                    await trio.to_thread.run_sync(self.store.write, batch)
-                    self.written += len(batch)
-                    wrote, self._wrote = self._wrote, trio.Event()
-                    wrote.set()
+                    if store is None:
+                        raise ConnectionError("ledger database not connected")
+                    await trio.to_thread.run_sync(store.write, batch)
+                    self._count(len(batch))
                     return
-                except sqlite3.Error as exc:
+                except Exception as exc:
                     self.failed_writes += 1
-                    log.error("ledger.write_failed", error=str(exc), records=len(batch), retry_in_s=delay)
+                    if self.spill is not None:  # a database server: spill now, drain later
+                        await self._to_spill(batch, exc)
+                        return
+                    log.error("ledger.write_failed", error=_short(exc), records=len(batch), retry_in_s=delay)
                     await trio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         # The database is gone for good: put the records where an operator can recover them.
         for record in batch:
             log.error("ledger.record_not_written", record=attrs.asdict(record))
 
+    async def _to_spill(self, batch: list[Record], exc: Exception) -> None:
+        assert self.spill is not None
+        if self.store is not None:
+            store, self.store = self.store, None  # reconnect from scratch later
+            with suppress(Exception):
+                await trio.to_thread.run_sync(store.close)
+        if not self.spilled:
+            log.error("ledger.spilling", url=self.path, spill=self._spill_path, error=_short(exc))
+        await trio.to_thread.run_sync(self.spill.write, batch)
+        self.spilled += len(batch)
+        self._count(len(batch))
+
+    def _count(self, n: int) -> None:
+        self.written += n
+        wrote, self._wrote = self._wrote, trio.Event()
+        wrote.set()
+
+    async def _drain_spill(self) -> None:
+        """Move spilled records to the primary store once it answers again."""
+        assert self.spill is not None
+        while True:
+            await trio.sleep(DRAIN_INTERVAL_S)
+            if not self.spilled:
+                continue
+            if self.store is None and not await self._open_primary():
+                continue
+            while self.spilled and self.store is not None:
+                records = await trio.to_thread.run_sync(self.spill.take, 500)
+                if not records:
+                    self.spilled = 0
+                    break
+                try:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self.store.write, records)
+                        await trio.to_thread.run_sync(self.spill.delete, [r.id for r in records])
+                except Exception as exc:
+                    log.error("ledger.drain_failed", error=_short(exc))
+                    self.store = None
+                    break
+                self.spilled = max(0, self.spilled - len(records))
+                if not self.spilled:
+                    log.info("ledger.drained", url=self.path)
+
     async def aclose(self) -> None:
         """Stop taking records and wait until every queued one is written."""
         self._send.close()
         await self._flushed.wait()
-        if self.store is not None:
-            store, self.store = self.store, None
-            await trio.to_thread.run_sync(store.close)
+        for name in ("store", "spill"):
+            store = getattr(self, name)
+            if store is not None:
+                setattr(self, name, None)
+                await trio.to_thread.run_sync(store.close)
 
     async def query(self, fn: str, *args: Any, **kwargs: Any) -> Any:
-        """Run a read query in a thread, on a connection of its own (WAL allows it)."""
+        """Run a read query in a thread, on a connection of its own."""
 
         def run() -> Any:
-            store = LedgerStore(self.path)
+            store = open_store(self.url)
             try:
                 return getattr(store, fn)(*args, **kwargs)
             finally:
                 store.close()
 
         return await trio.to_thread.run_sync(run)
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"

@@ -77,7 +77,15 @@ def status_data(app: BalancerApp) -> dict[str, Any]:
             "cache_bytes": app.cache.bytes,
             "shared_flights": len(app.shared),
         },
-        "ledger": None if app.ledger is None else {"path": app.ledger.path, "written": app.ledger.written},
+        "ledger": None
+        if app.ledger is None
+        else {
+            "path": app.ledger.path,
+            "written": app.ledger.written,
+            "spilled": app.ledger.spilled,
+            "degraded": app.ledger.degraded,
+        },
+        "cluster": None if app.cluster is None else app.cluster.view(),
     }
 
 

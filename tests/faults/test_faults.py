@@ -60,9 +60,8 @@ class Harness:
             await fault(client)
         assert len(results) == n
         for body in results:
-            assert body.count(b"event: content_block_delta") == 15 and body.endswith(
-                b'data: {"type":"message_stop"}\n\n'
-            )
+            assert body.count(b"event: content_block_delta") == 15, body[-300:]
+            assert body.endswith(b'data: {"type":"message_stop"}\n\n')
 
     async def assert_clean(self) -> None:
         """Nothing left behind, and one ledger record per request."""

@@ -1,0 +1,271 @@
+"""Three balancer instances sharing one ledger (PostgreSQL) and one view of providers (Redis)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from trio_balancer.auth import new_key
+from trio_balancer.config import parse_config
+from trio_balancer.ledger import open_store
+
+from ..conftest import Balancer, start_balancer
+from ..fakes import FakeUpstream, Reply, anthropic_text_events, interleave
+from .conftest import PgServer, RedisServer
+
+KEY, KEY_SHA = new_key()
+BODY: dict[str, Any] = {
+    "model": "claude-opus-4-6",
+    "max_tokens": 16,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi"}],
+}
+OVERLOADED = Reply(status=529, headers=[("content-type", "application/json"), ("retry-after", "60")],
+                   steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'])  # fmt: skip
+
+
+def cluster_config(
+    tmp: Path, name: str, pg: PgServer, redis: RedisServer, *ups: FakeUpstream, **server: Any
+) -> dict[str, Any]:
+    return {
+        "server": {"client_keys": [{"name": "team", "sha256": KEY_SHA, "max_concurrent": 2}], **server},
+        "ledger": {"url": pg.url, "spill_path": str(tmp / f"spill-{name}.sqlite3")},
+        "cluster": {"redis_url": redis.url, "instance_id": name},
+        "providers": [
+            {"name": f"p{i}", "kind": "anthropic", "base_url": u.url, "api_key": "k"}
+            for i, u in enumerate(ups)
+        ],
+    }
+
+
+@pytest.fixture
+async def cluster(
+    nursery: trio.Nursery, tmp_path: Path, pg: PgServer, redis_srv: RedisServer
+) -> AsyncIterator[Any]:
+    """``await cluster(*upstreams, n=3)``: n instances sharing ``pg`` and ``redis_srv``."""
+    made: list[Balancer] = []
+
+    async def make(*ups: FakeUpstream, n: int = 3) -> list[Balancer]:
+        out = []
+        for name in "abc"[:n]:
+            out.append(
+                await start_balancer(
+                    nursery, parse_config(cluster_config(tmp_path, name, pg, redis_srv, *ups))
+                )
+            )
+        made.extend(out)
+        return out
+
+    yield make
+    for b in made:
+        await b.client.aclose()
+
+
+async def post(b: Balancer, body: dict[str, Any] | None = None, **headers: str) -> httpx.Response:
+    async with b.client.stream(
+        "POST", "/v1/messages", json=body or BODY, headers={"x-api-key": KEY, **headers}
+    ) as r:
+        await r.aread()
+    return r
+
+
+def pg_ids(pg: PgServer) -> list[str]:
+    store = open_store(pg.url)
+    try:
+        return [r["id"] for r in store.records(limit=100_000)]
+    finally:
+        store.close()
+
+
+async def wait_for(predicate: Any, limit: float) -> None:
+    """Poll state that lives in another server (HTTP, Redis): there is no event to wait on."""
+    with trio.fail_after(limit):
+        while not await predicate():  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+async def test_three_instances_share_one_ledger(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    up = await FakeUpstream(
+        lambda r: Reply(steps=interleave(anthropic_text_events([f"w{i}" for i in range(6)]), 0.02))
+    ).start(nursery)
+    a, b, c = await cluster(up)
+    ids: list[str] = []
+
+    async def one(inst: Balancer, i: int) -> None:
+        r = await post(inst, {**BODY, "messages": [{"role": "user", "content": f"q{i}"}]})
+        ids.append(r.headers["x-balancer-request-id"])
+
+    async with trio.open_nursery() as n:
+        for i in range(30):
+            n.start_soon(one, (a, b, c)[i % 3], i)
+    # An instance stopped mid-stream: its in-flight request is cut, and still recorded once.
+    stop = trio.Event()
+    async with trio.open_nursery() as own:
+        d = await start_balancer(
+            own, parse_config(cluster_config(tmp_path, "d", pg, redis_srv, up)), shutdown=stop.wait
+        )
+        async with (
+            d.client,
+            d.client.stream(
+                "POST", "/v1/messages", json={**BODY, "max_tokens": 99}, headers={"x-api-key": KEY}
+            ) as r,
+            aclosing(r.aiter_raw()) as it,
+        ):
+            ids.append(r.headers["x-balancer-request-id"])
+            async for _ in it:
+                stop.set()  # graceful stop with the stream running: it is cut at the grace period
+                break
+    for inst in (a, b, c):
+        await inst.wait_idle()
+        assert inst.app.ledger is not None
+        with trio.fail_after(5):
+            await inst.app.ledger.wait_written(10)
+    recorded = pg_ids(pg)
+    assert sorted(recorded) == sorted(ids) and len(set(recorded)) == 31
+
+
+async def test_a_provider_failing_on_one_instance_is_skipped_by_another(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    bad = await FakeUpstream(OVERLOADED).start(nursery)
+    good = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    a, b, _ = await cluster(bad, good)
+    await wait_for(lambda: _connected(a, b), 5)
+    assert (await post(a, **{"x-balancer-no-dedup": "1"})).status_code == 200
+    started = trio.current_time()
+
+    async def b_knows() -> bool:
+        providers = (await b.client.get("/providers")).json()["providers"]
+        return bool(next(p for p in providers if p["name"] == "p0")["state"] == "cooling")
+
+    await wait_for(b_knows, 1.0)  # within a second
+    assert trio.current_time() - started < 1.0
+    assert (await post(b, **{"x-balancer-no-dedup": "1"})).status_code == 200
+    assert len(bad.received) == 1 and len(good.received) == 2  # B never tried the cooling provider
+
+
+async def _connected(*insts: Balancer) -> bool:
+    return all(
+        i.app.cluster is not None and not i.app.cluster.degraded and i.app.cluster.applied >= 0 for i in insts
+    )
+
+
+async def test_concurrency_limit_holds_across_instances(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    up = await FakeUpstream(
+        lambda r: Reply(steps=interleave(anthropic_text_events([f"w{i}" for i in range(10)]), 0.05))
+    ).start(nursery)
+    a, b, c = await cluster(up)
+    await wait_for(lambda: _connected(a, b, c), 5)
+    codes: dict[str, int] = {}
+
+    async def run(name: str, inst: Balancer, delay: float) -> None:
+        await trio.sleep(delay)
+        r = await post(inst, {**BODY, "messages": [{"role": "user", "content": name}]})
+        codes[name] = r.status_code
+        if r.status_code == 429:
+            assert r.json()["error"]["type"] == "rate_limit_error" and r.headers["retry-after"]
+
+    async with trio.open_nursery() as n:
+        n.start_soon(run, "first", a, 0.0)
+        n.start_soon(run, "second", b, 0.05)
+        n.start_soon(run, "third", c, 0.2)  # the client's 2 slots are taken on a and b
+    assert codes == {"first": 200, "second": 200, "third": 429}
+    assert (
+        await post(c, {**BODY, "messages": [{"role": "user", "content": "later"}]})
+    ).status_code == 200  # slots came back
+
+
+async def test_redis_down_requests_flow_and_instances_say_so(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    a, b, _ = await cluster(up)
+    await wait_for(lambda: _connected(a, b), 5)
+    redis_srv.stop()
+    for i in range(3):
+        assert (
+            await post(a, {**BODY, "messages": [{"role": "user", "content": f"r{i}"}]})
+        ).status_code == 200
+
+    async def degraded() -> bool:
+        status = (await a.client.get("/status.json")).json()
+        return bool(status["cluster"]["degraded"])
+
+    await wait_for(degraded, 5)
+    assert "trio_balancer_cluster_degraded 1.0" in (await a.client.get("/metrics")).text
+    redis_srv.start()
+
+    async def recovered() -> bool:
+        return not (await a.client.get("/status.json")).json()["cluster"]["degraded"]
+
+    await wait_for(recovered, 10)
+
+
+async def test_postgres_down_records_spill_and_drain(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    (a,) = await cluster(up, n=1)
+    ids = [
+        (await post(a, {**BODY, "messages": [{"role": "user", "content": "before"}]})).headers[
+            "x-balancer-request-id"
+        ]
+    ]
+    await a.wait_idle()
+    assert a.app.ledger is not None
+    with trio.fail_after(5):
+        await a.app.ledger.wait_written(1)
+    await trio.to_thread.run_sync(pg.stop)
+    for i in range(5):
+        r = await post(a, {**BODY, "messages": [{"role": "user", "content": f"during {i}"}]})
+        assert r.status_code == 200
+        ids.append(r.headers["x-balancer-request-id"])
+    await a.wait_idle()
+    with trio.fail_after(10):
+        await a.app.ledger.wait_written(6)
+    assert a.app.ledger.spilled == 5 and a.app.ledger.degraded
+    status = (await a.client.get("/status.json")).json()
+    assert status["ledger"]["spilled"] == 5
+    await trio.to_thread.run_sync(pg.start)
+
+    async def drained() -> bool:
+        assert a.app.ledger is not None
+        return a.app.ledger.spilled == 0
+
+    await wait_for(drained, 15)
+    assert sorted(pg_ids(pg)) == sorted(ids)  # none lost, none twice
+
+
+async def test_cache_shared_across_instances(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["cached answer"]))).start(nursery)
+    a, b, _ = await cluster(up)
+    await wait_for(lambda: _connected(a, b), 5)
+    first = await post(a)
+    assert first.headers["x-balancer-dedup"] == "leader"
+    await a.wait_idle()
+
+    import redis
+
+    async def stored() -> bool:  # the write to Redis is queued off the hot path
+        def keys() -> list[bytes]:
+            with redis.Redis.from_url(redis_srv.url) as client:
+                return list(client.scan_iter("trio-balancer:cache:*"))
+
+        return bool(await trio.to_thread.run_sync(keys))
+
+    await wait_for(stored, 2)
+    second = await post(b)
+    assert second.headers["x-balancer-dedup"] == "cache"
+    assert len(up.received) == 1
