@@ -37,16 +37,24 @@ HOST = "127.0.0.1"
 
 
 class Rig:
-    """Simulator + balancer processes for one benchmark run."""
+    """Simulator + balancer (+ the naive relay) processes for one benchmark run."""
 
-    def __init__(self, kind: str = "anthropic", extra: str = "") -> None:
+    def __init__(self, kind: str = "anthropic", extra: str = "", naive: bool = False) -> None:
         self.work = Path(tempfile.mkdtemp(prefix="trio-balancer-bench-"))
         self.sim_port, self.bal_port = loadgen.free_port(), loadgen.free_port()
         self.sim = loadgen.start_simulator(self.sim_port)
         self.bal = loadgen.start_balancer(self.bal_port, self.sim_port, self.work, kind=kind, extra=extra)
+        self.naive: loadgen.Proc | None = None
+        if naive:
+            self.naive_port = loadgen.free_port()
+            self.naive = loadgen.Proc([sys.executable, str(Path(__file__).with_name("naive_relay.py")), "--port", str(self.naive_port),
+                                       "--upstream", f"http://{HOST}:{self.sim_port}"])  # fmt: skip
+            self.naive.wait_listening(self.naive_port)
 
     def stop(self) -> None:
         self.bal.stop()
+        if self.naive is not None:
+            self.naive.stop()
         self.sim.stop()
 
 
@@ -82,7 +90,7 @@ COLUMNS = ["path", "streams", "events", "errors", "direct p50", "direct p99", "v
 
 async def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
-    rig = Rig()
+    rig = Rig(naive=args.naive)
     peer = urlparse(args.peer) if args.peer else None
     try:
         await warm(rig.bal_port)
@@ -96,6 +104,10 @@ async def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             )
             cpu_us = (rig.bal.cpu_s() - cpu0) * 1e6 / max(1, through.events)
             rows.append(row("balancer", streams, direct.summary(), through.summary(), cpu_us))
+            if rig.naive is not None:
+                cpu0 = rig.naive.cpu_s()
+                naive = await loadgen.run_load(HOST, rig.naive_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp)
+                rows.append(row("naive relay", streams, direct.summary(), naive.summary(), (rig.naive.cpu_s() - cpu0) * 1e6 / max(1, naive.events)))
             if peer is not None:
                 assert peer.hostname is not None and peer.port is not None
                 other = await loadgen.run_load(
@@ -289,6 +301,7 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which streams start")
     parser.add_argument("--listeners", type=int, default=100)
     parser.add_argument("--peer", help="another proxy's base URL, measured with the same load")
+    parser.add_argument("--naive", action="store_true", help="also measure bench/naive_relay.py (the stack's floor)")
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
