@@ -106,8 +106,18 @@ async def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
             rows.append(row("balancer", streams, direct.summary(), through.summary(), cpu_us))
             if rig.naive is not None:
                 cpu0 = rig.naive.cpu_s()
-                naive = await loadgen.run_load(HOST, rig.naive_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp)
-                rows.append(row("naive relay", streams, direct.summary(), naive.summary(), (rig.naive.cpu_s() - cpu0) * 1e6 / max(1, naive.events)))
+                naive = await loadgen.run_load(
+                    HOST, rig.naive_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
+                )
+                rows.append(
+                    row(
+                        "naive relay",
+                        streams,
+                        direct.summary(),
+                        naive.summary(),
+                        (rig.naive.cpu_s() - cpu0) * 1e6 / max(1, naive.events),
+                    )
+                )
             if peer is not None:
                 assert peer.hostname is not None and peer.port is not None
                 other = await loadgen.run_load(
@@ -209,6 +219,7 @@ async def fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
             for _ in range(args.listeners):
                 nursery.start_soon(one)
         wall = time.perf_counter() - started
+        await trio.sleep(0.5)  # the ledger writes in batches of up to 100 ms
         load = loadgen.LoadResult(args.listeners, results, wall)
         s = load.summary()
         upstream = rig.sim_requests() - before
@@ -222,8 +233,13 @@ async def fanout(args: argparse.Namespace) -> list[dict[str, Any]]:
 async def openai(args: argparse.Namespace) -> list[dict[str, Any]]:
     """CPU per event with OpenAI conversion vs Anthropic passthrough, same load."""
     rows = []
+    # An OpenAI provider gets headers of its own kind, not the client's, so the simulator's
+    # x-sim-* settings travel in the provider's configured headers for both kinds alike.
+    sim_headers = (
+        f'headers = {{ "x-sim-stamp" = "1", "x-sim-events" = "{args.events}", "x-sim-eps" = "{args.eps:g}" }}'
+    )
     for kind in ("anthropic", "openai"):
-        rig = Rig(kind=kind)
+        rig = Rig(kind=kind, extra=sim_headers)
         try:
             await warm(rig.bal_port)
             direct = await loadgen.run_load(
@@ -301,7 +317,9 @@ def main() -> int:
     parser.add_argument("--ramp", type=float, default=2.0, help="seconds over which streams start")
     parser.add_argument("--listeners", type=int, default=100)
     parser.add_argument("--peer", help="another proxy's base URL, measured with the same load")
-    parser.add_argument("--naive", action="store_true", help="also measure bench/naive_relay.py (the stack's floor)")
+    parser.add_argument(
+        "--naive", action="store_true", help="also measure bench/naive_relay.py (the stack's floor)"
+    )
     parser.add_argument("--plot", action="store_true")
     parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()

@@ -24,7 +24,10 @@ def make_app(upstream: str) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             await receive()
-            client["c"] = httpx.AsyncClient(timeout=httpx.Timeout(10, read=None), limits=httpx.Limits(max_connections=4000, max_keepalive_connections=2000))
+            client["c"] = httpx.AsyncClient(
+                timeout=httpx.Timeout(10, read=None),
+                limits=httpx.Limits(max_connections=4000, max_keepalive_connections=2000),
+            )
             await send({"type": "lifespan.startup.complete"})
             await receive()
             await client["c"].aclose()
@@ -36,9 +39,17 @@ def make_app(upstream: str) -> Any:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        headers = [(n, v) for n, v in scope["headers"] if n.startswith((b"x-sim", b"content-type", b"anthropic"))]
+        headers = [
+            (n, v) for n, v in scope["headers"] if n.startswith((b"x-sim", b"content-type", b"anthropic"))
+        ]
         async with client["c"].stream("POST", upstream + scope["path"], content=body, headers=headers) as r:
-            await send({"type": "http.response.start", "status": r.status_code, "headers": [(b"content-type", r.headers["content-type"].encode())]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": r.status_code,
+                    "headers": [(b"content-type", r.headers["content-type"].encode())],
+                }
+            )
             async for chunk in r.aiter_raw():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -393,11 +393,11 @@ async def test_stream_in_flight_survives_reload_that_removes_its_provider(
                         f'[[providers]]\nname = "new"\nkind = "anthropic"\nbase_url = "{new.url}"\napi_key = "k"\n'
                     )
                     assert (await b.client.post("/admin/reload")).json()["replaced"] == ["old"]
-                    assert not old_runtime.client.is_closed  # still in use by this stream
+                    assert not old_runtime.is_closed  # still in use by this stream
         assert b"".join(chunks) == b"".join(slow_events)
         _, body = await stream_body(b)
         assert body == b"".join(GOOD)
         await b.wait_idle()
         with trio.fail_after(2):
             await old_runtime.close_when_unused()
-        assert old_runtime.client.is_closed
+        assert old_runtime.is_closed

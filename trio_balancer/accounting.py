@@ -13,6 +13,7 @@ import hashlib
 import time
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -58,8 +59,8 @@ class RequestContext:
         return round((time.perf_counter() - self.started_perf) * 1000, 3)
 
 
-def error_record(ctx: RequestContext, error: BalancerError | None, status: int) -> Record:
-    """A request that ended before any provider produced anything."""
+def _record(ctx: RequestContext, status: int | None, **fields: Any) -> Record:
+    """The fields every record takes from its request's context."""
     return Record(
         id=ctx.id,
         started_at=ctx.started_at,
@@ -69,10 +70,16 @@ def error_record(ctx: RequestContext, error: BalancerError | None, status: int) 
         stream=ctx.stream,
         status=status,
         route=ctx.route,
-        error_type=error.error_type if error is not None else None,
         duration_ms=ctx.elapsed_ms(),
-        usage_source="none",
         dedup_role=ctx.dedup_role,
+        **fields,
+    )
+
+
+def error_record(ctx: RequestContext, error: BalancerError | None, status: int) -> Record:
+    """A request that ended before any provider produced anything."""
+    return _record(
+        ctx, status, error_type=error.error_type if error is not None else None, usage_source="none"
     )
 
 
@@ -83,20 +90,13 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
     if usage is not None and flight.upstream_model is not None:
         cost = prices.cost(usage, flight.upstream_model, flight.provider)
         priced = cost is not None
-    return Record(
-        id=ctx.id,
-        started_at=ctx.started_at,
-        client=ctx.client,
-        model=ctx.model,
-        path=ctx.path,
-        stream=ctx.stream,
-        status=flight.status,
-        route=ctx.route,
+    return _record(
+        ctx,
+        flight.status,
         provider=flight.provider,
         upstream_model=flight.upstream_model,
         error_type=flight.error,
         ttfb_ms=None if flight.ttfb is None else round(flight.ttfb * 1000, 3),
-        duration_ms=ctx.elapsed_ms(),
         input_tokens=usage.input_tokens if usage else 0,
         output_tokens=usage.output_tokens if usage else 0,
         cache_creation_input_tokens=usage.cache_creation_input_tokens if usage else 0,
@@ -104,7 +104,6 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
         usage_source=usage.source if usage else "none",
         cost_usd=cost,
         priced=priced,
-        dedup_role=ctx.dedup_role,
         disconnected=disconnected,
         attempts=tuple(
             {"provider": a.provider, "model": a.model, "error": a.error, "status": a.status}
@@ -124,20 +123,12 @@ def shared_record(
     disconnected: bool,
 ) -> Record:
     """A follower of a shared flight or a cache hit: the upstream was billed to the leader."""
-    return Record(
-        id=ctx.id,
-        started_at=ctx.started_at,
-        client=ctx.client,
-        model=ctx.model,
-        path=ctx.path,
-        stream=ctx.stream,
-        status=status,
-        route=ctx.route,
+    return _record(
+        ctx,
+        status,
         provider=provider,
         upstream_model=upstream_model,
-        duration_ms=ctx.elapsed_ms(),
         usage_source="shared",
         cost_usd=0.0,
-        dedup_role=ctx.dedup_role,
         disconnected=disconnected,
     )

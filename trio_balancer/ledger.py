@@ -129,7 +129,7 @@ MIGRATIONS: tuple[str, ...] = (
     # 2: listing flagged records quickly
     """
     ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
-    UPDATE requests SET flagged = (usage_source IN ('partial', 'estimated') OR priced = 0);
+    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
     CREATE INDEX requests_flagged ON requests (flagged, started_at);
     """,
 )
@@ -287,43 +287,9 @@ class SqliteStore(LedgerStore):
         self._conn.close()
 
 
-PG_MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE requests (
-        id TEXT PRIMARY KEY,
-        started_at DOUBLE PRECISION NOT NULL,
-        client TEXT NOT NULL,
-        model TEXT,
-        path TEXT NOT NULL,
-        stream INTEGER NOT NULL,
-        status INTEGER,
-        route TEXT,
-        provider TEXT,
-        upstream_model TEXT,
-        error_type TEXT,
-        ttfb_ms DOUBLE PRECISION,
-        duration_ms DOUBLE PRECISION,
-        input_tokens BIGINT NOT NULL DEFAULT 0,
-        output_tokens BIGINT NOT NULL DEFAULT 0,
-        cache_creation_input_tokens BIGINT NOT NULL DEFAULT 0,
-        cache_read_input_tokens BIGINT NOT NULL DEFAULT 0,
-        usage_source TEXT NOT NULL,
-        cost_usd DOUBLE PRECISION,
-        priced INTEGER NOT NULL,
-        dedup_role TEXT NOT NULL,
-        disconnected INTEGER NOT NULL,
-        attempts TEXT NOT NULL,
-        events BIGINT NOT NULL DEFAULT 0,
-        bytes BIGINT NOT NULL DEFAULT 0
-    );
-    CREATE INDEX requests_started_at ON requests (started_at);
-    """,
-    """
-    ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
-    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
-    CREATE INDEX requests_flagged ON requests (flagged, started_at);
-    """,
-)
+# The same schema in PostgreSQL's types (SQLite's REAL is a double; token and byte counts may
+# pass 2**31 in a long-lived ledger's sums, which PostgreSQL computes in NUMERIC anyway).
+PG_MIGRATIONS: tuple[str, ...] = tuple(m.replace(" REAL", " DOUBLE PRECISION") for m in MIGRATIONS)
 
 
 class PostgresStore(LedgerStore):

@@ -18,7 +18,7 @@ from .config import Config, HealthConfig, ProviderConfig
 from .health import HealthPolicy, ProviderHealth
 from .ratelimits import RateLimitState
 from .routing import Ewma
-from .upstream import make_client
+from .upstream import make_clients
 
 __all__ = ["ProviderRuntime", "Registry", "health_policy"]
 
@@ -34,16 +34,41 @@ def health_policy(config: HealthConfig) -> HealthPolicy:
 @attrs.define(eq=False)
 class ProviderRuntime:
     config: ProviderConfig
-    client: httpx.AsyncClient
+    clients: list[httpx.AsyncClient]  # pool shards (see upstream.SHARD_CONNECTIONS)
     health: ProviderHealth
     limits: RateLimitState = attrs.Factory(RateLimitState)
     latency: Ewma = attrs.Factory(Ewma)
     in_use: int = 0
     _unused: trio.Event = attrs.Factory(trio.Event)
 
+    _next: int = 0
+
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The next pool shard, round robin."""
+        clients = self.clients
+        if len(clients) == 1:
+            return clients[0]
+        self._next = (self._next + 1) % len(clients)
+        return clients[self._next]
+
+    @client.setter
+    def client(self, client: httpx.AsyncClient) -> None:
+        """Replace every shard with one client (tests use an in-memory transport)."""
+        self.clients = [client]
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            for client in self.clients:
+                await client.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        return all(c.is_closed for c in self.clients)
 
     def acquire(self) -> None:
         if self.in_use == 0:
@@ -58,8 +83,7 @@ class ProviderRuntime:
     async def close_when_unused(self) -> None:
         while self.in_use:
             await self._unused.wait()
-        with trio.CancelScope(shield=True):
-            await self.client.aclose()
+        await self.aclose()
 
 
 class Registry:
@@ -71,7 +95,7 @@ class Registry:
     def _make(self, provider: ProviderConfig, config: Config) -> ProviderRuntime:
         return ProviderRuntime(
             config=provider,
-            client=make_client(provider),
+            clients=make_clients(provider),
             health=ProviderHealth(policy=health_policy(config.health), rng=self._rng.random),
         )
 
@@ -92,6 +116,5 @@ class Registry:
         return [r for name, r in old.items() if new.get(name) is not r]
 
     async def aclose(self) -> None:
-        with trio.CancelScope(shield=True):
-            for r in self.runtimes.values():
-                await r.client.aclose()
+        for r in self.runtimes.values():
+            await r.aclose()

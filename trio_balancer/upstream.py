@@ -6,6 +6,7 @@ the shared ``httpx.AsyncClient`` per provider, which keeps connections alive acr
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterable
 
 import httpx
@@ -14,7 +15,9 @@ from .config import ProviderConfig
 
 __all__ = [
     "HOP_BY_HOP",
+    "SHARD_CONNECTIONS",
     "make_client",
+    "make_clients",
     "request_headers",
     "response_headers",
     "upstream_url",
@@ -147,16 +150,44 @@ def upstream_url(provider: ProviderConfig, path: str, query: bytes) -> str:
     return url
 
 
-def make_client(provider: ProviderConfig) -> httpx.AsyncClient:
-    """The pooled client for one provider; the lifespan task owns and closes it."""
+# httpcore's pool scans every connection it holds (is_idle, has_expired: a poll() each) on
+# every request start and response close, so its cost grows with the pool: at 500 concurrent
+# streams that scan was 38 % of the balancer's CPU (profile in bench/RESULTS.md). A provider's
+# connections are therefore spread over several small pools ("shards") of this many at most.
+# Each shard holds about this many connections, and there are at most MAX_SHARDS of them.
+SHARD_CONNECTIONS = 64
+MAX_SHARDS = 8
+
+
+def make_clients(provider: ProviderConfig) -> list[httpx.AsyncClient]:
+    """The pooled clients for one provider, sharing one TLS context (building one costs ~0.7 MiB)."""
+    shards = min(MAX_SHARDS, max(1, -(-provider.max_connections // SHARD_CONNECTIONS)))
+    per_shard = -(-provider.max_connections // shards)
+    keepalive = -(-provider.max_keepalive // shards) if provider.max_keepalive else 0
+    tls = httpx.create_ssl_context()
+    return [
+        make_client(provider, max_connections=per_shard, max_keepalive=keepalive, tls=tls)
+        for _ in range(shards)
+    ]
+
+
+def make_client(
+    provider: ProviderConfig,
+    *,
+    max_connections: int | None = None,
+    max_keepalive: int | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for a provider; the lifespan task owns and closes it."""
     t = provider.timeouts
     client = httpx.AsyncClient(
+        verify=tls if tls is not None else True,
         # read=None: the gap between stream chunks and the whole response are bounded by our
         # own trio deadlines (idle, total), which know whether a response has started.
         timeout=httpx.Timeout(connect=t.connect, read=None, write=60.0, pool=t.connect),
         limits=httpx.Limits(
-            max_connections=provider.max_connections,
-            max_keepalive_connections=provider.max_keepalive,
+            max_connections=provider.max_connections if max_connections is None else max_connections,
+            max_keepalive_connections=provider.max_keepalive if max_keepalive is None else max_keepalive,
             keepalive_expiry=provider.keepalive_s,
         ),
         trust_env=False,
