@@ -776,7 +776,7 @@ async def _write(
         dropped = flight is not None and flight.was_dropped(listener)
         end_head, tail = form.end()
         if dropped:
-            end_head, tail = _dropped_ending(status, wants_stream)
+            end_head, tail = _dropped_ending(status)
         if end_head is not None:
             status = end_head[0]
             await send({"type": "http.response.start", "status": status, "headers": end_head[1] + extra})
@@ -789,9 +789,7 @@ async def _write(
     return Delivery(status, not gone.is_set() and not dropped)
 
 
-def _dropped_ending(
-    status: int | None, wants_stream: bool
-) -> tuple[tuple[int, list[tuple[bytes, bytes]]] | None, bytes]:
+def _dropped_ending(status: int | None) -> tuple[tuple[int, list[tuple[bytes, bytes]]] | None, bytes]:
     message = "this client fell too far behind the shared stream and was cut off"
     if status is not None:  # mid-stream: end it with an error event
         return None, error_event("api_error", message)
