@@ -84,6 +84,21 @@ def row(
     }
 
 
+async def measure(
+    rig: Rig, label: str, streams: int, args: argparse.Namespace
+) -> tuple[dict[str, Any], loadgen.LoadResult, loadgen.LoadResult]:
+    """The same load direct to the simulator, then through the balancer: (row, direct, through)."""
+    direct = await loadgen.run_load(
+        HOST, rig.sim_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
+    )
+    cpu0 = rig.bal.cpu_s()
+    through = await loadgen.run_load(
+        HOST, rig.bal_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
+    )
+    cpu_us = (rig.bal.cpu_s() - cpu0) * 1e6 / max(1, through.events)
+    return row(label, streams, direct.summary(), through.summary(), cpu_us), direct, through
+
+
 COLUMNS = ["path", "streams", "events", "errors", "direct p50", "direct p99", "via p50", "via p99", "via max",
            "added p50", "added p99", "added ttfb p50", "added ttfb p99", "cpu us/event", "gen us/event"]  # fmt: skip
 
@@ -95,15 +110,8 @@ async def latency(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         await warm(rig.bal_port)
         for streams in [int(s) for s in args.streams.split(",")]:
-            direct = await loadgen.run_load(
-                HOST, rig.sim_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu0 = rig.bal.cpu_s()
-            through = await loadgen.run_load(
-                HOST, rig.bal_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu_us = (rig.bal.cpu_s() - cpu0) * 1e6 / max(1, through.events)
-            rows.append(row("balancer", streams, direct.summary(), through.summary(), cpu_us))
+            r, direct, _ = await measure(rig, "balancer", streams, args)
+            rows.append(r)
             if rig.naive is not None:
                 cpu0 = rig.naive.cpu_s()
                 naive = await loadgen.run_load(
@@ -142,15 +150,7 @@ async def peak(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         await warm(rig.bal_port)
         for streams in [int(s) for s in args.streams.split(",")]:
-            direct = await loadgen.run_load(
-                HOST, rig.sim_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu0 = rig.bal.cpu_s()
-            through = await loadgen.run_load(
-                HOST, rig.bal_port, streams=streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu_us = (rig.bal.cpu_s() - cpu0) * 1e6 / max(1, through.events)
-            r = row("balancer", streams, direct.summary(), through.summary(), cpu_us)
+            r, _, through = await measure(rig, "balancer", streams, args)
             r["events/s"] = through.summary()["events_per_s"]
             rows.append(r)
             print(loadgen.md_table(rows[-1:], [*COLUMNS, "events/s"]), flush=True)
@@ -242,15 +242,8 @@ async def openai(args: argparse.Namespace) -> list[dict[str, Any]]:
         rig = Rig(kind=kind, extra=sim_headers)
         try:
             await warm(rig.bal_port)
-            direct = await loadgen.run_load(
-                HOST, rig.sim_port, streams=args.streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu0 = rig.bal.cpu_s()
-            through = await loadgen.run_load(
-                HOST, rig.bal_port, streams=args.streams, events=args.events, eps=args.eps, ramp_s=args.ramp
-            )
-            cpu_us = (rig.bal.cpu_s() - cpu0) * 1e6 / max(1, through.events)
-            rows.append(row(kind, args.streams, direct.summary(), through.summary(), cpu_us))
+            r, _, _ = await measure(rig, kind, args.streams, args)
+            rows.append(r)
             print(loadgen.md_table(rows[-1:], COLUMNS), flush=True)
         finally:
             rig.stop()
