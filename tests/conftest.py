@@ -16,8 +16,8 @@ import pytest
 import structlog
 import trio
 
+from trio_balancer import asgi, simulator
 from trio_balancer import logging as blog
-from trio_balancer import simulator
 from trio_balancer.asgi import BalancerApp, create_app
 from trio_balancer.config import Config, parse_config
 
@@ -75,14 +75,7 @@ def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def count_tasks() -> int:
     """Every task alive in this trio run: the fixtures', Hypercorn's, the app's and ours."""
-    stack = [trio.lowlevel.current_root_task()]
-    n = 0
-    while stack:
-        task = stack.pop()
-        n += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return n
+    return asgi.count_tasks([trio.lowlevel.current_root_task()])
 
 
 class Balancer:

@@ -98,16 +98,7 @@ class BalancerApp:
 
     def task_count(self) -> int:
         """Tasks the app owns right now (flights, their children, housekeeping)."""
-        if self._nursery is None:
-            return 0
-        stack = list(self._nursery.child_tasks)
-        count = 0
-        while stack:
-            task = stack.pop()
-            count += 1
-            for nursery in task.child_nurseries:
-                stack.extend(nursery.child_tasks)
-        return count
+        return 0 if self._nursery is None else count_tasks(self._nursery.child_tasks)
 
     async def wait_idle(self) -> None:
         """Return once no flight is running."""
@@ -672,6 +663,18 @@ class BalancerApp:
         if model_id in listed_models(self.config):
             return _model_object(model_id)
         raise NotFound(f"model {model_id!r} not found")
+
+
+def count_tasks(tasks: Iterable[trio.lowlevel.Task]) -> int:
+    """``tasks`` and every task below them, through their nurseries."""
+    stack = list(tasks)
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
 
 
 def _known_models(config: Config) -> set[str]:
