@@ -224,6 +224,43 @@ class Proc:
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def sockets(self, served_port: int) -> dict[str, int]:
+        """This process's TCP sockets by role: ``clients`` (accepted on ``served_port``),
+        ``upstream`` (connections it opened), ``listening``; and ``other_fds`` (files, pipes).
+
+        Read from /proc (socket inodes of the fds matched to /proc/net/tcp*), so it needs no
+        tool: a leak of client connections shows apart from the upstream pool's idle ones.
+        """
+        inodes = set()
+        other = 0
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+            else:
+                other += 1
+        counts = {"clients": 0, "upstream": 0, "listening": 0, "other_fds": other}
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[9] not in inodes:
+                    continue
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if fields[3] == "0A":  # LISTEN
+                    counts["listening"] += 1
+                elif local_port == served_port:
+                    counts["clients"] += 1
+                else:
+                    counts["upstream"] += 1
+        return counts
+
     def cpu_s(self) -> float:
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks = os.sysconf("SC_CLK_TCK")

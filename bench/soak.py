@@ -8,7 +8,9 @@ loops until the deadline (and at most --max-requests in all), each request picki
 random: the upstream cuts, resets, stalls, sends an error event or a 529, or the client leaves
 early. Every few seconds it samples the balancer's RSS, open file descriptors, and the task and
 flight counts from /status.json. After the load it waits for the balancer to go idle and checks:
-tasks and flights back to their idle values, fds back near their start, RSS no longer growing
+tasks and flights back to their idle values, no client connection left open (a connection the
+client closed must be closed at once, not at the keep-alive timeout), upstream sockets within the
+provider's keep-alive pool, other descriptors back to their start, RSS no longer growing
 (the second half of the run's samples may not exceed the first half's peak by more than 10 %).
 """
 
@@ -27,6 +29,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import loadgen
+
+MAX_KEEPALIVE = 50  # the provider's default max_keepalive
 
 FAULTS = [
     ({}, None),  # healthy
@@ -58,7 +62,9 @@ async def soak(duration: float, streams: int, max_requests: int, interval: float
 
     async def sample(client: httpx.AsyncClient, t0: float) -> None:
         s = await status(client)
+        socks = bal.sockets(bal_port)
         samples.append({"t": round(time.monotonic() - t0, 1), "rss_mib": bal.rss_kib() / 1024, "fds": bal.fds(),
+                        "clients": socks["clients"], "upstream": socks["upstream"], "other_fds": socks["other_fds"],
                         "tasks": float(s["tasks"]), "flights": float(len(s["live_streams"]))})  # type: ignore[arg-type]  # fmt: skip
 
     async def worker(i: int, deadline: float) -> None:
@@ -80,7 +86,6 @@ async def soak(duration: float, streams: int, max_requests: int, interval: float
         async with httpx.AsyncClient(trust_env=False, timeout=10) as client:
             t0 = time.monotonic()
             await sample(client, t0)
-            idle_fds = samples[0]["fds"]
             idle_tasks = samples[0]["tasks"]
             deadline = t0 + duration
             async with trio.open_nursery() as nursery:
@@ -112,7 +117,12 @@ async def soak(duration: float, streams: int, max_requests: int, interval: float
     checks = {
         "tasks back to idle": end["tasks"] == idle_tasks,
         "no flights left": end["flights"] == 0,
-        "fds back near start": end["fds"] <= idle_fds + 8,
+        # The sampler's own keep-alive connection is the one client socket allowed.
+        "no client connection left open": end["clients"] <= 1,
+        # Idle pooled connections to the simulator stay until reused (httpx has no reaper),
+        # bounded by the provider's keep-alive pool; everything else must be back.
+        "upstream sockets within the keep-alive pool": end["upstream"] <= MAX_KEEPALIVE,
+        "other fds back to start": end["other_fds"] <= samples[0]["other_fds"] + 2,
         "RSS flat (second half <= 1.1 x first half peak)": second_peak <= first_peak * 1.10,
     }
     return {
@@ -134,7 +144,7 @@ def main() -> int:
     args = parser.parse_args()
     result = trio.run(soak, args.duration, args.streams, args.max_requests, args.interval)
     samples = result["samples"]  # type: ignore[assignment]
-    table = loadgen.md_table(samples, ["t", "rss_mib", "fds", "tasks", "flights"])  # type: ignore[arg-type]
+    table = loadgen.md_table(samples, ["t", "rss_mib", "fds", "clients", "upstream", "other_fds", "tasks", "flights"])  # type: ignore[arg-type]
     print(table)
     print(json.dumps({"counts": result["counts"], "checks": result["checks"]}, indent=1))
     ok = all(result["checks"].values())  # type: ignore[attr-defined]

@@ -100,7 +100,10 @@ def provider_config(*upstreams: FakeUpstream, **extra: Any) -> dict[str, Any]:
 
 
 async def start_balancer(
-    nursery: trio.Nursery, config: Config, shutdown: Callable[[], Awaitable[None]] | None = None
+    nursery: trio.Nursery,
+    config: Config,
+    shutdown: Callable[[], Awaitable[None]] | None = None,
+    **hypercorn_options: Any,
 ) -> Balancer:
     app = create_app(config)
     hc = hypercorn.config.Config()
@@ -109,6 +112,8 @@ async def start_balancer(
     hc.errorlog = None
     hc.graceful_timeout = 0.5
     hc.backlog = 4096  # as `trio-balancer serve` sets it: 1,000 clients may connect at once
+    for name, value in hypercorn_options.items():
+        setattr(hc, name, value)
     binds = await nursery.start(partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown))  # type: ignore[arg-type]
     return Balancer(app, binds[0])
 

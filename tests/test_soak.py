@@ -20,3 +20,4 @@ def test_short_soak_ends_flat(tmp_path: Path) -> None:
     out = result.stdout.decode()
     assert result.returncode == 0, out[-3000:] + result.stderr.decode()[-3000:]
     assert '"tasks back to idle": true' in out and '"RSS flat' in out
+    assert '"no client connection left open": true' in out

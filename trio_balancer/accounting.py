@@ -2,7 +2,9 @@
 
 Every request produces exactly one record: the ones that failed before reaching a provider
 (bad JSON, unknown model, too large), the ones every provider refused, the ones the client
-abandoned, and the ones that succeeded. Usage is only ever what a provider produced; when it
+abandoned, the ones cut at shutdown, and the ones that succeeded. The record is made in one
+place (``BalancerApp._finish_request``), reached from a ``finally`` of the handler and of the
+flight, once both have ended (:meth:`RequestContext.ready_to_record`). Usage is only ever what a provider produced; when it
 reported none, the estimate says so (``usage_source``), and a model with no known price gets
 an empty cost and ``priced = False`` instead of a made-up number.
 """
@@ -22,7 +24,17 @@ from .flight import Flight
 from .ledger import Record
 from .pricing import PriceTable
 
-__all__ = ["RequestContext", "client_identity", "error_record", "flight_record", "new_request_id"]
+__all__ = [
+    "CLIENT_LEFT",
+    "CUT",
+    "DELIVERED",
+    "Delivery",
+    "RequestContext",
+    "client_identity",
+    "fallback_record",
+    "new_request_id",
+    "request_record",
+]
 
 
 def new_request_id() -> str:
@@ -43,8 +55,30 @@ def client_identity(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return "anonymous"
 
 
+# How a response ended, from the client's side (the ledger's ``outcome``).
+DELIVERED = "delivered"  # the whole response reached the client (an error answer too)
+CLIENT_LEFT = "client_left"  # the client went away before the end
+CUT = "cut"  # the balancer cut it: a lagging listener, a broken body, or shutdown
+
+
 @attrs.define
+class Delivery:
+    """What the client got, as far as it went. The handler updates it while it answers, so
+    whatever stops the handler (a crash, a cancellation at shutdown) leaves it true."""
+
+    status: int | None = None  # what the client was answered, None while nothing was
+    outcome: str = CUT  # until the end is reached or the client is seen leaving
+
+
+@attrs.define(eq=False)
 class RequestContext:
+    """One request from its arrival to its record; exactly one record is made of it.
+
+    The handler owns it. A leader also hands it to its flight, which may end after the
+    handler (a shared stream finishing into the cache): whichever of the two ends last makes
+    the record (:meth:`ready_to_record`).
+    """
+
     id: str
     client: str
     path: str
@@ -54,13 +88,29 @@ class RequestContext:
     stream: bool = False
     route: str | None = None
     dedup_role: str = "off"
+    delivery: Delivery = attrs.Factory(Delivery)
+    error: BalancerError | None = None  # answered by the balancer itself, before any flight
+    flight: Flight | None = None  # the leader's upstream flight
+    shared_from: tuple[str | None, str | None] = (None, None)  # follower/cache: (provider, model)
+    handler_done: bool = False
+    recorded: bool = False
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started_perf) * 1000, 3)
 
+    def ready_to_record(self) -> bool:
+        """True exactly once: when the handler and the flight (if any) have both ended."""
+        if self.recorded or not self.handler_done:
+            return False
+        if self.flight is not None and not self.flight.done.is_set():
+            return False
+        self.recorded = True
+        return True
+
 
 def _record(ctx: RequestContext, status: int | None, **fields: Any) -> Record:
     """The fields every record takes from its request's context."""
+    outcome = ctx.delivery.outcome
     return Record(
         id=ctx.id,
         started_at=ctx.started_at,
@@ -72,18 +122,48 @@ def _record(ctx: RequestContext, status: int | None, **fields: Any) -> Record:
         route=ctx.route,
         duration_ms=ctx.elapsed_ms(),
         dedup_role=ctx.dedup_role,
+        disconnected=outcome == CLIENT_LEFT,
+        outcome=outcome,
         **fields,
     )
 
 
-def error_record(ctx: RequestContext, error: BalancerError | None, status: int) -> Record:
+def request_record(ctx: RequestContext, prices: PriceTable) -> Record:
+    """The record of a finished request, whichever way it went."""
+    if ctx.flight is not None:
+        return flight_record(ctx, ctx.flight, prices)
+    if ctx.dedup_role in ("follower", "cache"):
+        return shared_record(ctx)
+    return error_record(ctx)
+
+
+def fallback_record(ctx: RequestContext) -> Record:
+    """When building the real record failed (a bug): what is known for sure, flagged."""
+    flight = ctx.flight
+    return _record(
+        ctx,
+        ctx.delivery.status,
+        provider=flight.provider if flight is not None else None,
+        upstream_model=flight.upstream_model if flight is not None else None,
+        error_type="api_error",
+        usage_source="estimated" if flight is not None and flight.committed else "none",
+        cost_usd=None,
+        priced=False,
+    )
+
+
+def error_record(ctx: RequestContext) -> Record:
     """A request that ended before any provider produced anything."""
+    error = ctx.error
+    status = ctx.delivery.status
+    if status is None:
+        status = 499 if ctx.delivery.outcome == CLIENT_LEFT else error.status if error else None
     return _record(
         ctx, status, error_type=error.error_type if error is not None else None, usage_source="none"
     )
 
 
-def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, disconnected: bool) -> Record:
+def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable) -> Record:
     usage = flight.usage()
     cost: float | None = 0.0
     priced = True
@@ -92,7 +172,7 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
         priced = cost is not None
     return _record(
         ctx,
-        flight.status,
+        flight.status if ctx.delivery.status is None else ctx.delivery.status,
         provider=flight.provider,
         upstream_model=flight.upstream_model,
         error_type=flight.error,
@@ -104,7 +184,6 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
         usage_source=usage.source if usage else "none",
         cost_usd=cost,
         priced=priced,
-        disconnected=disconnected,
         attempts=tuple(
             {"provider": a.provider, "model": a.model, "error": a.error, "status": a.status}
             for a in flight.tried
@@ -114,21 +193,14 @@ def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable, *, di
     )
 
 
-def shared_record(
-    ctx: RequestContext,
-    status: int | None,
-    provider: str | None,
-    upstream_model: str | None,
-    *,
-    disconnected: bool,
-) -> Record:
+def shared_record(ctx: RequestContext) -> Record:
     """A follower of a shared flight or a cache hit: the upstream was billed to the leader."""
+    provider, upstream_model = ctx.shared_from
     return _record(
         ctx,
-        status,
+        ctx.delivery.status,
         provider=provider,
         upstream_model=upstream_model,
         usage_source="shared",
         cost_usd=0.0,
-        disconnected=disconnected,
     )

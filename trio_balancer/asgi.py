@@ -8,7 +8,6 @@ that drains its listener channel into the socket.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -17,22 +16,25 @@ from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
 
-import attrs
 import structlog
 import trio
 from prometheus_client.core import GaugeMetricFamily
 
-from . import __version__, admin
+from . import __version__, admin, hypercorn_fix
 from . import logging as blog
 from .accounting import (
+    CLIENT_LEFT,
+    CUT,
+    DELIVERED,
+    Delivery,
     RequestContext,
     client_identity,
-    error_record,
-    flight_record,
+    fallback_record,
     new_request_id,
-    shared_record,
+    request_record,
 )
 from .auth import ClientKey, KeyRing, is_loopback
+from .byte_queue import ByteQueue
 from .cluster import Cluster, LimitRefused
 from .config import DEFAULT_MODELS, Config, ConfigError, load_config
 from .dedup import CachedResponse, ResponseCache, signature
@@ -40,27 +42,39 @@ from .errors import (
     BalancerError,
     ClientGone,
     HeadersTooLarge,
-    InvalidRequest,
+    InternalError,
     NotFound,
+    NotServing,
     PermissionDenied,
     RateLimited,
     RequestTimeout,
     RequestTooLarge,
+    StartupFailed,
     error_body,
     error_event,
 )
-from .flight import Abort, Flight, Head, Item, SharePolicy, UpstreamRequest
+from .flight import (
+    LISTENER_BUFFER_BYTES,
+    Abort,
+    Flight,
+    Head,
+    Listener,
+    SharePolicy,
+    UpstreamRequest,
+    item_size,
+)
 from .health import ProviderHealth, State
-from .ledger import Ledger, Record
+from .ledger import Ledger, LedgerUnavailable, Record
 from .limits import Limiter
 from .metrics import Metrics, normalise_model
 from .pricing import PriceTable
-from .providers import Registry
+from .providers import ProviderRuntime, Registry
 from .reshape import Form, Passthrough, form_for
 from .respond import JSON_HEADERS, Receive, Scope, Send, send_error, send_json
 from .routing import Router, listed_models
 from .stats import RecentStats
 from .usage import ESTIMATED, PARTIAL
+from .validation import parse_request_body, validate_messages_request
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "create_app"]
 
@@ -93,15 +107,27 @@ class BalancerApp:
         self.limiter = Limiter(config.server.max_concurrent)
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
         self._nursery: trio.Nursery | None = None
+        self._handlers = 0  # /v1/messages handlers not yet recorded
         self._idle = trio.Event()
         self._idle.set()
+        # Set when the app can no longer serve (a service died); `serve` exits non-zero on it.
+        self.failed = trio.Event()
+        self.failure: str | None = None
+        self.serving = trio.Event()  # startup completed
 
     def task_count(self) -> int:
         """Tasks the app owns right now (flights, their children, housekeeping)."""
         return 0 if self._nursery is None else count_tasks(self._nursery.child_tasks)
 
+    def _update_idle(self) -> None:
+        if self.flights or self._handlers:
+            if self._idle.is_set():
+                self._idle = trio.Event()
+        else:
+            self._idle.set()
+
     async def wait_idle(self) -> None:
-        """Return once no flight is running."""
+        """Return once no flight is running and every request handled so far is recorded."""
         while not self._idle.is_set():
             await self._idle.wait()
 
@@ -115,53 +141,100 @@ class BalancerApp:
     # -- lifespan ----------------------------------------------------------------------------
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """Own the app's services and nursery from startup to shutdown.
+
+        A start that cannot work (a ledger that cannot be opened) is reported to the server
+        as ``lifespan.startup.failed``, so ``serve`` exits non-zero with the reason instead of
+        serving 500s. Should the app fail later (a service dies), it stops serving: ``/health``
+        answers 503, :attr:`failed` is set for ``serve`` to exit on, and the lifespan still
+        completes its shutdown when the server asks.
+        """
         message = await receive()
         assert message["type"] == "lifespan.startup"
+        cannot_start: str | None = None
         try:
             self.registry = Registry(self.config)
             self.started_at = trio.current_time()
             async with trio.open_nursery() as services:
-                cc = self.config.cluster
-                if cc.redis_url:
-                    self.cluster = Cluster(
-                        cc.redis_url,
-                        instance_id=cc.instance_id,
-                        lease_ttl_s=cc.lease_ttl_s,
-                        apply_health=self._apply_remote_health,
-                        status=self._cluster_status,
-                    )
-                    await services.start(self.cluster.run)
-                if self.config.ledger.enabled:
-                    lc = self.config.ledger
-                    self.ledger = Ledger(lc.url, spill_path=lc.spill_path)
-                    await services.start(self.ledger.run)
                 try:
-                    async with trio.open_nursery() as nursery:
-                        self._nursery = nursery
-                        nursery.start_soon(self._reload_on_sighup)
-                        log.info(
-                            "balancer.start",
-                            config=self.config.source,
-                            providers=[p.name for p in self.config.providers],
-                            ledger=self.ledger.path if self.ledger else None,
-                        )
-                        await send({"type": "lifespan.startup.complete"})
-                        message = await receive()  # lifespan.shutdown, after Hypercorn's grace period
-                        # Flights still running here have no listener left that Hypercorn waits for.
-                        nursery.cancel_scope.cancel()
-                finally:
-                    # Every flight has ended and queued its record: write them all, then stop
-                    # the services (cluster loops run until cancelled).
-                    if self.ledger is not None:
-                        with trio.CancelScope(shield=True):
-                            await self.ledger.aclose()
+                    await self._start_services(services)
+                except StartupFailed as exc:
+                    cannot_start = str(exc)
                     services.cancel_scope.cancel()
+                else:
+                    await self._serve_until_shutdown(services, receive, send)
+        except Exception as exc:
+            self._close_on_failure(exc)
+            if not self.serving.is_set():
+                cannot_start = self.failure
+            else:
+                await receive()  # serve saw `failed` and is shutting down: finish the protocol
         finally:
             self._nursery = None
-            if self.registry is not None:
-                await self.registry.aclose()
+            await self._close_registry()
+        if cannot_start is not None:
+            log.error("balancer.start_failed", reason=cannot_start)
+            await send({"type": "lifespan.startup.failed", "message": cannot_start})
+            return
         log.info("balancer.stop")
         await send({"type": "lifespan.shutdown.complete"})
+
+    async def _serve_until_shutdown(self, services: trio.Nursery, receive: Receive, send: Send) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._reload_on_sighup)
+                log.info(
+                    "balancer.start",
+                    config=self.config.source,
+                    providers=[p.name for p in self.config.providers],
+                    ledger=self.ledger.path if self.ledger else None,
+                )
+                await send({"type": "lifespan.startup.complete"})
+                self.serving.set()
+                await receive()  # lifespan.shutdown, after Hypercorn's grace period
+                # Flights still running here have no listener left that Hypercorn waits for.
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            # Every flight has ended and queued its record: write them all, then stop the
+            # services (cluster loops run until cancelled).
+            if self.ledger is not None:
+                with trio.CancelScope(shield=True):
+                    await self.ledger.aclose()
+            services.cancel_scope.cancel()
+
+    async def _start_services(self, services: trio.Nursery) -> None:
+        cc = self.config.cluster
+        if cc.redis_url:
+            self.cluster = Cluster(
+                cc.redis_url,
+                instance_id=cc.instance_id,
+                lease_ttl_s=cc.lease_ttl_s,
+                apply_health=self._apply_remote_health,
+                status=self._cluster_status,
+            )
+            await services.start(self.cluster.run)
+        if self.config.ledger.enabled:
+            lc = self.config.ledger
+            self.ledger = Ledger(lc.url, spill_path=lc.spill_path)
+            try:
+                await services.start(self.ledger.run)
+            except LedgerUnavailable as exc:
+                raise StartupFailed(str(exc)) from None
+
+    def _close_on_failure(self, exc: BaseException) -> None:
+        """The app cannot serve any more: say so everywhere, once."""
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]  # the nursery's wrapping says nothing to an operator
+        self.failure = f"{type(exc).__name__}: {exc}"
+        log.critical("balancer.failed", error=self.failure, exc_info=exc)
+        self.failed.set()
+
+    async def _close_registry(self) -> None:
+        if self.registry is not None:
+            with trio.CancelScope(shield=True):
+                await self.registry.aclose()
 
     async def _reload_on_sighup(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -172,6 +245,8 @@ class BalancerApp:
                     await self.reload()
                 except ConfigError as exc:
                     log.error("config.reload_failed", error=str(exc))
+                except Exception:  # a bug in reload must not take the app down
+                    log.exception("config.reload_failed")
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the config file. Flights in progress finish on the providers they hold."""
@@ -181,7 +256,7 @@ class BalancerApp:
         assert self.registry is not None and self._nursery is not None
         retired = self.registry.reload(new)
         for runtime in retired:
-            self._nursery.start_soon(runtime.close_when_unused)
+            self._nursery.start_soon(_close_when_unused, runtime)
         self.config = new
         self.router = Router(new)
         self.prices = PriceTable(new.prices)
@@ -213,7 +288,7 @@ class BalancerApp:
                 self._authenticate(scope)
                 await send_json(send, 200, self._model(path.removeprefix("/v1/models/")))
             elif path == "/health":
-                await send_json(send, 200, {"status": "ok", "providers": len(self.config.providers)})
+                await send_json(send, *self._health())
             elif admin.handles(path):
                 if not (path == "/metrics" and self.config.server.public_metrics):
                     self.keyring.check_admin(scope["headers"], scope.get("client"))
@@ -222,6 +297,14 @@ class BalancerApp:
                 raise NotFound(f"no endpoint {method} {path}")
         except BalancerError as exc:
             await send_error(send, exc)
+
+    def _health(self) -> tuple[int, dict[str, Any]]:
+        """Liveness: 200 only while requests can be served."""
+        if self.failure is not None:
+            return 503, {"status": "failed", "error": self.failure}
+        if self._nursery is None:
+            return 503, {"status": "not serving"}
+        return 200, {"status": "ok", "providers": len(self.config.providers)}
 
     def _authenticate(self, scope: Scope) -> ClientKey | None:
         """Who is calling: a configured client key, or (without keys) a loopback client."""
@@ -241,25 +324,42 @@ class BalancerApp:
     # -- /v1/messages ------------------------------------------------------------------------
 
     async def _messages(self, scope: Scope, receive: Receive, send: Send, key: ClientKey | None) -> None:
+        """One request to ``/v1/messages*``, from its arrival to its record.
+
+        Whatever happens inside (a bad body, a bug of ours, a cancellation at shutdown), the
+        ``finally`` is reached, and it is where the request is accounted for.
+        """
         client = key.name if key is not None else client_identity(scope["headers"])
         ctx = RequestContext(new_request_id(), client, scope["path"])
         structlog.contextvars.bind_contextvars(request_id=ctx.id)  # every line of this request, flight too
         extra = [(b"x-balancer-request-id", ctx.id.encode())]
+        lease: str | None = None
+        admitted = False
+        self._handlers += 1
+        self._update_idle()
         try:
             lease = await self._acquire(client, key)
-        except RateLimited as exc:
-            await send_error(send, exc, extra)
-            await self._record(error_record(ctx, exc, exc.status))
-            return
-        self.metrics.active_listeners.inc()
-        try:
+            admitted = True
+            self.metrics.active_listeners.inc()
             await self._serve_messages(ctx, extra, scope, receive, send, key)
+        except BalancerError as exc:
+            await _answer_error(ctx, send, exc, extra)
+        except Exception:  # a bug of ours: this client gets an error, everyone else goes on
+            log.exception("request.crash", path=ctx.path)
+            await _answer_error(ctx, send, InternalError("internal error in the balancer"), extra)
         finally:
-            self.metrics.active_listeners.dec()
-            self.limiter.release(client)
-            if lease is not None and self.cluster is not None:
-                with trio.CancelScope(shield=True):
-                    await self.cluster.release(client, lease)
+            with trio.CancelScope(shield=True):
+                if admitted:
+                    self.metrics.active_listeners.dec()
+                    self.limiter.release(client)
+                    if lease is not None and self.cluster is not None:
+                        await self.cluster.release(client, lease)
+                ctx.handler_done = True
+                try:
+                    await self._finish_request(ctx)
+                finally:
+                    self._handlers -= 1
+                    self._update_idle()
 
     async def _acquire(self, client: str, key: ClientKey | None) -> str | None:
         """Take this request's place in the limits: across instances (Redis) when clustered.
@@ -306,36 +406,35 @@ class BalancerApp:
         send: Send,
         client_key: ClientKey | None,
     ) -> None:
-        try:
-            with trio.move_on_after(self.config.server.body_timeout_s) as body_scope:
-                body = await _read_body(scope, receive, self.config.server.max_body_bytes)
-            if body_scope.cancelled_caught:
-                raise RequestTimeout(
-                    f"request body not complete within {self.config.server.body_timeout_s:g} s"
-                )
-            request = _parse_request(scope, body)
-            ctx.model, ctx.stream = request.model, request.stream
-            if (
-                client_key is not None
-                and client_key.models
-                and not any(fnmatchcase(request.model, g) for g in client_key.models)
-            ):
-                raise PermissionDenied(f"client {client_key.name!r} may not use model {request.model!r}")
-            log.info(
-                "request.start",
-                path=ctx.path,
-                model=ctx.model,
-                stream=ctx.stream,
-                client=ctx.client,
-                bytes=len(body),
-            )
-            assert self._nursery is not None and self.registry is not None, "lifespan not started"
-            ctx.route = self.router.route_for(request.model).match
-        except BalancerError as exc:
-            if not isinstance(exc, ClientGone):
-                await send_error(send, exc, extra)
-            await self._record(error_record(ctx, exc, 499 if isinstance(exc, ClientGone) else exc.status))
-            return
+        """Read and check the request, then answer it: from the cache, another flight, or a new one.
+
+        Every check that can refuse the request runs before any upstream call; refusals are
+        raised as :class:`BalancerError` and answered by the caller.
+        """
+        server = self.config.server
+        with trio.move_on_after(server.body_timeout_s) as body_scope:
+            body = await _read_body(scope, receive, server.max_body_bytes)
+        if body_scope.cancelled_caught:
+            raise RequestTimeout(f"request body not complete within {server.body_timeout_s:g} s")
+        request = _parse_request(scope, body)
+        ctx.model, ctx.stream = request.model, request.stream
+        if (
+            client_key is not None
+            and client_key.models
+            and not any(fnmatchcase(request.model, g) for g in client_key.models)
+        ):
+            raise PermissionDenied(f"client {client_key.name!r} may not use model {request.model!r}")
+        log.info(
+            "request.start",
+            path=ctx.path,
+            model=ctx.model,
+            stream=ctx.stream,
+            client=ctx.client,
+            bytes=len(body),
+        )
+        if self._nursery is None or self.registry is None:
+            raise NotServing("the balancer is not serving requests (starting, stopping or failed)")
+        ctx.route = self.router.route_for(request.model).match
 
         key = self._dedup_key(scope, request, ctx)
         if key is not None:
@@ -344,52 +443,41 @@ class BalancerApp:
                 cached = await self.cluster.cache_get(key)  # another instance may have answered it
             if cached is not None:
                 ctx.dedup_role = "cache"
-                await self._answer_shared(
-                    ctx,
-                    request,
-                    _replay(cached),
-                    receive,
-                    send,
-                    extra,
-                    cached.provider,
-                    cached.upstream_model,
-                )
+                ctx.shared_from = (cached.provider, cached.upstream_model)
+                extra.append((b"x-balancer-dedup", b"cache"))
+                await _write(ctx.delivery, _replay(cached), receive, send, extra, request.stream)
                 return
             leader = self.shared.get(key)
-            if leader is not None and not leader.done.is_set():
+            if leader is not None and leader.joinable:
                 ctx.dedup_role = "follower"
+                extra.append((b"x-balancer-dedup", b"follower"))
                 listener = leader.subscribe()
                 try:
-                    await self._answer_shared(
-                        ctx, request, listener, receive, send, extra, None, None, leader
-                    )
+                    await _write(ctx.delivery, listener, receive, send, extra, request.stream, leader)
                 finally:
                     leader.unsubscribe(listener)
+                    ctx.shared_from = (leader.provider, leader.upstream_model)
                 return
             ctx.dedup_role = "leader"
 
         providers = self.registry.runtimes
-        try:
-            attempts = self.router.plan(
-                request.model,
-                providers,
-                now=trio.current_time(),
-                session=request.session,
-                # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
-                need_tokens=len(body) // 4,
-            )
-        except BalancerError as exc:
-            await send_error(send, exc, extra)
-            await self._record(error_record(ctx, exc, exc.status))
-            return
+        attempts = self.router.plan(
+            request.model,
+            providers,
+            now=trio.current_time(),
+            session=request.session,
+            # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
+            need_tokens=len(body) // 4,
+        )
         d = self.config.dedup
         share = SharePolicy(
             keep_history=key is not None,
             max_lag_events=d.max_lag_events,
+            max_lag_bytes=d.max_lag_bytes,
             max_lag_s=d.max_lag_s,
             finish_orphans=d.finish_orphans and key is not None,
+            max_shared_bytes=d.max_shared_bytes,
         )
-        server = self.config.server
         flight = Flight(
             request,
             attempts,
@@ -399,18 +487,18 @@ class BalancerApp:
             max_response_bytes=server.max_upstream_response_bytes,
             max_event_bytes=server.max_upstream_event_bytes,
         )
+        listener = flight.subscribe()
+        self._nursery.start_soon(self._run_flight, flight, ctx, key)
+        # From here on the flight will end and record, whatever this handler does.
+        ctx.flight = flight
         if key is not None:
             self.shared[key] = flight
-        listener = flight.subscribe()
         self.flights.add(flight)
         self.metrics.active_streams.set(len(self.flights))
-        if self._idle.is_set():
-            self._idle = trio.Event()
-        self._nursery.start_soon(self._run_flight, flight, ctx, key)
+        self._update_idle()
         extra.append((b"x-balancer-dedup", ctx.dedup_role.encode()))
         try:
-            delivery = await _write(listener, receive, send, extra, request.stream, flight)
-            flight.disconnected = not delivery.complete
+            await _write(ctx.delivery, listener, receive, send, extra, request.stream, flight)
         finally:
             flight.unsubscribe(listener)
 
@@ -429,70 +517,73 @@ class BalancerApp:
             include_max_tokens=self.config.dedup.include_max_tokens,
         )
 
-    async def _answer_shared(
-        self,
-        ctx: RequestContext,
-        request: UpstreamRequest,
-        items: trio.MemoryReceiveChannel[Item],
-        receive: Receive,
-        send: Send,
-        extra: list[tuple[bytes, bytes]],
-        provider: str | None,
-        upstream_model: str | None,
-        leader: Flight | None = None,
-    ) -> None:
-        """A follower of a live flight, or a cache hit: no upstream request of its own."""
-        extra.append((b"x-balancer-dedup", ctx.dedup_role.encode()))
-        delivery = await _write(items, receive, send, extra, request.stream, leader)
-        if leader is not None:
-            provider, upstream_model = leader.provider, leader.upstream_model
-        await self._record(
-            shared_record(ctx, delivery.status, provider, upstream_model, disconnected=not delivery.complete)
-        )
-
     async def _run_flight(self, flight: Flight, ctx: RequestContext, key: str | None) -> None:
+        """The flight's task in the app nursery: nothing it raises may reach that nursery."""
         try:
             await flight.run()
+        except Exception:  # Flight.run answers its own errors; this is a bug in that answer
+            log.exception("flight.crash", request_id=ctx.id, provider=flight.provider)
+            flight.error = flight.error or "api_error"
         finally:
-            self.flights.discard(flight)
+            with trio.CancelScope(shield=True):
+                self._flight_ended(flight, ctx, key)
+                await self._finish_request(ctx)
+
+    def _flight_ended(self, flight: Flight, ctx: RequestContext, key: str | None) -> None:
+        """Bookkeeping when a flight ends: registries first (cannot fail), then what might."""
+        self.flights.discard(flight)
+        if key is not None and self.shared.get(key) is flight:
+            del self.shared[key]
+        self._update_idle()
+        try:
             self.metrics.active_streams.set(len(self.flights))
             if key is not None:
-                if self.shared.get(key) is flight:
-                    del self.shared[key]
                 self._maybe_cache(key, flight)
             session = flight.request.session
             if session is not None and flight.completed and flight.provider is not None:
                 self.router.remember(session, flight.provider, trio.current_time())
-            record = flight_record(ctx, flight, self.prices, disconnected=flight.disconnected)
-            await self._record(record)
-            if not self.flights:
-                self._idle.set()
-            log.info(
-                "request.end",
+        except Exception:
+            log.exception("flight.bookkeeping_failed", request_id=ctx.id)
+
+    async def _finish_request(self, ctx: RequestContext) -> None:
+        """The one place a request is recorded; reached by its handler and by its flight."""
+        if not ctx.ready_to_record():
+            return
+        try:
+            record = request_record(ctx, self.prices)
+        except Exception:
+            log.exception("accounting.crash", request_id=ctx.id)
+            record = fallback_record(ctx)
+        if record.outcome == CUT:
+            reason = "shutdown" if ctx.flight is None or ctx.flight.cancel_reason is None else "cut off"
+            log.warning("request.cut", request_id=ctx.id, status=record.status, reason=reason)
+        log.info(
+            "request.end",
+            request_id=ctx.id,
+            model=ctx.model,
+            provider=record.provider,
+            attempts=len(record.attempts),
+            status=record.status,
+            error=record.error_type,
+            outcome=record.outcome,
+            dedup=record.dedup_role,
+            events=record.events,
+            bytes=record.bytes,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            usage_source=record.usage_source,
+            duration_ms=record.duration_ms,
+        )
+        if record.usage_source in (ESTIMATED, PARTIAL):
+            log.warning(
+                "usage.estimated",
                 request_id=ctx.id,
-                model=ctx.model,
-                provider=flight.provider,
-                attempts=len(flight.tried),
-                status=flight.status,
-                error=flight.error,
-                completed=flight.completed,
-                disconnected=flight.disconnected,
-                events=flight.events,
-                bytes=flight.bytes,
+                provider=record.provider,
+                usage_source=record.usage_source,
                 input_tokens=record.input_tokens,
                 output_tokens=record.output_tokens,
-                usage_source=record.usage_source,
-                duration_ms=record.duration_ms,
             )
-            if record.usage_source in (ESTIMATED, PARTIAL):
-                log.warning(
-                    "usage.estimated",
-                    request_id=ctx.id,
-                    provider=flight.provider,
-                    usage_source=record.usage_source,
-                    input_tokens=record.input_tokens,
-                    output_tokens=record.output_tokens,
-                )
+        await self._record(record)
 
     def _maybe_cache(self, key: str, flight: Flight) -> None:
         """Keep a complete, successful response for identical requests; never errors or cuts."""
@@ -526,7 +617,15 @@ class BalancerApp:
             self.cluster.cache_put(key, entry, self.config.dedup.cache_ttl_s)
 
     async def _record(self, record: Record) -> None:
-        """The single place a finished request is accounted: metrics, recent stats, ledger."""
+        """Account a finished request: metrics and recent stats (best effort), then the ledger."""
+        try:
+            self._count(record)
+        except Exception:  # a metrics bug must not cost the ledger its record
+            log.exception("metrics.record_failed", request_id=record.id)
+        if self.ledger is not None:
+            await self.ledger.record(record)
+
+    def _count(self, record: Record) -> None:
         m = self.metrics
         provider = record.provider or "none"
         model = normalise_model(record.upstream_model or record.model, self._known_models)
@@ -556,8 +655,6 @@ class BalancerApp:
             output_tokens=record.output_tokens,
             ttfb=None if record.ttfb_ms is None else record.ttfb_ms / 1000,
         )
-        if self.ledger is not None:
-            await self.ledger.record(record)
 
     # -- FlightObserver ----------------------------------------------------------------------
 
@@ -647,6 +744,22 @@ class BalancerApp:
             )
             failed.add_metric([], float(self.ledger.failed_writes))
             yield failed
+            degraded = GaugeMetricFamily(
+                "trio_balancer_ledger_degraded",
+                "1 while records cannot reach the primary store (spilled or held in memory)",
+            )
+            degraded.add_metric([], 1.0 if self.ledger.degraded else 0.0)
+            yield degraded
+            backlog = GaugeMetricFamily(
+                "trio_balancer_ledger_backlog", "Records held in memory because no store takes them"
+            )
+            backlog.add_metric([], float(self.ledger.backlog))
+            yield backlog
+            lost = GaugeMetricFamily(
+                "trio_balancer_ledger_lost_records", "Records given up since start (each logged whole)"
+            )
+            lost.add_metric([], float(self.ledger.lost))
+            yield lost
 
     # -- /v1/models --------------------------------------------------------------------------
 
@@ -663,6 +776,14 @@ class BalancerApp:
         if model_id in listed_models(self.config):
             return _model_object(model_id)
         raise NotFound(f"model {model_id!r} not found")
+
+
+async def _close_when_unused(runtime: ProviderRuntime) -> None:
+    """A retired provider's clients close once its last flight lets go; never fails the app."""
+    try:
+        await runtime.close_when_unused()
+    except Exception:
+        log.exception("provider.close_failed", provider=runtime.name)
 
 
 def count_tasks(tasks: Iterable[trio.lowlevel.Task]) -> int:
@@ -716,47 +837,55 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    model = payload.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model: field required (a non-empty string)")
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("stream: must be a boolean")
+    payload = parse_request_body(body)
+    validate_messages_request(payload)
     return UpstreamRequest(
         path=scope["path"],
         query=scope.get("query_string", b""),
         headers=tuple(scope["headers"]),
         body=body,
         payload=payload,
-        model=model,
-        stream=stream,
+        model=payload["model"],
+        stream=payload.get("stream", False),
     )
 
 
-@attrs.frozen
-class Delivery:
-    status: int | None  # what the client was answered, None if nothing was
-    complete: bool  # the client got the whole response (did not leave, was not cut off)
+async def _answer_error(
+    ctx: RequestContext, send: Send, exc: BalancerError, extra: list[tuple[bytes, bytes]]
+) -> None:
+    """Answer ``exc`` if nothing was sent yet; a started response can only be cut."""
+    if isinstance(exc, ClientGone):
+        ctx.delivery.outcome = CLIENT_LEFT
+        return
+    if ctx.flight is None:
+        ctx.error = exc
+    if ctx.delivery.status is not None:
+        return  # mid-response: returning without the final body drops the connection
+    ctx.delivery.status = exc.status
+    await send_error(send, exc, extra)
+    ctx.delivery.outcome = DELIVERED
 
 
 async def _write(
-    listener: trio.MemoryReceiveChannel[Item],
+    delivery: Delivery,
+    listener: Listener,
     receive: Receive,
     send: Send,
     extra: list[tuple[bytes, bytes]],
     wants_stream: bool,
     flight: Flight | None = None,
-) -> Delivery:
-    """Drain one listener channel into the client, in the form it asked for."""
+) -> None:
+    """Drain one listener into the client, in the form it asked for; ``delivery`` says how far.
+
+    A watcher turns the client's leaving into a cancellation while the body streams. It is
+    stopped before the final send: Hypercorn queues its ``http.disconnect`` as soon as a
+    response is complete, while that last ``send`` is still closing or recycling the
+    connection, and cancelling it there left HTTP/1.0 and ``Connection: close`` clients
+    hanging and keep-alive connections never reaped.
+    """
     gone = trio.Event()
-    status: int | None = None
     form: Form = Passthrough()
+    aborted = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_disconnect, receive, nursery.cancel_scope, gone)
         async for item in listener:
@@ -768,28 +897,32 @@ async def _write(
                 form = form_for(wants_stream, item.headers)
                 head = form.head(item.status, item.headers)
                 if head is not None:
-                    status = head[0]
-                    await send({"type": "http.response.start", "status": status, "headers": head[1] + extra})
+                    delivery.status = head[0]
+                    await send({"type": "http.response.start", "status": head[0], "headers": head[1] + extra})
             elif isinstance(item, Abort):
-                # Returning without the final body message makes Hypercorn drop the connection,
-                # so the client sees a broken response rather than a cut one that looks whole.
                 log.warning("response.abort", reason=item.reason)
-                nursery.cancel_scope.cancel()
-                return Delivery(status, False)
-        dropped = flight is not None and flight.was_dropped(listener)
-        end_head, tail = form.end()
-        if dropped:
-            end_head, tail = _dropped_ending(status)
-        if end_head is not None:
-            status = end_head[0]
-            await send({"type": "http.response.start", "status": status, "headers": end_head[1] + extra})
-        elif status is None:  # the flight ended without a word: a bug, but never a hung client
-            status = 502
-            await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS + extra})
-            tail = error_body("api_error", "the balancer produced no response")
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
-        nursery.cancel_scope.cancel()
-    return Delivery(status, not gone.is_set() and not dropped)
+                aborted = True
+                break
+        nursery.cancel_scope.cancel()  # stop watching: what follows must not be cancelled
+    if gone.is_set():
+        delivery.outcome = CLIENT_LEFT
+        return
+    if aborted:
+        # Returning without the final body message makes Hypercorn drop the connection, so
+        # the client sees a broken response rather than a cut one that looks whole.
+        return
+    dropped = flight is not None and flight.was_dropped(listener)
+    end_head, tail = _dropped_ending(delivery.status) if dropped else form.end()
+    if end_head is not None:
+        delivery.status = end_head[0]
+        await send({"type": "http.response.start", "status": end_head[0], "headers": end_head[1] + extra})
+    elif delivery.status is None:  # the flight ended without a word: a bug, but never a hung client
+        log.error("response.empty")
+        delivery.status = 502
+        await send({"type": "http.response.start", "status": 502, "headers": JSON_HEADERS + extra})
+        tail = error_body("api_error", "the balancer produced no response")
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+    delivery.outcome = CUT if dropped else DELIVERED
 
 
 def _dropped_ending(status: int | None) -> tuple[tuple[int, list[tuple[bytes, bytes]]] | None, bytes]:
@@ -799,14 +932,14 @@ def _dropped_ending(status: int | None) -> tuple[tuple[int, list[tuple[bytes, by
     return (502, list(JSON_HEADERS)), error_body("api_error", message)
 
 
-def _replay(cached: CachedResponse) -> trio.MemoryReceiveChannel[Item]:
-    """A cached response as a listener channel, ready to drain at full speed."""
-    send, recv = trio.open_memory_channel[Item](len(cached.chunks) + 1)
-    send.send_nowait(Head(cached.status, cached.headers))
+def _replay(cached: CachedResponse) -> Listener:
+    """A cached response as a listener, ready to drain at full speed (it is in memory already)."""
+    listener: Listener = ByteQueue(LISTENER_BUFFER_BYTES, item_size)
+    listener.send_nowait(Head(cached.status, cached.headers))
     for chunk in cached.chunks:
-        send.send_nowait(chunk)
-    send.close()
-    return recv
+        listener.send_nowait(chunk, force=True)
+    listener.close()
+    return listener
 
 
 async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, gone: trio.Event) -> None:
@@ -820,6 +953,7 @@ async def _watch_disconnect(receive: Receive, scope: trio.CancelScope, gone: tri
 
 def create_app(config: Config | None = None) -> BalancerApp:
     """The app factory; ``hypercorn --worker-class trio 'trio_balancer.asgi:create_app()'``."""
+    hypercorn_fix.install()  # keep-alive connections close when their clients do
     if config is None:
         config = load_config(os.environ.get(CONFIG_ENV) or None)
     if not structlog.is_configured():

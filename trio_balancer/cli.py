@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import csv
 import ipaddress
+import re
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -169,20 +170,60 @@ def _serve(args: argparse.Namespace) -> int:
     hc.h11_max_incomplete_size = config.server.max_header_bytes * 2 + 16 * 1024
     app = create_app(config)
 
+    async def stop_when_asked_or_failed() -> None:
+        """Hypercorn's shutdown trigger: SIGINT/SIGTERM, or the app no longer able to serve."""
+        async with trio.open_nursery() as nursery:
+
+            async def first(wait: Callable[[], Awaitable[Any]]) -> None:
+                await wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, _wait_for_signal)
+            nursery.start_soon(first, app.failed.wait)
+
     async def run() -> None:
         async with trio.open_nursery() as nursery:
             # Hypercorn types ASGI messages as TypedDicts; our app takes plain mappings.
-            serve = partial(hypercorn.trio.serve, app, hc, shutdown_trigger=_wait_for_signal)  # type: ignore[arg-type]
+            serve = partial(hypercorn.trio.serve, app, hc, shutdown_trigger=stop_when_asked_or_failed)  # type: ignore[arg-type]
             binds = await nursery.start(serve)
+            if not app.serving.is_set():
+                return  # the start failed; Hypercorn is about to say why
             print(
                 f"trio-balancer: listening on {' '.join(binds)} ({config.source})",
                 file=sys.stderr,
                 flush=True,
             )
 
-    trio.run(run)
+    try:
+        trio.run(run)
+    except Exception as exc:
+        problem = _start_problem(exc)
+        if problem is None:
+            raise
+        print(f"trio-balancer: cannot start: {problem}", file=sys.stderr)
+        return 1
+    if app.failure is not None:
+        print(f"trio-balancer: stopped after a fatal error: {app.failure}", file=sys.stderr)
+        return 1
     print("trio-balancer: stopped", file=sys.stderr)
     return 0
+
+
+def _start_problem(exc: BaseException) -> str | None:
+    """What stopped the start, for the operator: the app's own reason, or the socket's."""
+    from hypercorn.utils import LifespanFailureError
+
+    leaves = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
+    while any(isinstance(e, BaseExceptionGroup) for e in leaves):
+        leaves = [x for e in leaves for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
+    for leaf in leaves:
+        if isinstance(leaf, LifespanFailureError):
+            # Hypercorn formats the app's message as: Lifespan failure in startup. '<message>'
+            found = re.match(r"Lifespan failure in \w+\. '(.*)'$", str(leaf), re.S)
+            return found.group(1) if found else str(leaf)
+        if isinstance(leaf, OSError):  # the port is taken, the address is not ours...
+            return f"cannot listen: {leaf.strerror or leaf}"
+    return None
 
 
 def _usage(args: argparse.Namespace) -> int:

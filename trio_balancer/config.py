@@ -160,10 +160,14 @@ class DedupConfig:
     cache_max_bytes: int = 64 * 1024 * 1024
     include_max_tokens: bool = True
     finish_orphans: bool = False
-    # A listener sharing a stream may fall this far behind (events buffered, and seconds the
-    # others wait for it once its buffer is full) before it is cut off with an error.
+    # A listener sharing a stream may fall this far behind (events and bytes buffered, and
+    # seconds the others wait for it once past them) before it is cut off with an error.
     max_lag_events: int = 1024
+    max_lag_bytes: int = 1024 * 1024
     max_lag_s: float = 10.0
+    # A response larger than this is neither shared with late joiners nor cached: a shared
+    # flight holds at most this much for replay.
+    max_shared_bytes: int = 4 * 1024 * 1024
 
 
 @attrs.frozen
@@ -313,7 +317,9 @@ def _dedup(r: _Reader) -> DedupConfig:
         "include_max_tokens",
         "finish_orphans",
         "max_lag_events",
+        "max_lag_bytes",
         "max_lag_s",
+        "max_shared_bytes",
     )
     d = DedupConfig()
     return DedupConfig(
@@ -323,7 +329,9 @@ def _dedup(r: _Reader) -> DedupConfig:
         include_max_tokens=r.get_bool("include_max_tokens", d.include_max_tokens),
         finish_orphans=r.get_bool("finish_orphans", d.finish_orphans),
         max_lag_events=r.get_int("max_lag_events", d.max_lag_events, lo=1),
+        max_lag_bytes=r.get_int("max_lag_bytes", d.max_lag_bytes, lo=1024),
         max_lag_s=r.get_float("max_lag_s", d.max_lag_s, lo=0.001),
+        max_shared_bytes=r.get_int("max_shared_bytes", d.max_shared_bytes, lo=0),
     )
 
 

@@ -17,14 +17,17 @@ __all__ = [
     "BalancerError",
     "ClientGone",
     "HeadersTooLarge",
+    "InternalError",
     "InvalidRequest",
     "NotFound",
+    "NotServing",
     "Overloaded",
     "PermissionDenied",
     "ProviderError",
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
+    "StartupFailed",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -69,6 +72,10 @@ def error_body(error_type: str, message: str) -> bytes:
 def error_event(error_type: str, message: str) -> bytes:
     """The SSE form, for errors after the response has been committed to the client."""
     return encode_event("error", error_body(error_type, message).decode())
+
+
+class StartupFailed(Exception):
+    """The app cannot start (its ledger cannot be opened...); the message says what and why."""
 
 
 class BalancerError(Exception):
@@ -174,6 +181,20 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     error_type = "timeout_error"
+
+
+class InternalError(BalancerError):
+    """A bug of ours while answering; logged with the request id, the app keeps serving."""
+
+    status = 500
+    error_type = "api_error"
+
+
+class NotServing(BalancerError):
+    """The app is starting, stopping, or has failed and cannot take requests."""
+
+    status = 503
+    error_type = "api_error"
 
 
 class Overloaded(BalancerError):

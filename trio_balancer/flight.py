@@ -2,7 +2,7 @@
 
 A flight runs in the app's nursery, not in the handler of the request that started it, so a
 stream can outlive the client that asked for it while others still listen. Each listener gets
-its own bounded memory channel; the flight's one task reads the upstream, decodes SSE
+its own queue, bounded in bytes; the flight's one task reads the upstream, decodes SSE
 incrementally (sans-I/O, inline: a second task and channel hop per event would cost more than
 the decoding itself) and publishes what is complete. The last listener leaving cancels the
 flight, which closes the upstream response and releases its connection at once.
@@ -14,7 +14,8 @@ are held. For JSON it is the complete body. Until then any failure moves to the 
 invisibly; after it, a failure becomes an SSE ``event: error`` and the end of the stream.
 
 What a listener receives: exactly one :class:`Head`, then body chunks (``bytes``), then the
-channel ends. An :class:`Abort` in place of the end means the body is broken and the client's
+queue ends. Each listener's queue is bounded in bytes (:mod:`.byte_queue`), so a slow client
+slows its flight rather than filling memory. An :class:`Abort` in place of the end means the body is broken and the client's
 connection must be dropped rather than ended cleanly (a cut JSON body).
 """
 
@@ -31,6 +32,7 @@ import attrs
 import httpx
 import trio
 
+from .byte_queue import ByteQueue
 from .config import ProviderConfig
 from .convert import (
     ConversionError,
@@ -70,13 +72,27 @@ from .tokens import estimate_request
 from .upstream import request_headers, response_headers, upstream_url
 from .usage import Usage, UsageTracker
 
-__all__ = ["LISTENER_BUFFER", "Abort", "AttemptRecord", "Flight", "Head", "Item", "UpstreamRequest"]
+__all__ = [
+    "LISTENER_BUFFER_BYTES",
+    "Abort",
+    "AttemptRecord",
+    "Flight",
+    "Head",
+    "Item",
+    "Listener",
+    "SharePolicy",
+    "UpstreamRequest",
+    "item_size",
+]
 
 log = get_logger("trio_balancer.flight")
 
-# Items a listener may lag behind before the flight waits for it. With one listener this is
-# plain backpressure; it only needs to absorb scheduling jitter, not whole responses.
-LISTENER_BUFFER = 64
+# Bytes queued for one listener before the flight waits for it. With one listener this is
+# plain backpressure: it only absorbs scheduling jitter, never a response, so a client that
+# stops reading stops the flight, and the flight stops reading its upstream.
+LISTENER_BUFFER_BYTES = 64 * 1024
+# What a head or an abort counts for in a listener's byte bound.
+_MARKER_BYTES = 64
 # An error body from a provider is read whole before it is relayed; this bounds it.
 MAX_ERROR_BODY = 256 * 1024
 # A JSON (non-stream) answer is held until complete so a cut body can still fail over. Past
@@ -107,6 +123,16 @@ class Abort:
 
 
 Item = Head | bytes | Abort
+Listener = ByteQueue[Item]
+
+
+def item_size(item: Item) -> int:
+    """An item's weight in a listener's byte bound: its length for a chunk."""
+    if type(item) is bytes:
+        return len(item)
+    if isinstance(item, Head):
+        return _MARKER_BYTES + sum(len(n) + len(v) for n, v in item.headers)
+    return _MARKER_BYTES
 
 
 @attrs.frozen
@@ -199,9 +225,15 @@ class SharePolicy:
     """How a flight treats several listeners (dedup); the defaults are one listener's."""
 
     keep_history: bool = False  # replay for late joiners and the cache
-    max_lag_events: int = LISTENER_BUFFER
+    # With several listeners, how far one may fall behind the flight (events and bytes queued
+    # for it) before the flight waits for it, and how long it waits before cutting it off.
+    max_lag_events: int = 1024
+    max_lag_bytes: int = 1024 * 1024
     max_lag_s: float = 10.0
     finish_orphans: bool = False  # keep streaming into the cache after the last listener left
+    # A response whose history passes this is no longer shared with late joiners nor cached,
+    # and its history is let go: a shared flight never holds more than this for replay.
+    max_shared_bytes: int = 4 * 1024 * 1024
 
 
 class Flight:
@@ -224,10 +256,15 @@ class Flight:
         self.attempts = attempts
         self._providers = providers
         self.share = share
-        self._listeners: dict[trio.MemoryReceiveChannel[Item], trio.MemorySendChannel[Item]] = {}
-        self._dropped: set[trio.MemoryReceiveChannel[Item]] = set()
+        self._listeners: list[Listener] = []
+        self._dropped: set[Listener] = set()
         self.history: list[Item] = []
+        self._history_bytes = 0
+        self._history_dropped = False
         self.cancel_scope = trio.CancelScope()
+        # Why the flight was cancelled, when it was: its listeners left; otherwise (None) the
+        # app's nursery was cancelled under it, i.e. the balancer is shutting down.
+        self.cancel_reason: str | None = None
         self.done = trio.Event()
         # What happened, for logs, metrics, the ledger and tests.
         self.tried: list[AttemptRecord] = []
@@ -242,7 +279,6 @@ class Flight:
         self.ttfb: float | None = None
         self.usage_reported: bool | None = None  # for converted answers: did the upstream send usage
         self.tracker = UsageTracker()
-        self.disconnected = False  # set by the handler when its client left before the end
         self._sse = False
 
     @property
@@ -256,74 +292,101 @@ class Flight:
     def listeners(self) -> int:
         return len(self._listeners)
 
-    def subscribe(self) -> trio.MemoryReceiveChannel[Item]:
+    @property
+    def joinable(self) -> bool:
+        """A late listener can still get the whole response (the history is complete)."""
+        return self.share.keep_history and not self._history_dropped and not self.done.is_set()
+
+    def subscribe(self) -> Listener:
         """A new listener; a late one first gets everything published so far, in order.
 
         The replay and the registration happen without a checkpoint in between, so the
-        listener sees every item exactly once whatever the flight does meanwhile.
+        listener sees every item exactly once whatever the flight does meanwhile. The replay
+        is already in memory (the history), so it goes in past the queue's bound.
         """
-        history = self.history
-        send, recv = trio.open_memory_channel[Item](len(history) + self.share.max_lag_events)
-        for item in history:
-            send.send_nowait(item)
+        listener: Listener = ByteQueue(LISTENER_BUFFER_BYTES, item_size)
+        for item in self.history:
+            listener.send_nowait(item, force=True)
         if self.done.is_set():
-            send.close()
+            listener.close()
         else:
-            self._listeners[recv] = send
-        return recv
+            self._listeners.append(listener)
+        return listener
 
-    def unsubscribe(self, recv: trio.MemoryReceiveChannel[Item]) -> None:
+    def unsubscribe(self, listener: Listener) -> None:
         """A listener leaves; the last one leaving before the end cancels the flight."""
-        recv.close()
-        send = self._listeners.pop(recv, None)
-        if send is not None:
-            send.close()
+        listener.abandon()
+        if listener in self._listeners:
+            self._listeners.remove(listener)
         if not self._listeners and not self.done.is_set() and not self.share.finish_orphans:
+            self.cancel_reason = "no listener left"
             self.cancel_scope.cancel()
 
-    def was_dropped(self, recv: trio.MemoryReceiveChannel[Item]) -> bool:
+    def was_dropped(self, listener: Listener) -> bool:
         """This listener fell further behind than the bounds allow and was cut off."""
-        return recv in self._dropped
+        return listener in self._dropped
+
+    def _keep(self, item: Item) -> None:
+        """Remember ``item`` for late listeners and the cache, up to the history bound."""
+        if self._history_dropped:
+            return
+        self._history_bytes += item_size(item)
+        if self._history_bytes > self.share.max_shared_bytes:
+            # Too large to share or cache: let the memory go; later requests get their own flight.
+            self._history_dropped = True
+            self.history = []
+            return
+        self.history.append(item)
 
     async def _publish(self, item: Item) -> None:
         if self.share.keep_history:
-            self.history.append(item)
-        if len(self._listeners) == 1:  # one listener: plain backpressure, nobody else to protect
-            ((recv, send),) = self._listeners.items()
+            self._keep(item)
+        listeners = self._listeners
+        if len(listeners) == 1:  # one listener: plain backpressure, nobody else to protect
+            listener = listeners[0]
             try:
-                await send.send(item)
+                await listener.send(item)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.unsubscribe(recv)
+                self.unsubscribe(listener)
             return
+        # Several: nobody waits for a slow one until it is past the lag bounds.
+        share = self.share
+        size = item_size(item)
         slow = []
-        for recv, send in list(self._listeners.items()):
-            try:
-                send.send_nowait(item)
-            except trio.WouldBlock:
-                slow.append((recv, send))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self.unsubscribe(recv)
+        for listener in list(listeners):
+            if listener.abandoned:
+                self.unsubscribe(listener)
+            elif listener.has_room(size, share.max_lag_bytes, share.max_lag_events):
+                listener.send_nowait(item, force=True)
+            else:
+                slow.append(listener)
         if slow:
             await self._wait_for_slow(slow, item)
 
-    async def _wait_for_slow(
-        self, slow: list[tuple[trio.MemoryReceiveChannel[Item], trio.MemorySendChannel[Item]]], item: Item
-    ) -> None:
-        """Give listeners that are a full buffer behind ``max_lag_s`` to catch up, then cut them off."""
-        with trio.move_on_after(self.share.max_lag_s):
+    async def _wait_for_slow(self, slow: list[Listener], item: Item) -> None:
+        """Give listeners past the lag bounds ``max_lag_s`` to catch up, then cut them off."""
+        share = self.share
+        with trio.move_on_after(share.max_lag_s):
             while slow:
-                recv, send = slow[0]
+                listener = slow[0]
                 try:
-                    await send.send(item)
+                    await listener.send(item, max_bytes=share.max_lag_bytes, max_items=share.max_lag_events)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    self.unsubscribe(recv)
+                    self.unsubscribe(listener)
                 slow.pop(0)
-        for recv, send in slow:
-            self._dropped.add(recv)
-            self._listeners.pop(recv, None)
-            send.close()
-            log.warning("listener.dropped", lag_events=self.share.max_lag_events, lag_s=self.share.max_lag_s)
-        if not self._listeners and not self.share.finish_orphans:
+        for listener in slow:
+            self._dropped.add(listener)
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+            listener.close()
+            log.warning(
+                "listener.dropped",
+                lag_events=len(listener),
+                lag_bytes=listener.queued_bytes,
+                lag_s=share.max_lag_s,
+            )
+        if not self._listeners and not share.finish_orphans:
+            self.cancel_reason = "no listener left"
             self.cancel_scope.cancel()
 
     # -- lifetime ----------------------------------------------------------------------------
@@ -345,8 +408,8 @@ class Flight:
         finally:
             for runtime in held:
                 runtime.release()
-            for send in self._listeners.values():
-                send.close()
+            for listener in self._listeners:
+                listener.close()
             self.done.set()
 
     async def _fail(self, exc: BalancerError) -> None:

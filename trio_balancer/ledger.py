@@ -13,11 +13,13 @@ Storage is SQLite in WAL mode (standard library), with versioned schema migratio
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
 import re
 import sqlite3
+from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "GROUP_COLUMNS",
     "Ledger",
     "LedgerStore",
+    "LedgerUnavailable",
     "Record",
     "parse_time",
     "sqlite_path",
@@ -46,13 +49,20 @@ BATCH_MAX = 1_000
 # How long the writer gathers records after the first before writing them in one commit; well
 # inside the promise that a crash loses at most a second.
 BATCH_WINDOW_S = 0.1
-# A failing write is retried with backoff (0.1 s doubling to 5 s) about 30 s in all.
-WRITE_TRIES = 10
+# Records that no store would take wait in memory, retried with backoff (0.1 s doubling to
+# 5 s). A record is ~1 KB in memory, so the bound costs at most ~50 MB; at a busy team's
+# ~20 requests/s it covers 40 minutes of a full disk.
+BACKLOG_MAX = 50_000
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+# Tries at shutdown before the records still held back are given up (logged whole).
+FINAL_TRIES = 3
 # How often the spill file is checked for records to move back to the primary database.
 DRAIN_INTERVAL_S = 1.0
 
 GROUP_COLUMNS = {"provider": "provider", "model": "model", "client": "client", "upstream_model": "upstream_model",
                  "route": "route", "status": "status", "usage_source": "usage_source", "dedup_role": "dedup_role",
+                 "outcome": "outcome",
                  "day": "day"}  # fmt: skip  # "day" is an expression each backend supplies
 
 
@@ -81,10 +91,13 @@ class Record:
     cost_usd: float | None = None
     priced: bool = True  # False: the model has no known price, cost_usd is empty
     dedup_role: str = "off"  # leader | follower | cache | off
-    disconnected: bool = False
+    disconnected: bool = False  # the client left before the end (outcome "client_left")
     attempts: tuple[dict[str, Any], ...] = ()
     events: int = 0
     bytes: int = 0
+    # How the response ended for the client: delivered | client_left | cut (by the balancer:
+    # shutdown, a listener too far behind a shared stream, a broken body).
+    outcome: str = "delivered"
 
     @property
     def flagged(self) -> bool:
@@ -131,6 +144,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
     UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
     CREATE INDEX requests_flagged ON requests (flagged, started_at);
+    """,
+    # 3: how each response ended for its client
+    """
+    ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered';
+    UPDATE requests SET outcome = 'client_left' WHERE disconnected = 1;
     """,
 )
 
@@ -397,13 +415,23 @@ def _row(r: Record) -> list[Any]:
     return [*values, int(r.flagged)]
 
 
+class LedgerUnavailable(Exception):
+    """The ledger cannot be opened at start; the message names the path and the reason."""
+
+
 class Ledger:
     """The writer task and the channel that feeds it.
 
     With a database server as the primary store (PostgreSQL), a batch it cannot take goes to
     a local SQLite spill file instead of waiting: nothing is lost and requests never wait for
     the database. A drain loop moves spilled records to the primary once it answers again.
-    While anything is spilled, ``degraded`` is true (logged, on /status and in the metrics).
+
+    A batch that neither the primary nor a spill file takes (a full disk under a SQLite
+    ledger) waits in a backlog in memory, bounded at ``BACKLOG_MAX`` records, and is retried
+    with backoff (0.1 s doubling to 5 s) for as long as the process runs; the writer goes on
+    meanwhile. Past the bound the oldest records are given up: each is logged whole at error
+    level (an operator can recover it from the log) and counted in ``lost``. While anything is
+    spilled or held back, ``degraded`` is true (logged, on /status and in the metrics).
     """
 
     def __init__(self, url: str, *, spill_path: str | None = None) -> None:
@@ -416,12 +444,22 @@ class Ledger:
         self.spilled = 0  # records currently in the spill file
         self.written = 0  # records written to the primary store or the spill file
         self.failed_writes = 0
+        self.lost = 0  # records given up (logged whole): the backlog overflowed, or shutdown
+        self._backlog: deque[Record] = deque()
+        self._open_error = ""
+        self._retry_in = RETRY_FIRST_S
+        self._retry_at = 0.0
         self._flushed = trio.Event()
         self._wrote = trio.Event()
 
     @property
     def degraded(self) -> bool:
-        return self.store is None or self.spilled > 0
+        return self.store is None or self.spilled > 0 or bool(self._backlog)
+
+    @property
+    def backlog(self) -> int:
+        """Records waiting in memory because no store would take them."""
+        return len(self._backlog)
 
     async def wait_written(self, count: int) -> None:
         """Return once ``count`` records in all have been written (tests, status)."""
@@ -445,74 +483,140 @@ class Ledger:
             self.store = await trio.to_thread.run_sync(open_store, self.url)
         except Exception as exc:  # any driver error: the database is not there yet
             self.store = None
-            log.error("ledger.unavailable", url=self.path, error=_short(exc))
+            self._open_error = _short(exc)
+            log.error("ledger.unavailable", url=self.path, error=self._open_error)
             return False
         log.info("ledger.open", url=self.path, schema=self.store.version)
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        primary_ok = await self._open_primary()
-        if not primary_ok and self.url.startswith("sqlite:///"):
-            raise RuntimeError(f"cannot open the ledger at {self.path}")
-        if self._spill_path is not None and not self.url.startswith("sqlite:///"):
-            self.spill = await trio.to_thread.run_sync(SqliteStore, self._spill_path)
-            self.spilled = await trio.to_thread.run_sync(self.spill.count)
+        """Open the stores, then write what arrives until the channel closes.
+
+        Raises :class:`LedgerUnavailable` before ``started`` when nothing could take a record:
+        a SQLite ledger that cannot be opened, or a database server down with no spill file.
+        """
+        sqlite = self.url.startswith("sqlite:///")
+        if not await self._open_primary() and (sqlite or self._spill_path is None):
+            raise LedgerUnavailable(f"cannot open the ledger at {self.path}: {self._open_error}")
+        if self._spill_path is not None and not sqlite:
+            try:
+                self.spill = await trio.to_thread.run_sync(SqliteStore, self._spill_path)
+                self.spilled = await trio.to_thread.run_sync(self.spill.count)
+            except Exception as exc:
+                raise LedgerUnavailable(
+                    f"cannot open the ledger's spill file at {self._spill_path}: {_short(exc)}"
+                ) from None
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
                 if self.spill is not None:
                     nursery.start_soon(self._drain_spill)
-                async with self._recv:
-                    async for first in self._recv:
-                        batch = [first]
-                        # Gather what arrives in the next moment: one commit for many records
-                        # (a commit per record cost ~10 % of a busy balancer's CPU).
-                        with trio.move_on_after(BATCH_WINDOW_S):
-                            while len(batch) < BATCH_MAX:
-                                try:
-                                    batch.append(await self._recv.receive())
-                                except trio.EndOfChannel:
-                                    break
-                        await self._write(batch)
+                await self._write_until_closed()
                 nursery.cancel_scope.cancel()
         finally:
+            with trio.CancelScope(shield=True):
+                await self._give_up_backlog()
             self._flushed.set()
 
-    async def _write(self, batch: list[Record]) -> None:
-        """Write one batch: to the primary, else the spill file; shielded so shutdown cannot drop it."""
-        delay = 0.1
-        with trio.CancelScope(shield=True):
-            for _ in range(WRITE_TRIES):
-                store = self.store
-                try:
-                    if store is None:
-                        raise ConnectionError("ledger database not connected")
-                    await trio.to_thread.run_sync(store.write, batch)
-                    self._count(len(batch))
-                    return
-                except Exception as exc:
-                    self.failed_writes += 1
-                    if self.spill is not None:  # a database server: spill now, drain later
-                        await self._to_spill(batch, exc)
+    async def _write_until_closed(self) -> None:
+        async with self._recv:
+            while True:
+                wait = max(0.0, self._retry_at - trio.current_time()) if self._backlog else math.inf
+                with trio.move_on_after(wait):
+                    try:
+                        first = await self._recv.receive()
+                    except trio.EndOfChannel:
                         return
-                    log.error("ledger.write_failed", error=_short(exc), records=len(batch), retry_in_s=delay)
-                    await trio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        # The database is gone for good: put the records where an operator can recover them.
-        for record in batch:
-            log.error("ledger.record_not_written", record=attrs.asdict(record))
+                    batch = [first]
+                    # Gather what arrives in the next moment: one commit for many records
+                    # (a commit per record cost ~10 % of a busy balancer's CPU).
+                    with trio.move_on_after(BATCH_WINDOW_S):
+                        while len(batch) < BATCH_MAX:
+                            try:
+                                batch.append(await self._recv.receive())
+                            except trio.EndOfChannel:
+                                break
+                    await self._write(batch)
+                    continue
+                await self._flush_backlog()  # idle with records held back: their retry is due
 
-    async def _to_spill(self, batch: list[Record], exc: Exception) -> None:
-        assert self.spill is not None
-        if self.store is not None:
-            store, self.store = self.store, None  # reconnect from scratch later
-            with suppress(Exception):
-                await trio.to_thread.run_sync(store.close)
-        if not self.spilled:
-            log.error("ledger.spilling", url=self.path, spill=self._spill_path, error=_short(exc))
-        await trio.to_thread.run_sync(self.spill.write, batch)
-        self.spilled += len(batch)
-        self._count(len(batch))
+    async def _write(self, batch: list[Record]) -> None:
+        """Write one batch (after any backlog, to keep order); shielded so shutdown cannot drop it."""
+        with trio.CancelScope(shield=True):
+            if self._backlog:
+                self._hold(batch)
+                await self._flush_backlog()
+            elif not await self._store(batch):
+                self._hold(batch)
+
+    async def _store(self, batch: list[Record]) -> bool:
+        """Into the primary, else the spill file; False when neither took it."""
+        store = self.store
+        if store is not None:
+            try:
+                await trio.to_thread.run_sync(store.write, batch)
+                self._count(len(batch))
+                return True
+            except Exception as exc:
+                self.failed_writes += 1
+                if self.spill is not None:
+                    # A database server: reconnect from scratch later (the drain loop).
+                    self.store = None
+                    with suppress(Exception):
+                        await trio.to_thread.run_sync(store.close)
+                if not self._backlog:
+                    log.error("ledger.write_failed", url=self.path, error=_short(exc), records=len(batch))
+        if self.spill is not None:
+            try:
+                await trio.to_thread.run_sync(self.spill.write, batch)
+            except Exception as exc:
+                self.failed_writes += 1
+                log.error("ledger.spill_failed", spill=self._spill_path, error=_short(exc))
+                return False
+            if not self.spilled:
+                log.error("ledger.spilling", url=self.path, spill=self._spill_path)
+            self.spilled += len(batch)
+            self._count(len(batch))
+            return True
+        return False
+
+    def _hold(self, batch: list[Record]) -> None:
+        if not self._backlog:
+            log.error("ledger.backlog", url=self.path, retry_in_s=self._retry_in)
+            self._retry_at = trio.current_time() + self._retry_in
+        self._backlog.extend(batch)
+        while len(self._backlog) > BACKLOG_MAX:
+            self._lose(self._backlog.popleft(), "backlog full")
+
+    def _lose(self, record: Record, why: str) -> None:
+        self.lost += 1
+        log.error("ledger.record_lost", why=why, record=attrs.asdict(record))
+
+    async def _flush_backlog(self, *, now: bool = False) -> None:
+        """Retry the backlog, oldest first, if its time has come; back off when it fails again."""
+        if not now and trio.current_time() < self._retry_at:
+            return
+        while self._backlog:
+            chunk = list(itertools.islice(self._backlog, BATCH_MAX))
+            if not await self._store(chunk):
+                self._retry_in = min(self._retry_in * 2, RETRY_MAX_S)
+                self._retry_at = trio.current_time() + self._retry_in
+                return
+            for _ in chunk:
+                self._backlog.popleft()
+        self._retry_in = RETRY_FIRST_S
+        log.info("ledger.recovered", url=self.path)
+
+    async def _give_up_backlog(self) -> None:
+        """At the end: a few last tries, then every record still held is logged and counted lost."""
+        for _ in range(FINAL_TRIES):
+            if not self._backlog:
+                return
+            await self._flush_backlog(now=True)
+            if self._backlog:
+                await trio.sleep(RETRY_FIRST_S)
+        while self._backlog:
+            self._lose(self._backlog.popleft(), "shutdown with the ledger unwritable")
 
     def _count(self, n: int) -> None:
         self.written += n

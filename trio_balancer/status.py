@@ -58,6 +58,7 @@ def status_data(app: BalancerApp) -> dict[str, Any]:
         "uptime_s": round(trio.current_time() - app.started_at, 1),
         "tasks": app.task_count(),
         "config": app.config.source,
+        "failure": app.failure,
         "providers": providers,
         "live_streams": streams,
         "last_hour": hour,
@@ -83,6 +84,8 @@ def status_data(app: BalancerApp) -> dict[str, Any]:
             "path": app.ledger.path,
             "written": app.ledger.written,
             "spilled": app.ledger.spilled,
+            "backlog": app.ledger.backlog,
+            "lost": app.ledger.lost,
             "degraded": app.ledger.degraded,
         },
         "cluster": None if app.cluster is None else app.cluster.view(),
@@ -143,16 +146,27 @@ def render_html(data: dict[str, Any]) -> str:
         or '<tr><td colspan="6">none</td></tr>'
     )
     h = data["last_hour"]
+    warnings = []
+    if data.get("failure"):
+        warnings.append(f"The balancer has failed and is not serving: {esc(data['failure'])}")
+    ledger = data.get("ledger")
+    if ledger and ledger["degraded"]:
+        warnings.append(
+            f"Usage ledger degraded: {ledger['spilled']} records spilled, {ledger['backlog']} held in memory"
+            f" waiting for {esc(str(ledger['path']))}, {ledger['lost']} lost"
+        )
+    banner = "".join(f'<p class="warn">{w}</p>' for w in warnings)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
 <title>trio-balancer status</title>
 <style>
 body{{font:14px system-ui,sans-serif;margin:2em;color:#1f2328}} table{{border-collapse:collapse;margin:.5em 0 1.5em}}
 td,th{{border-bottom:1px solid #d0d7de;padding:4px 10px;text-align:left}} .state{{color:#fff;border-radius:8px;padding:1px 8px}}
+.warn{{background:#ffebe9;border:1px solid #cf222e;padding:6px 10px;border-radius:6px}}
 .kpi{{display:inline-block;margin-right:2em}} .kpi b{{font-size:20px;display:block}} figure{{display:inline-block;margin:0 2em 0 0}}
 </style></head><body>
 <h1>trio-balancer <small>{esc(data["version"])}</small></h1>
-<p>{esc(data["config"])} &middot; up {data["uptime_s"]:g} s &middot; refreshes every {REFRESH_S} s &middot; <a href="/status.json">JSON</a> &middot; <a href="/metrics">metrics</a></p>
+{banner}<p>{esc(data["config"])} &middot; up {data["uptime_s"]:g} s &middot; refreshes every {REFRESH_S} s &middot; <a href="/status.json">JSON</a> &middot; <a href="/metrics">metrics</a></p>
 <div><span class="kpi"><b>{h["requests"]}</b>requests, last hour</span><span class="kpi"><b>{h["errors"]}</b>errors</span>
 <span class="kpi"><b>{h["input_tokens"]}</b>input tokens</span><span class="kpi"><b>{h["output_tokens"]}</b>output tokens</span>
 <span class="kpi"><b>{len(data["live_streams"])}</b>live streams</span></div>

@@ -1,0 +1,136 @@
+"""A one-producer, one-consumer queue bounded in bytes, for a flight's listeners.
+
+Trio's memory channels count items, and a flight's items are chunks whose size varies from
+a 30-byte ping to a 64 KiB read: a buffer of 1,024 chunks let 20 clients that read nothing
+drain 8 MB answers each into memory. This queue counts bytes, so a listener that stops
+reading stops the flight, the flight stops reading its upstream, and the upstream's TCP
+window closes: backpressure end to end, as the streaming spec asks.
+
+One item always fits into an empty queue, whatever its size, so a chunk larger than the
+bound cannot wedge the stream; the queue therefore holds at most ``max_bytes`` plus one item.
+``send_nowait(force=True)`` ignores the bound: a late listener's replay of what a shared flight
+already holds in memory, and the lag a shared flight allows (its own, larger, bound).
+
+Closing follows trio's channels: the producer's ``close()`` lets the consumer drain what is
+queued and then get :class:`trio.EndOfChannel`; the consumer's ``abandon()`` makes the next
+``send`` raise :class:`trio.BrokenResourceError`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+import trio
+
+__all__ = ["ByteQueue"]
+
+T = TypeVar("T")
+
+
+class ByteQueue(Generic[T]):
+    def __init__(self, max_bytes: int, size_of: Callable[[T], int]) -> None:
+        self.max_bytes = max_bytes
+        self._size_of = size_of
+        self._items: deque[tuple[T, int]] = deque()
+        self.queued_bytes = 0
+        self._closed = False  # the producer is done
+        self._abandoned = False  # the consumer left
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned
+
+    def has_room(self, size: int, max_bytes: int | None = None, max_items: int | None = None) -> bool:
+        """Whether an item of ``size`` bytes fits now (against these bounds, or the queue's own)."""
+        if not self._items:
+            return True
+        if max_items is not None and len(self._items) >= max_items:
+            return False
+        return self.queued_bytes + size <= (self.max_bytes if max_bytes is None else max_bytes)
+
+    # -- producer ----------------------------------------------------------------------------
+
+    def send_nowait(self, item: T, *, force: bool = False) -> None:
+        """Queue ``item`` now; :class:`trio.WouldBlock` when full, unless ``force``."""
+        if self._abandoned:
+            raise trio.BrokenResourceError("the listener left")
+        if self._closed:
+            raise trio.ClosedResourceError("the queue was closed by its producer")
+        size = self._size_of(item)
+        if not force and not self.has_room(size):
+            raise trio.WouldBlock
+        self._push(item, size)
+
+    async def send(self, item: T, *, max_bytes: int | None = None, max_items: int | None = None) -> None:
+        """Queue ``item``, waiting while the queue is full (against these bounds, or its own)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        size = self._size_of(item)
+        while True:
+            if self._abandoned:
+                raise trio.BrokenResourceError("the listener left")
+            if self._closed:
+                raise trio.ClosedResourceError("the queue was closed by its producer")
+            if self.has_room(size, max_bytes, max_items):
+                break
+            await self._writable.park()
+        self._push(item, size)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def _push(self, item: T, size: int) -> None:
+        self._items.append((item, size))
+        self.queued_bytes += size
+        self._readable.unpark_all()
+
+    def close(self) -> None:
+        """No more items; the consumer gets what is queued, then the end."""
+        self._closed = True
+        self._readable.unpark_all()
+
+    # -- consumer ----------------------------------------------------------------------------
+
+    def receive_nowait(self) -> T:
+        if self._items:
+            item, size = self._items.popleft()
+            self.queued_bytes -= size
+            self._writable.unpark_all()
+            return item
+        if self._abandoned:
+            raise trio.ClosedResourceError("this listener already left")
+        if self._closed:
+            raise trio.EndOfChannel
+        raise trio.WouldBlock
+
+    async def receive(self) -> T:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while True:
+            try:
+                item = self.receive_nowait()
+                break
+            except trio.WouldBlock:
+                await self._readable.park()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return item
+
+    def abandon(self) -> None:
+        """The consumer leaves: what is queued is dropped, the producer's next send fails."""
+        self._abandoned = True
+        self._items.clear()
+        self.queued_bytes = 0
+        self._writable.unpark_all()
+        self._readable.unpark_all()
+
+    def __aiter__(self) -> ByteQueue[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
