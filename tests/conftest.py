@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,28 @@ async def start_balancer(
         setattr(hc, name, value)
     binds = await nursery.start(partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown))  # type: ignore[arg-type]
     return Balancer(app, binds[0])
+
+
+@pytest.fixture
+def captured() -> Iterator[list[dict[str, Any]]]:
+    """Every log event as a dict, taken from the live pipeline just before rendering.
+
+    Module loggers are cached on first use, so replacing the configuration (as
+    ``structlog.testing.capture_logs`` does) would miss them; inserting a processor into the
+    configured list reaches every logger, after contextvars are merged and secrets redacted.
+    """
+    entries: list[dict[str, Any]] = []
+
+    def capture(_logger: Any, _method: str, event_dict: Any) -> Any:
+        entries.append(dict(event_dict))
+        return event_dict
+
+    processors = structlog.get_config()["processors"]
+    processors.insert(len(processors) - 1, capture)
+    try:
+        yield entries
+    finally:
+        processors.remove(capture)
 
 
 @pytest.fixture

@@ -18,7 +18,12 @@ from trio_balancer.config import parse_config
 from .conftest import Balancer, BalancerFactory, provider_config, start_balancer
 from .fakes import FakeUpstream, Reply, anthropic_text_events
 
-BODY = {"model": "claude-opus-4-6", "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+BODY = {
+    "model": "claude-opus-4-6",
+    "max_tokens": 64,
+    "stream": True,
+    "messages": [{"role": "user", "content": "hi"}],
+}
 
 
 def port_of(b: Balancer) -> int:
@@ -106,7 +111,9 @@ class TestConnectionClose:
         assert b"200" in raw.split(b"\r\n", 1)[0] and b"message_stop" in raw
         await stream.aclose()
 
-    async def test_connection_close_header_is_honoured(self, upstream: FakeUpstream, balancer: Balancer) -> None:
+    async def test_connection_close_header_is_honoured(
+        self, upstream: FakeUpstream, balancer: Balancer
+    ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
         stream = await trio.open_tcp_stream("127.0.0.1", port_of(balancer))
         await stream.send_all(request_bytes(port_of(balancer), {**BODY, "stream": False}, close=True))
@@ -150,7 +157,9 @@ async def test_descriptors_return_to_baseline(nursery: trio.Nursery, upstream: F
     streams = []
     for i in range(25):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(request_bytes(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]}))
+        await stream.send_all(
+            request_bytes(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]})
+        )
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
         streams.append(stream)
@@ -180,7 +189,9 @@ async def test_whole_responses_are_recorded_as_delivered(
     events = anthropic_text_events(["shared", " answer"])
 
     upstream.script(Reply(steps=[*events[:4], 0.3, *events[4:]]))  # a pause after the commit point
-    b = await balancer_for(upstream, config={**provider_config(upstream), "ledger": {"url": f"sqlite:///{tmp_path}/l.sqlite3"}})
+    b = await balancer_for(
+        upstream, config={**provider_config(upstream), "ledger": {"url": f"sqlite:///{tmp_path}/l.sqlite3"}}
+    )
     results: list[bytes] = []
 
     async def one() -> None:
@@ -202,4 +213,3 @@ async def test_whole_responses_are_recorded_as_delivered(
     rows = (await b.client.get("/usage/requests")).json()["records"]
     assert sorted(r["dedup_role"] for r in rows) == ["cache", "follower", "leader"]
     assert all(r["outcome"] == "delivered" and not r["disconnected"] for r in rows), rows
-

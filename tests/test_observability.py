@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-import structlog
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -23,28 +20,6 @@ BODY: dict[str, Any] = {
     "messages": [{"role": "user", "content": "hi"}],
 }
 NO_DEDUP = {"x-balancer-no-dedup": "1"}
-
-
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
-    """Every log event as a dict, taken from the live pipeline just before rendering.
-
-    Module loggers are cached on first use, so replacing the configuration (as
-    ``structlog.testing.capture_logs`` does) would miss them; inserting a processor into the
-    configured list reaches every logger, after contextvars are merged and secrets redacted.
-    """
-    entries: list[dict[str, Any]] = []
-
-    def capture(_logger: Any, _method: str, event_dict: Any) -> Any:
-        entries.append(dict(event_dict))
-        return event_dict
-
-    processors = structlog.get_config()["processors"]
-    processors.insert(len(processors) - 1, capture)
-    try:
-        yield entries
-    finally:
-        processors.remove(capture)
 
 
 async def metrics(b: Balancer) -> dict[str, float]:

@@ -521,24 +521,26 @@ class Ledger:
     async def _write_until_closed(self) -> None:
         async with self._recv:
             while True:
+                first: Record | None = None
                 wait = max(0.0, self._retry_at - trio.current_time()) if self._backlog else math.inf
-                with trio.move_on_after(wait):
+                with trio.move_on_after(wait):  # only the wait for a record; never a batch in hand
                     try:
                         first = await self._recv.receive()
                     except trio.EndOfChannel:
                         return
-                    batch = [first]
-                    # Gather what arrives in the next moment: one commit for many records
-                    # (a commit per record cost ~10 % of a busy balancer's CPU).
-                    with trio.move_on_after(BATCH_WINDOW_S):
-                        while len(batch) < BATCH_MAX:
-                            try:
-                                batch.append(await self._recv.receive())
-                            except trio.EndOfChannel:
-                                break
-                    await self._write(batch)
+                if first is None:
+                    await self._flush_backlog()  # idle with records held back: their retry is due
                     continue
-                await self._flush_backlog()  # idle with records held back: their retry is due
+                batch = [first]
+                # Gather what arrives in the next moment: one commit for many records (a
+                # commit per record cost ~10 % of a busy balancer's CPU).
+                with trio.move_on_after(BATCH_WINDOW_S):
+                    while len(batch) < BATCH_MAX:
+                        try:
+                            batch.append(await self._recv.receive())
+                        except trio.EndOfChannel:
+                            break
+                await self._write(batch)
 
     async def _write(self, batch: list[Record]) -> None:
         """Write one batch (after any backlog, to keep order); shielded so shutdown cannot drop it."""

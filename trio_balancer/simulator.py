@@ -46,12 +46,16 @@ import attrs
 import h11
 import trio
 
+from .errors import InvalidRequest
+from .logging import get_logger
 from .tokens import estimate_request
+from .validation import parse_request_body, validate_messages_request
 
 __all__ = ["STAMP_DIGITS", "SimOptions", "Simulator", "serve"]
 
 STAMP_DIGITS = 19
 _WORDS = ("stream ", "event ", "balancer ", "trio ", "nursery ", "channel ", "latency ", "provider ")
+log = get_logger("trio_balancer.simulator")
 _CJK = "流式响应实时转发每个事件到达客户端保持顺序不丢数据"
 
 
@@ -147,6 +151,9 @@ class Simulator:
                 conn.start_next_cycle()
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
+        except Exception:  # a bug of ours answering one request: that connection ends, not the server
+            log.exception("simulator.crash")
+            return
         finally:
             self.open_connections -= 1
             with trio.CancelScope(shield=True):
@@ -186,8 +193,8 @@ class Simulator:
         path = target.split("?", 1)[0]
         try:
             opts = self.defaults.with_headers(headers)
-            payload = json.loads(body) if body else {}
-        except ValueError as exc:
+            payload = _checked_payload(path, body)
+        except (ValueError, InvalidRequest) as exc:
             return await self._send(
                 conn,
                 stream,
@@ -317,6 +324,23 @@ class Simulator:
         else:
             await stream.send_all(conn.send(h11.Data(data=body)))
         await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _checked_payload(path: str, body: bytes) -> dict[str, Any]:
+    """The request body as the simulator reads it: checked like the balancer checks its own."""
+    if not body:
+        return {}
+    payload = parse_request_body(body)
+    if path.endswith(("/messages", "/count_tokens")):
+        validate_messages_request(payload)
+    elif path.endswith("/chat/completions"):
+        messages = payload.get("messages", [])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidRequest("messages: must be a list of objects")
+        options = payload.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidRequest("stream_options: must be an object")
+    return payload
 
 
 def _text(opts: SimOptions, i: int) -> str:

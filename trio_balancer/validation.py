@@ -40,6 +40,8 @@ def nests_deeper_than(value: Any, limit: int) -> bool:
     strings cost 5x more).
     """
     level = [value] if type(value) in (dict, list) else []
+    if not level:
+        return False
     for _ in range(limit):
         deeper = []
         for container in level:
