@@ -144,7 +144,8 @@ def main() -> int:
     args = parser.parse_args()
     result = trio.run(soak, args.duration, args.streams, args.max_requests, args.interval)
     samples = result["samples"]  # type: ignore[assignment]
-    table = loadgen.md_table(samples, ["t", "rss_mib", "fds", "clients", "upstream", "other_fds", "tasks", "flights"])  # type: ignore[arg-type]
+    columns = ["t", "rss_mib", "fds", "clients", "upstream", "other_fds", "tasks", "flights"]
+    table = loadgen.md_table(samples, columns)  # type: ignore[arg-type]
     print(table)
     print(json.dumps({"counts": result["counts"], "checks": result["checks"]}, indent=1))
     ok = all(result["checks"].values())  # type: ignore[attr-defined]
