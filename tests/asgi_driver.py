@@ -40,6 +40,8 @@ async def call(
     headers: tuple[tuple[bytes, bytes], ...] = (),
     body: bytes = b"",
 ) -> tuple[int, bytes]:
+    if body and not any(n == b"content-type" for n, _ in headers):
+        headers = (*headers, (b"content-type", b"application/json"))  # as every API client sends
     sent: list[dict[str, Any]] = []
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 

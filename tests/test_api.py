@@ -35,7 +35,9 @@ class TestClientErrors:
         [b"[]", b'{"messages": []}', b'{"model": 3}', b'{"model": ""}', b'{"model": "m", "stream": "yes"}'],
     )
     async def test_bad_fields(self, balancer: Balancer, body: bytes) -> None:
-        r = await balancer.client.post("/v1/messages", content=body)
+        r = await balancer.client.post(
+            "/v1/messages", content=body, headers={"content-type": "application/json"}
+        )
         assert_error(r, 400, "invalid_request_error")
 
     async def test_body_too_large(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:

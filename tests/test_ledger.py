@@ -97,7 +97,9 @@ class TestEveryRequestRecorded:
         async with b.client.stream("POST", "/v1/messages", json=BODY, headers={"x-api-key": CLIENT_KEY}) as r:
             await r.aread()
         rid = r.headers["x-balancer-request-id"]
-        bad = await b.client.post("/v1/messages", content=b"{oops")
+        bad = await b.client.post(
+            "/v1/messages", content=b"{oops", headers={"content-type": "application/json"}
+        )
         assert bad.headers["x-balancer-request-id"].startswith("req_")
         rows = {row["id"]: row for row in await records(b, 2)}
         ok = rows[rid]

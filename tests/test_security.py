@@ -341,3 +341,151 @@ async def test_serve_refuses_open_binding_without_keys() -> None:
         check=False,
     )
     assert result.returncode == 2 and b"--allow-open" in result.stderr
+
+
+# -- a web page cannot use a loopback balancer ---------------------------------------------------
+
+
+class TestWebPages:
+    """Without client keys the balancer trusts loopback; a page in the operator's browser is on
+    loopback too. Cross-site "simple" requests carry an Origin; DNS rebinding carries its own
+    name in Host; neither may reach us."""
+
+    @pytest.fixture
+    def open_config(self, upstream: FakeUpstream) -> dict[str, Any]:
+        return {
+            "providers": [
+                {"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": PROVIDER_KEY}
+            ]
+        }
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {"origin": "http://evil.example", "content-type": "text/plain"},  # the issue's simple request
+            {"origin": "http://evil.example", "content-type": "application/json"},
+            {"origin": "null", "content-type": "application/json"},  # a sandboxed frame, a file:// page
+            {"origin": "http://127.0.0.1.evil.example", "content-type": "application/json"},
+            {"host": "evil.example", "content-type": "application/json"},  # DNS rebinding
+            {"host": "evil.example:8787", "content-type": "application/json"},
+            {"host": "127.0.0.1.nip.io", "content-type": "application/json"},
+        ],
+    )
+    async def test_page_requests_are_refused(
+        self,
+        upstream: FakeUpstream,
+        balancer_for: BalancerFactory,
+        open_config: dict[str, Any],
+        headers: dict[str, str],
+    ) -> None:
+        upstream.script(Reply(steps=anthropic_text_events(["spent"])))
+        b = await balancer_for(config=open_config)
+        r = await b.client.post("/v1/messages", content=json.dumps(BODY), headers=headers)
+        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error", r.text
+        assert upstream.received == []  # the operator's key was not spent
+
+    async def test_rebinding_cannot_read_usage_or_reload(
+        self, balancer_for: BalancerFactory, open_config: dict[str, Any]
+    ) -> None:
+        b = await balancer_for(config=open_config)
+        rebound = {"host": "evil.example:8787"}
+        for method, path in (("GET", "/usage/requests"), ("GET", "/status.json"), ("POST", "/admin/reload"),
+                             ("POST", "/providers/p/reset"), ("GET", "/metrics")):  # fmt: skip
+            r = await b.client.request(method, path, headers=rebound)
+            assert r.status_code == 403, (path, r.text)
+            r = await b.client.request(method, path, headers={"origin": "https://evil.example"})
+            assert r.status_code == 403, (path, r.text)
+        assert (await b.client.get("/status.json", headers={"host": "localhost:8787"})).status_code == 200
+
+    @pytest.mark.parametrize(
+        "headers",
+        [
+            {},
+            {"host": "localhost:8787"},
+            {"host": "127.0.0.1"},
+            {"host": "[::1]:8787"},
+            {"host": "dev.localhost:8787"},
+            {"origin": "http://localhost:3000"},  # a local tool's page
+            {"origin": "http://127.0.0.1:5173"},
+            {"origin": "http://[::1]:8080"},
+        ],
+    )
+    async def test_loopback_callers_are_served(
+        self,
+        upstream: FakeUpstream,
+        balancer_for: BalancerFactory,
+        open_config: dict[str, Any],
+        headers: dict[str, str],
+    ) -> None:
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        b = await balancer_for(config=open_config)
+        r = await b.client.post(
+            "/v1/messages", json=BODY, headers={**headers, "referer": "http://localhost:3000/app"}
+        )
+        assert r.status_code == 200, r.text
+        sent = dict(upstream.received[0].headers)
+        assert "origin" not in sent and "referer" not in sent  # never forwarded upstream
+
+    async def test_operator_listed_names(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
+        upstream.script(lambda _r: Reply(steps=anthropic_text_events(["ok"])))
+        config = {
+            "server": {"allowed_hosts": ["Workstation.LAN"]},
+            "providers": [
+                {"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": PROVIDER_KEY}
+            ],
+        }
+        b = await balancer_for(config=config)
+        ok = {"host": "workstation.lan:8787", "origin": "http://workstation.lan:3000"}
+        assert (await b.client.post("/v1/messages", json=BODY, headers=ok)).status_code == 200
+        assert (
+            await b.client.post("/v1/messages", json=BODY, headers={"host": "other.lan"})
+        ).status_code == 403
+
+    async def test_post_bodies_must_be_json(self, upstream: FakeUpstream, balancer: Any) -> None:
+        for content_type in (
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            None,
+        ):
+            headers = {"content-type": content_type} if content_type else {}
+            r = await balancer.client.post("/v1/messages", content=json.dumps(BODY), headers=headers)
+            assert r.status_code == 415 and r.json()["error"] == {
+                "type": "invalid_request_error",
+                "message": "content-type: must be application/json",
+            }, r.text
+        assert upstream.received == []
+        ok = {"content-type": "application/json; charset=utf-8"}
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        assert (
+            await balancer.client.post("/v1/messages", content=json.dumps(BODY), headers=ok)
+        ).status_code == 200
+
+    async def test_with_client_keys_the_key_is_what_counts(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        """A page cannot attach a key to a simple request; one that has the key is its holder's."""
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        b = await balancer_for(config=keyed(upstream))
+        page = {"origin": "https://app.example", "host": "balancer.example"}
+        assert (await b.client.post("/v1/messages", json=BODY, headers=page)).status_code == 401
+        keyed_page = {**page, "x-api-key": ALICE}
+        assert (await b.client.post("/v1/messages", json=BODY, headers=keyed_page)).status_code == 200
+
+    async def test_open_mode_checks_origin_not_host(self) -> None:
+        config = parse_config(
+            {
+                "server": {"allow_open": True},
+                "ledger": {"enabled": False},
+                "providers": [
+                    {"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "k"}
+                ],
+            }
+        )
+        async with running(create_app(config)) as app:
+            named = ((b"host", b"balancer.lan:8787"),)
+            status, _ = await call(app, "GET", "/v1/models", client=REMOTE, headers=named)
+            assert status == 200  # open on purpose: reached by name from the LAN
+            page = ((b"origin", b"https://evil.example"),)
+            status, _ = await call(app, "GET", "/v1/models", client=REMOTE, headers=page)
+            assert status == 403

@@ -33,7 +33,7 @@ from .accounting import (
     new_request_id,
     request_record,
 )
-from .auth import ClientKey, KeyRing, is_loopback
+from .auth import ClientKey, KeyRing, check_browser_reach, header, is_loopback
 from .byte_queue import ByteQueue
 from .cluster import Cluster, LimitRefused
 from .config import DEFAULT_MODELS, Config, ConfigError, load_config
@@ -50,6 +50,7 @@ from .errors import (
     RequestTimeout,
     RequestTooLarge,
     StartupFailed,
+    UnsupportedMediaType,
     error_body,
     error_event,
 )
@@ -292,6 +293,10 @@ class BalancerApp:
             elif admin.handles(path):
                 if not (path == "/metrics" and self.config.server.public_metrics):
                     self.keyring.check_admin(scope["headers"], scope.get("client"))
+                    if self.keyring.admin_sha256 is None:  # trusted for being loopback: not from a page
+                        check_browser_reach(
+                            scope["headers"], check_host=True, allowed_hosts=self.config.server.allowed_hosts
+                        )
                 await admin.dispatch(self, method, path, scope.get("query_string", b""), send)
             else:
                 raise NotFound(f"no endpoint {method} {path}")
@@ -319,6 +324,10 @@ class BalancerApp:
                 "this balancer has no client keys, so it serves loopback clients only"
                 " (configure [[server.client_keys]], or allow_open = true)"
             )
+        # No key to present: whoever reaches us is trusted, so a web page must not reach us.
+        check_browser_reach(
+            scope["headers"], check_host=not server.allow_open, allowed_hosts=server.allowed_hosts
+        )
         return None
 
     # -- /v1/messages ------------------------------------------------------------------------
@@ -412,6 +421,7 @@ class BalancerApp:
         raised as :class:`BalancerError` and answered by the caller.
         """
         server = self.config.server
+        _require_json(scope["headers"])
         with trio.move_on_after(server.body_timeout_s) as body_scope:
             body = await _read_body(scope, receive, server.max_body_bytes)
         if body_scope.cancelled_caught:
@@ -808,6 +818,14 @@ def _known_models(config: Config) -> set[str]:
 
 def _model_object(model_id: str) -> dict[str, Any]:
     return {"type": "model", "id": model_id, "display_name": model_id, "created_at": _MODELS_EPOCH}
+
+
+def _require_json(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """The body must be declared JSON: what every API client sends, and what a web page's
+    "simple" cross-site request (text/plain, a form) cannot."""
+    content_type = header(headers, b"content-type") or b""
+    if content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+        raise UnsupportedMediaType("content-type: must be application/json")
 
 
 def _require(method: str, expected: str) -> None:

@@ -17,7 +17,17 @@ import attrs
 
 from .errors import AuthenticationFailed, PermissionDenied
 
-__all__ = ["KEY_PREFIX", "ClientKey", "KeyRing", "is_loopback", "new_key", "presented_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "ClientKey",
+    "KeyRing",
+    "check_browser_reach",
+    "header",
+    "is_loopback",
+    "is_loopback_name",
+    "new_key",
+    "presented_key",
+]
 
 KEY_PREFIX = "tb-"
 
@@ -49,6 +59,75 @@ def presented_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
         if name == b"authorization" and value[:7].lower() == b"bearer ":
             bearer = value[7:].strip() or None
     return bearer
+
+
+def header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def _host_part(authority: str) -> str:
+    """``host[:port]`` or ``[v6]:port`` -> the host, lower case, without brackets."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else ""
+    if authority.count(":") == 1:
+        authority = authority.rsplit(":", 1)[0]
+    return authority.rstrip(".")
+
+
+def is_loopback_name(host: str, allowed: Iterable[str] = ()) -> bool:
+    """A name or address that only reaches this machine, or one the operator listed.
+
+    ``localhost`` and ``*.localhost`` (RFC 6761: resolvers, browsers included, answer loopback
+    for them), 127.0.0.0/8 and ::1. Any other name may resolve anywhere, which is how DNS
+    rebinding reaches a loopback service from a web page.
+    """
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    if host in {a.lower() for a in allowed}:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_browser_reach(
+    headers: Iterable[tuple[bytes, bytes]], *, check_host: bool, allowed_hosts: Sequence[str] = ()
+) -> None:
+    """Refuse what a web page could send to a balancer that trusts loopback.
+
+    With no client key to present, a page the operator visits can still make the browser post
+    to ``127.0.0.1`` (a cross-site "simple" request carries no preflight), or rebind a name of
+    its own to 127.0.0.1 and read the answers. Browsers always name the page's origin in
+    ``Origin`` on such requests, and always send the name they resolved in ``Host``; so: an
+    ``Origin`` that is not loopback is refused, and (``check_host``) so is a ``Host`` that is
+    not a loopback name or one the operator lists. Clients that are not browsers (Claude Code,
+    the SDKs, curl) send no ``Origin`` and the address they connect to as ``Host``.
+    """
+    headers = list(headers)
+    origin = header(headers, b"origin")
+    if origin is not None:
+        text = origin.decode("latin-1").strip()
+        scheme, _, rest = text.partition("://")
+        if scheme not in ("http", "https") or not is_loopback_name(
+            _host_part(rest.split("/", 1)[0]), allowed_hosts
+        ):
+            raise PermissionDenied(
+                "requests from web pages are refused: this balancer trusts loopback clients, and a page's"
+                " Origin is not loopback"
+            )
+    if check_host:
+        host = header(headers, b"host")
+        if host is not None and not is_loopback_name(_host_part(host.decode("latin-1")), allowed_hosts):
+            raise PermissionDenied(
+                "the Host header names neither a loopback address nor a name in [server] allowed_hosts"
+            )
 
 
 def is_loopback(client: Sequence[object] | None) -> bool:

@@ -147,6 +147,9 @@ class ServerConfig:
     admin_key_sha256: str | None = None
     public_metrics: bool = False  # /metrics without the admin key (for a scraper on another host)
     allow_open: bool = False  # serve clients beyond loopback without client keys
+    # Without client keys, a request's Host must be a loopback name or address, or one of
+    # these (a name of this machine that clients use), so DNS rebinding cannot reach us.
+    allowed_hosts: tuple[str, ...] = ()
     max_concurrent: int | None = 2000  # requests in progress, all clients together
     # What one upstream may send: a response, and one SSE event. Past these it is cut off.
     max_upstream_response_bytes: int = 256 * 1024 * 1024
@@ -358,7 +361,7 @@ def _server(r: _Reader) -> ServerConfig:
     r.allow_keys(
         "host", "port", "grace_period_s", "max_body_bytes", "max_header_bytes", "body_timeout_s", "client_keys",
         "admin_key_sha256", "public_metrics", "allow_open", "max_concurrent", "max_upstream_response_bytes",
-        "max_upstream_event_bytes",
+        "max_upstream_event_bytes", "allowed_hosts",
     )  # fmt: skip
     d = ServerConfig()
     keys = tuple(_client_key(k) for k in r.tables("client_keys"))
@@ -385,6 +388,7 @@ def _server(r: _Reader) -> ServerConfig:
         admin_key_sha256=admin.lower() if admin else None,
         public_metrics=r.get_bool("public_metrics", d.public_metrics),
         allow_open=r.get_bool("allow_open", d.allow_open),
+        allowed_hosts=tuple(h.lower() for h in r.get_str_list("allowed_hosts")),
         max_concurrent=max_concurrent or None,
         max_upstream_response_bytes=r.get_int(
             "max_upstream_response_bytes", d.max_upstream_response_bytes, lo=1024

@@ -28,6 +28,7 @@ __all__ = [
     "RequestTimeout",
     "RequestTooLarge",
     "StartupFailed",
+    "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamTimeout",
     "UpstreamUnavailable",
@@ -133,6 +134,13 @@ class RequestTooLarge(BalancerError):
 
     status = 413
     error_type = "request_too_large"
+
+
+class UnsupportedMediaType(BalancerError):
+    """The client's body is not declared as JSON."""
+
+    status = 415
+    error_type = "invalid_request_error"
 
 
 class RequestTimeout(BalancerError):

@@ -42,9 +42,10 @@ HOP_BY_HOP = frozenset(
     }
 )
 CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
-# Never forwarded upstream: cookies belong to the balancer's origin, our own control headers
+# Never forwarded upstream: cookies belong to the balancer's origin, a browser's Origin and
+# Referer say which page called (none of the provider's business), our own control headers
 # mean nothing to a provider, and we ask for identity encoding ourselves (below).
-_DROP_TO_UPSTREAM = HOP_BY_HOP | {"cookie", "accept-encoding"}
+_DROP_TO_UPSTREAM = HOP_BY_HOP | {"cookie", "origin", "referer", "accept-encoding"}
 # Hypercorn writes its own date and server headers; duplicates confuse some clients.
 _DROP_TO_CLIENT = HOP_BY_HOP | {"date", "server", "set-cookie", "alt-svc"}
 
