@@ -22,6 +22,7 @@ from trio_balancer.convert import (
     to_anthropic_message,
     to_openai,
 )
+from trio_balancer.convert.request import user_digest
 from trio_balancer.sse import SSEDecoder, SSEEvent
 
 from .fakes import OAI_DONE, oai, oai_chunk, openai_text_stream, openai_tool_stream
@@ -121,7 +122,7 @@ class TestRequest:
             "temperature": 0.2,
             "top_p": 0.9,
             "stop": ["END"],
-            "user": "user_1",
+            "user": user_digest("user_1"),  # a stable digest: OpenAI takes 64 characters at most
             "stream": True,
             "stream_options": {"include_usage": True},
             "tools": [

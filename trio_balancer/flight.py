@@ -40,6 +40,7 @@ from .convert import (
     StreamConverter,
     UpstreamStreamError,
     openai_error_to_anthropic,
+    openai_error_type,
     to_anthropic_message,
     to_openai,
 )
@@ -735,19 +736,56 @@ class Flight:
         if not self.committed:
             body = bytes(held)
             if provider.kind == "openai":
-                try:
-                    message = to_anthropic_message(json.loads(body), model=self.request.model)
-                except (ValueError, ConversionError) as exc:
-                    raise AttemptFailed(
-                        Verdict(True, FailureKind.SERVER),
-                        UpstreamError(f"provider {provider.name!r}: unusable answer: {_short(exc)}"),
-                    ) from None
-                self.usage_reported = bool(
-                    message["usage"]["input_tokens"] or message["usage"]["output_tokens"]
-                )
-                body = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+                body = self._converted_json(provider, body)
+            else:
+                self._check_json_answer(provider, body)
+            _observe_json(self.tracker, body)  # the usage it reports, cache tokens included
             await self._commit(head, body)
         self.completed = True
+
+    def _check_json_answer(self, provider: ProviderConfig, body: bytes) -> None:
+        """A 200 whose body is an Anthropic error is that error, with its real status."""
+        error_type = _error_type_of(body)
+        if error_type is None:
+            return
+        status = _STATUS_BY_ERROR_TYPE.get(error_type, 500)
+        message = f"provider {provider.name!r}: {error_type} in a 200 answer"
+        raise AttemptFailed(
+            classify_error_type(error_type, passthrough=provider.passthrough),
+            ProviderError(status, message, error_type=error_type),
+            answer=_Answer(status, list(JSON_HEADERS), body),
+        )
+
+    def _converted_json(self, provider: ProviderConfig, body: bytes) -> bytes:
+        """An OpenAI chat completion as an Anthropic message; an error object is that error."""
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER),
+                UpstreamError(f"provider {provider.name!r}: unusable answer: {_short(exc)}"),
+            ) from None
+        if isinstance(parsed, dict) and parsed.get("error") and not parsed.get("choices"):
+            err = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
+            error_type = openai_error_type(err)
+            status = _STATUS_BY_ERROR_TYPE.get(error_type, 500)
+            _, answer = openai_error_to_anthropic(status, body, provider.name)
+            raise AttemptFailed(
+                classify_error_type(error_type, passthrough=provider.passthrough),
+                ProviderError(
+                    status, f"provider {provider.name!r}: {error_type} in a 200 answer", error_type=error_type
+                ),
+                answer=_Answer(status, list(JSON_HEADERS), answer),
+            )
+        try:
+            message = to_anthropic_message(parsed, model=self.request.model)
+        except ConversionError as exc:
+            raise AttemptFailed(
+                Verdict(True, FailureKind.SERVER),
+                UpstreamError(f"provider {provider.name!r}: unusable answer: {_short(exc)}"),
+            ) from None
+        self.usage_reported = bool(message["usage"]["input_tokens"] or message["usage"]["output_tokens"])
+        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
     async def _relay_sse(
         self,
@@ -897,7 +935,7 @@ class Flight:
         """Index of the first event at or after which the stream is committed; None: hold all."""
         for i, event in enumerate(events):
             kind = event.event
-            if kind == "error":
+            if kind == "error" or (kind is None and _is_error_data(event.data)):
                 raise self._error_before_commit(provider, event)
             if kind in ("content_block_delta", "message_delta", "message_stop") or (
                 kind == "content_block_start" and _block_has_content(event)
@@ -1022,6 +1060,16 @@ def _describe(exc: httpx.HTTPError) -> str:
         "ReadError": "connection broken while reading",
         "WriteError": "connection broken while writing",
     }.get(type(exc).__name__, type(exc).__name__)
+
+
+def _is_error_data(data: bytes | None) -> bool:
+    """An event without an ``event:`` line whose data is an Anthropic error object."""
+    return (
+        data is not None
+        and data.lstrip()[:1] == b"{"
+        and b'"error"' in data
+        and _error_type_of(data) is not None
+    )
 
 
 def _is_anthropic_error(body: bytes) -> bool:

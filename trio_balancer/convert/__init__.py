@@ -3,7 +3,7 @@
 from .errors import openai_error_to_anthropic
 from .request import Converted, RequestOptions, to_openai
 from .response import to_anthropic_message
-from .stream import ConversionError, StreamConverter, UpstreamStreamError
+from .stream import ConversionError, StreamConverter, UpstreamStreamError, openai_error_type
 
 __all__ = [
     "ConversionError",
@@ -12,6 +12,7 @@ __all__ = [
     "StreamConverter",
     "UpstreamStreamError",
     "openai_error_to_anthropic",
+    "openai_error_type",
     "to_anthropic_message",
     "to_openai",
 ]

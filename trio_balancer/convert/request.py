@@ -11,13 +11,14 @@ caller can log them at debug; nothing is silently rewritten into something else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-__all__ = ["Converted", "RequestOptions", "effort_for_budget", "to_openai"]
+__all__ = ["Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
 
 
 @attrs.frozen
@@ -70,8 +71,8 @@ def to_openai(
     if payload.get("stop_sequences"):
         body["stop"] = list(payload["stop_sequences"])
     metadata = payload.get("metadata")
-    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
-        body["user"] = metadata["user_id"]
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str) and metadata["user_id"]:
+        body["user"] = user_digest(metadata["user_id"])
     if payload.get("stream"):
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}  # or the upstream reports no usage
@@ -104,7 +105,32 @@ def to_openai(
     for key in payload:
         if key not in _MAPPED:
             dropped.append(key)
+    if _has_cache_control(payload):
+        dropped.append("cache_control")  # OpenAI caches prompts by itself; the marks have no equivalent
     return Converted(body=body, dropped=tuple(dropped))
+
+
+def user_digest(user_id: str) -> str:
+    """A stable short stand-in for ``metadata.user_id`` in OpenAI's ``user``.
+
+    Claude Code's ids are ~160 characters; OpenAI takes at most 64 and OpenRouter 128. The
+    same id always gives the same digest (the provider's abuse and cache keys keep working),
+    and the id itself does not leave.
+    """
+    return "u-" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+
+
+def _has_cache_control(payload: Mapping[str, Any]) -> bool:
+    if "cache_control" in payload:
+        return True
+    system = payload.get("system")
+    blocks: list[Any] = list(system) if isinstance(system, list) else []
+    blocks += payload.get("tools") or []
+    for message in payload.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            blocks += content
+    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
 
 
 _MAPPED = frozenset(

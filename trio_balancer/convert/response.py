@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Any
 
-from .stream import STOP_REASONS, ConversionError, _int
+from .stream import STOP_REASONS, ConversionError, _int, content_parts, find_usage
 
 __all__ = ["to_anthropic_message"]
 
@@ -15,14 +15,21 @@ def to_anthropic_message(body: Any, *, model: str) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
         raise ConversionError("the upstream answer has no choices")
     choice = body["choices"][0]
-    message = choice.get("message") or {}
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise ConversionError("the upstream answer's first choice has no message")
     content: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
-    text = message.get("content")
-    if isinstance(text, str) and text:
-        content.append({"type": "text", "text": text})
+    for kind, text in content_parts(message.get("content")):
+        if kind == "text":
+            content.append({"type": "text", "text": text})
+        else:
+            content.append({"type": "thinking", "thinking": text, "signature": ""})
+    refusal = message.get("refusal")
+    if isinstance(refusal, str) and refusal:
+        content.append({"type": "text", "text": refusal})
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         arguments = function.get("arguments") or "{}"
@@ -41,9 +48,11 @@ def to_anthropic_message(body: Any, *, model: str) -> dict[str, Any]:
             }
         )
     reason = STOP_REASONS.get(str(choice.get("finish_reason") or ""), "end_turn")
-    if reason == "end_turn" and message.get("tool_calls"):
+    if isinstance(refusal, str) and refusal:
+        reason = "refusal"
+    elif reason == "end_turn" and message.get("tool_calls"):
         reason = "tool_use"
-    usage = body.get("usage") or {}
+    usage = find_usage(body) or {}
     details = usage.get("prompt_tokens_details") or {}
     cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     out_usage: dict[str, int] = {

@@ -23,10 +23,20 @@ from typing import Any
 
 import attrs
 
+from ..errors import error_type_for_status
 from ..sse import MalformedEventData, SSEEvent, encode_event
 from ..tokens import estimate_text
 
-__all__ = ["STOP_REASONS", "ConversionError", "StreamConverter", "UpstreamStreamError", "anthropic_event"]
+__all__ = [
+    "STOP_REASONS",
+    "ConversionError",
+    "StreamConverter",
+    "UpstreamStreamError",
+    "anthropic_event",
+    "content_parts",
+    "find_usage",
+    "openai_error_type",
+]
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -78,6 +88,7 @@ class StreamConverter:
         self.output_text_chars = 0
         self._output_estimate = 0
         self.usage_reported = False  # the upstream sent a usage object
+        self._refused = False
 
     # -- input -------------------------------------------------------------------------------
 
@@ -93,28 +104,35 @@ class StreamConverter:
             raise ConversionError(str(exc)) from None
         if not isinstance(chunk, dict):
             raise ConversionError("chunk is not a JSON object")
-        if "error" in chunk and not chunk.get("choices"):
+        if chunk.get("error"):  # alone (most servers) or beside choices (OpenRouter mid-stream)
             err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-            raise UpstreamStreamError(str(err.get("message") or "error in stream"), _error_type(err))
+            raise UpstreamStreamError(str(err.get("message") or "error in stream"), openai_error_type(err))
         out: list[SSEEvent] = []
         if not self._started:
             out.append(self._message_start(chunk))
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        usage = find_usage(chunk)
+        if usage is not None:
             self._usage = usage
             self.usage_reported = True
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # n > 1 is not something Anthropic clients can receive
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                continue
             reasoning = delta.get("reasoning_content") or delta.get("reasoning")
             if isinstance(reasoning, str) and reasoning:
                 out.extend(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
                 self._count(reasoning)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                out.extend(self._delta("text", {"type": "text_delta", "text": content}))
-                self._count(content)
+            for kind, text in content_parts(delta.get("content")):
+                key = "text" if kind == "text" else "thinking"
+                out.extend(self._delta(kind, {"type": f"{key}_delta", key: text}))
+                self._count(text)
+            refusal = delta.get("refusal")
+            if isinstance(refusal, str) and refusal:
+                self._refused = True  # the refusal's words are the answer; the stop reason says so
+                out.extend(self._delta("text", {"type": "text_delta", "text": refusal}))
+                self._count(refusal)
             for position, call in enumerate(delta.get("tool_calls") or []):
                 out.extend(self._tool_delta(position, call))
             finish = choice.get("finish_reason")
@@ -282,7 +300,7 @@ class StreamConverter:
         else:
             out = []
         out.extend(self._close_all())
-        reason = STOP_REASONS.get(self._finish_reason or "", "end_turn")
+        reason = "refusal" if self._refused else STOP_REASONS.get(self._finish_reason or "", "end_turn")
         if reason == "end_turn" and self._tools:
             reason = "tool_use"  # some servers say "stop" after tool calls; Claude Code needs tool_use
         out.append(
@@ -317,16 +335,79 @@ class StreamConverter:
         return out
 
 
+def find_usage(chunk: dict[str, Any]) -> dict[str, Any] | None:
+    """A chunk's usage wherever the provider puts it: top level (OpenAI), inside the first
+    choice (Moonshot/Kimi), or under ``x_groq`` (Groq)."""
+    usage = chunk.get("usage")
+    if isinstance(usage, dict) and usage:
+        return usage
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        usage = choices[0].get("usage")
+        if isinstance(usage, dict) and usage:
+            return usage
+    groq = chunk.get("x_groq")
+    if isinstance(groq, dict) and isinstance(groq.get("usage"), dict) and groq["usage"]:
+        return groq["usage"]  # type: ignore[no-any-return]
+    return None
+
+
+def content_parts(content: Any) -> list[tuple[str, str]]:
+    """``(text | thinking, text)`` pieces of a delta's or message's ``content``.
+
+    A string is text. A list of typed parts (Mistral's reasoning models) holds ``text`` parts
+    and ``thinking`` parts, the latter with a list of text parts of their own.
+    """
+    if isinstance(content, str):
+        return [("text", content)] if content else []
+    out: list[tuple[str, str]] = []
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str) and part["text"]:
+            out.append(("text", part["text"]))
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            pieces = inner if isinstance(inner, list) else [{"type": "text", "text": inner}]
+            text = "".join(
+                p["text"] for p in pieces if isinstance(p, dict) and isinstance(p.get("text"), str)
+            )
+            if text:
+                out.append(("thinking", text))
+    return out
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def _error_type(err: dict[str, Any]) -> str:
-    code = str(err.get("code") or err.get("type") or "")
-    if "rate" in code or code == "429":
-        return "rate_limit_error"
-    if "overload" in code or code in ("503", "529", "server_overloaded"):
-        return "overloaded_error"
-    if "context_length" in code or code in ("invalid_request_error", "400"):
-        return "invalid_request_error"
+# Error types an OpenAI-style error object may already give in Anthropic's own words.
+_SAME_TYPES = frozenset(
+    {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
+     "rate_limit_error", "overloaded_error", "api_error", "timeout_error"}
+)  # fmt: skip
+
+
+def openai_error_type(err: dict[str, Any]) -> str:
+    """The Anthropic ``error.type`` for an OpenAI-style error object.
+
+    ``type`` first when it already is one of Anthropic's (Groq sends
+    ``"type": "invalid_request_error", "code": "tool_use_failed"``: the request's fault, not a
+    provider failure); then keywords of ``code`` and ``type``; then a numeric code as an HTTP
+    status (OpenRouter sends ``"code": 429``).
+    """
+    kind = str(err.get("type") or "")
+    if kind in _SAME_TYPES:
+        return kind
+    for text in (str(err.get("code") or ""), kind):
+        if "rate" in text or text == "429" or "quota" in text:
+            return "rate_limit_error"
+        if "overload" in text or text in ("503", "529"):
+            return "overloaded_error"
+        if "context_length" in text or text == "400" or "invalid" in text:
+            return "invalid_request_error"
+        if "timeout" in text or text in ("408", "504"):
+            return "timeout_error"
+        if text.isdigit():
+            return error_type_for_status(int(text))
     return "api_error"
