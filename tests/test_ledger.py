@@ -319,3 +319,28 @@ class TestReading:
         assert r.status_code == 400
         r = await balancer.client.get("/usage", params={"group_by": "secret"})
         assert r.status_code == 400
+
+    @pytest.mark.parametrize(
+        ("path", "params", "named"),
+        [
+            ("/usage/requests", {"offset": "1e23"}, "offset"),
+            ("/usage/requests", {"offset": "100000000000000000000000"}, "offset"),
+            ("/usage/requests", {"limit": "-1"}, "limit"),
+            ("/usage/requests", {"limit": "0"}, "limit"),
+            ("/usage/requests", {"limit": "5000"}, "limit"),
+            ("/usage/requests", {"flagged": "maybe"}, "flagged"),
+            ("/usage", {"since": "1e400"}, "since"),
+            ("/usage", {"until": "-1e400"}, "until"),
+            ("/usage", {"since": "nan"}, "since"),
+            ("/usage/requests", {"until": "99999-01-01"}, "until"),
+            ("/usage", {"group_by": "provider,nope"}, "group_by"),
+        ],
+    )
+    async def test_query_parameters_are_400s_naming_the_parameter(
+        self, balancer: Balancer, path: str, params: dict[str, str], named: str
+    ) -> None:
+        r = await balancer.client.get(path, params=params)
+        assert r.status_code == 400, r.text
+        error = json.loads(r.text)  # strict JSON: no bare Infinity anywhere
+        assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"].startswith(f"{named}:")
+        assert (await balancer.client.get(path, params={"limit": "1000"})).status_code == 200

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -18,7 +19,7 @@ import trio
 
 from .config import ConfigError
 from .errors import InvalidRequest, NotFound
-from .ledger import parse_time
+from .ledger import GROUP_COLUMNS, parse_time
 from .metrics import CONTENT_TYPE
 from .respond import Send, send_body, send_json
 from .status import render_html, status_data
@@ -80,26 +81,69 @@ async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send:
         raise NotFound(f"no endpoint {method} {path}")
 
 
+# What /usage/requests pages at most, and how far it may skip: offsets past any real ledger
+# are refused rather than handed to the database as numbers it cannot take.
+MAX_PAGE = 1000
+MAX_OFFSET = 10**9
+# Times the ledger can hold: 1970 to the year 9999, in unix seconds.
+_MAX_TIME = 253402300799.0
+
+
 async def usage_view(app: BalancerApp, path: str, query: bytes) -> dict[str, Any]:
     if app.ledger is None:
         raise NotFound("the usage ledger is disabled in this balancer's config")
     q = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
-    try:
-        since, until = parse_time(q.get("since")), parse_time(q.get("until"))
-        if path == "/usage":
-            groups = [g for g in q.get("group_by", "").split(",") if g]
-            rows = await app.ledger.query("summary", since, until, groups)
-            return {"since": since, "until": until, "group_by": groups, "totals": rows}
-        limit = min(int(q.get("limit", "100")), 1000)
-        offset = int(q.get("offset", "0"))
-        flagged = q.get("flagged", "") in ("1", "true", "yes")
-    except ValueError as exc:
-        raise InvalidRequest(str(exc)) from None
+    since, until = _time_param(q, "since"), _time_param(q, "until")
+    if path == "/usage":
+        groups = [g for g in q.get("group_by", "").split(",") if g]
+        for g in groups:
+            if g not in GROUP_COLUMNS:
+                raise InvalidRequest(
+                    f"group_by: cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}"
+                )
+        rows = await app.ledger.query("summary", since, until, groups)
+        return {"since": since, "until": until, "group_by": groups, "totals": rows}
+    limit = _int_param(q, "limit", 100, 1, MAX_PAGE)
+    offset = _int_param(q, "offset", 0, 0, MAX_OFFSET)
+    flagged = _bool_param(q, "flagged")
     records = await app.ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
     page: dict[str, Any] = {"records": records, "limit": limit, "offset": offset}
     if len(records) == limit:
         page["next_offset"] = offset + limit
     return page
+
+
+def _time_param(q: dict[str, str], name: str) -> float | None:
+    try:
+        value = parse_time(q.get(name))
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"{name}: not a time (use 2026-11-01, 2026-11-01T08:00:00, or unix seconds)"
+        ) from None
+    if value is not None and not (math.isfinite(value) and 0 <= value <= _MAX_TIME):
+        raise InvalidRequest(f"{name}: out of range (unix seconds between 0 and {_MAX_TIME:.0f})")
+    return value
+
+
+def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    text = q.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidRequest(f"{name}: must be a whole number between {lo} and {hi}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name}: must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def _bool_param(q: dict[str, str], name: str) -> bool:
+    text = q.get(name, "").lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise InvalidRequest(f"{name}: must be 1/true/yes or 0/false/no")
 
 
 def _require(method: str, expected: str) -> None:
