@@ -495,7 +495,7 @@ class TestResponse:
             "rate_limit_error",
             "insufficient_quota",
         ),
-        (503, b"Service Unavailable", "api_error", "Service Unavailable"),
+        (503, b"Service Unavailable", "api_error", "19 bytes that are not JSON"),  # not our words to relay
         (500, b'{"message": "boom"}', "api_error", "boom"),
     ],
 )

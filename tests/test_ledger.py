@@ -342,5 +342,7 @@ class TestReading:
         r = await balancer.client.get(path, params=params)
         assert r.status_code == 400, r.text
         error = json.loads(r.text)  # strict JSON: no bare Infinity anywhere
-        assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"].startswith(f"{named}:")
+        assert error["error"]["type"] == "invalid_request_error" and error["error"]["message"].startswith(
+            f"{named}:"
+        )
         assert (await balancer.client.get(path, params={"limit": "1000"})).status_code == 200

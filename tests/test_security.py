@@ -489,3 +489,83 @@ class TestWebPages:
             page = ((b"origin", b"https://evil.example"),)
             status, _ = await call(app, "GET", "/v1/models", client=REMOTE, headers=page)
             assert status == 403
+
+
+# -- provider error bodies cannot leak or mislead ------------------------------------------------
+
+
+class TestProviderErrors:
+    LEAKY_401 = json.dumps(
+        {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": f"invalid x-api-key {PROVIDER_KEY}"},
+        }
+    ).encode()
+
+    async def test_providers_own_auth_failure_is_a_provider_failure(
+        self, nursery: trio.Nursery, balancer_for: BalancerFactory
+    ) -> None:
+        bad = await FakeUpstream(lambda _r: Reply(status=401, headers=[("content-type", "application/json")],
+                                                   steps=[self.LEAKY_401])).start(nursery)  # fmt: skip
+        good = await FakeUpstream(lambda _r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+        alone = await balancer_for(bad)
+        r = await alone.client.post("/v1/messages", json=BODY)
+        assert r.status_code == 502 and r.json()["error"]["type"] == "api_error", (
+            r.text
+        )  # never "log in again"
+        assert PROVIDER_KEY not in r.text and "credentials" in r.json()["error"]["message"]
+        both = await balancer_for(bad, good)
+        r = await both.client.post("/v1/messages", json=BODY)
+        assert r.status_code == 200  # failed over
+
+    async def test_passthrough_auth_failure_is_the_clients(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        body = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
+        upstream.script(Reply(status=401, headers=[("content-type", "application/json")], steps=[body]))
+        b = await balancer_for(config={"providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url,
+                                                      "api_key": "passthrough"}]})  # fmt: skip
+        r = await b.client.post(
+            "/v1/messages", json=BODY, headers={"x-api-key": "sk-ant-someone-else-1234567"}
+        )
+        assert r.status_code == 401 and r.content == body  # their own key: theirs to fix, relayed as sent
+
+    @pytest.mark.parametrize("kind", ["anthropic", "openai"])
+    async def test_keys_in_error_text_are_scrubbed(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory, kind: str
+    ) -> None:
+        if kind == "openai":
+            leak = {"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}. Also sk-proj-abcdefgh12345678",
+                              "type": "invalid_request_error"}}  # fmt: skip
+        else:
+            leak = {"type": "error", "error": {"type": "rate_limit_error",
+                                               "message": f"slow down {PROVIDER_KEY} and sk-proj-abcdefgh12345678"}}  # fmt: skip
+        upstream.script(
+            Reply(
+                status=429, headers=[("content-type", "application/json")], steps=[json.dumps(leak).encode()]
+            )
+        )
+        base = upstream.url + ("/v1" if kind == "openai" else "")
+        b = await balancer_for(
+            config={"providers": [{"name": "p", "kind": kind, "base_url": base, "api_key": PROVIDER_KEY}]}
+        )
+        r = await b.client.post("/v1/messages", json=BODY)
+        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert (
+            PROVIDER_KEY not in r.text and "sk-proj-abcdefgh12345678" not in r.text and "[redacted]" in r.text
+        )
+
+    async def test_mid_stream_errors_are_scrubbed_and_never_the_clients_auth_error(
+        self, upstream: FakeUpstream, balancer: Any
+    ) -> None:
+        events = anthropic_text_events(["partial"])
+        for error_type in ("overloaded_error", "authentication_error"):
+            error = {"type": "error", "error": {"type": error_type, "message": f"lost {PROVIDER_KEY}"}}
+            upstream.script(
+                Reply(steps=[*events[:4], f"event: error\ndata: {json.dumps(error)}\n\n".encode()])
+            )
+            async with balancer.client.stream("POST", "/v1/messages", json={**BODY, "stream": True}) as r:
+                text = (await r.aread()).decode()
+            assert PROVIDER_KEY not in text and text.count("event: error") == 1
+            wanted = "api_error" if error_type == "authentication_error" else "overloaded_error"
+            assert f'"type":"{wanted}"' in text.replace(" ", ""), text

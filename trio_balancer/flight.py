@@ -52,6 +52,7 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
     error_body,
+    error_event,
     error_type_for_status,
 )
 from .failover import Verdict, classify_error_type, classify_status
@@ -59,6 +60,7 @@ from .health import FailureKind, ProviderHealth, State
 from .logging import debug_enabled, get_logger
 from .providers import ProviderRuntime
 from .ratelimits import read_headers, retry_after_seconds
+from .redaction import scrub
 from .respond import JSON_HEADERS
 from .routing import Attempt
 from .sse import (
@@ -493,7 +495,16 @@ class Flight:
         return Overloaded(f"every provider for this model failed ({summary})", headers=headers)
 
     async def _relay_answer(self, failure: AttemptFailed) -> None:
-        """Send a provider's error answer to the client as it was sent (or ours, if none)."""
+        """Send a provider's error answer to the client as it was sent (or ours, if none).
+
+        Never a provider's rejection of the balancer's own key: to the client that is a failed
+        provider (Claude Code would otherwise ask its user to log in again), not its auth error.
+        """
+        if failure.verdict.kind is FailureKind.AUTH:
+            raise UpstreamError(
+                f"provider {self.provider!r} rejected the balancer's credentials"
+                f" ({failure.error.error_type}); the operator must fix its key"
+            )
         if failure.answer is None:
             raise failure.error
         self.error = failure.error.error_type
@@ -648,17 +659,26 @@ class Flight:
             verdict = classify_status(status, passthrough=provider.passthrough)
             if openai:
                 error_type, body = openai_error_to_anthropic(status, body, provider.name)
+                body = self._scrub_error_body(provider, body)
                 headers = _openai_headers(headers, b"application/json")
             else:
                 found = _error_type_of(body)
                 error_type = found or error_type_for_status(status)
-                if found is None:  # not Anthropic's shape (an HTML page from a gateway...): wrap it
-                    excerpt = body[:300].decode("utf-8", "replace").strip()
-                    text = f"provider {provider.name!r} answered HTTP {status}" + (
-                        f": {excerpt}" if excerpt else ""
+                if found is None:
+                    # Not Anthropic's shape (an HTML page from a gateway...): what it says stays
+                    # out of our message (it may name hosts, echo headers); its type and size do not.
+                    kind = response.headers.get("content-type", "no content type").split(";")[0]
+                    log.info(
+                        "upstream.error_body",
+                        provider=provider.name,
+                        status=status,
+                        excerpt=scrub(body[:300].decode("utf-8", "replace"), self._secrets(provider)),
                     )
+                    text = f"provider {provider.name!r} answered HTTP {status} ({kind}, {len(body)} bytes)"
                     body = error_body(error_type, text)
                     headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
+                else:
+                    body = self._scrub_error_body(provider, body)
             raise AttemptFailed(
                 verdict,
                 ProviderError(
@@ -753,7 +773,7 @@ class Flight:
         raise AttemptFailed(
             classify_error_type(error_type, passthrough=provider.passthrough),
             ProviderError(status, message, error_type=error_type),
-            answer=_Answer(status, list(JSON_HEADERS), body),
+            answer=_Answer(status, list(JSON_HEADERS), self._scrub_error_body(provider, body)),
         )
 
     def _converted_json(self, provider: ProviderConfig, body: bytes) -> bytes:
@@ -775,7 +795,7 @@ class Flight:
                 ProviderError(
                     status, f"provider {provider.name!r}: {error_type} in a 200 answer", error_type=error_type
                 ),
-                answer=_Answer(status, list(JSON_HEADERS), answer),
+                answer=_Answer(status, list(JSON_HEADERS), self._scrub_error_body(provider, answer)),
             )
         try:
             message = to_anthropic_message(parsed, model=self.request.model)
@@ -883,7 +903,7 @@ class Flight:
         except UpstreamStreamError as exc:
             verdict = classify_error_type(exc.error_type, passthrough=provider.passthrough)
             status = _STATUS_BY_ERROR_TYPE.get(exc.error_type, 500)
-            message = f"provider {provider.name!r}: {exc.error_type} in stream: {exc}"
+            message = f"provider {provider.name!r}: {exc.error_type} in stream: {scrub(str(exc), self._secrets(provider))}"
             raise AttemptFailed(
                 verdict,
                 ProviderError(status, message, error_type=exc.error_type),
@@ -912,12 +932,17 @@ class Flight:
             if commit_at is None:
                 return
             events = events[commit_at:]
-        for event in events:
+        for i, event in enumerate(events):
             kind = event.event
             if kind == "message_stop":
                 state.saw_stop = True
             elif kind == "error":
                 state.upstream_error = self._error_after_commit(provider, event)
+                events = [
+                    *events[:i],
+                    self._relayable_error(provider, event, state.upstream_error),
+                    *events[i + 1 :],
+                ]
             elif check and event.data is not None:
                 _check_shape(provider.name, event)
         self.events += len(events)
@@ -955,9 +980,9 @@ class Flight:
         verdict = classify_error_type(error_type, passthrough=provider.passthrough)
         status = _STATUS_BY_ERROR_TYPE.get(error_type, 500)
         body = (
-            event.data
+            self._scrub_error_body(provider, event.data)
             if event.data is not None and _is_anthropic_error(event.data)
-            else error_body(error_type, message)
+            else error_body(error_type, scrub(message, self._secrets(provider)))
         )
         return AttemptFailed(
             verdict,
@@ -966,6 +991,45 @@ class Flight:
             ),
             answer=_Answer(status, list(JSON_HEADERS), body),
         )
+
+    def _secrets(self, provider: ProviderConfig) -> list[str]:
+        """Every credential this request sent upstream: what no relayed text may contain."""
+        sent = [provider.api_key or "", *provider.headers.values()]
+        if provider.passthrough:
+            for name, value in self.request.headers:
+                if name in (b"x-api-key", b"authorization"):
+                    text = value.decode("latin-1")
+                    sent += [text, text.removeprefix("Bearer ").removeprefix("bearer ")]
+        return [s for s in sent if s]
+
+    def _scrub_error_body(self, provider: ProviderConfig, body: bytes) -> bytes:
+        """An Anthropic error body with its message scrubbed; the same bytes when nothing changed."""
+        try:
+            parsed = json.loads(body)
+            message = parsed["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            return body
+        if not isinstance(message, str):
+            return body
+        clean = scrub(message, self._secrets(provider))
+        if clean == message:
+            return body
+        parsed["error"]["message"] = clean
+        return json.dumps(parsed, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _relayable_error(self, provider: ProviderConfig, event: SSEEvent, failure: AttemptFailed) -> SSEEvent:
+        """A provider's error event as the client may see it: scrubbed, and never an auth error
+        of the balancer's own key (that is a provider failure to the client)."""
+        if failure.verdict.kind is FailureKind.AUTH:
+            message = f"provider {provider.name!r} rejected the balancer's credentials mid-stream"
+            raw = error_event("api_error", message)
+            return SSEEvent(raw=raw, event="error", data=raw.split(b"data: ", 1)[1].rstrip(b"\n"))
+        if event.data is None:
+            return event
+        clean = self._scrub_error_body(provider, event.data)
+        if clean is event.data:
+            return event
+        return SSEEvent(raw=encode_event("error", clean.decode()), event="error", data=clean)
 
     def _error_after_commit(self, provider: ProviderConfig, event: SSEEvent) -> AttemptFailed:
         """The provider's own error event reached the client; remember it for health."""

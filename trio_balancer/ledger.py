@@ -20,10 +20,10 @@ import os
 import re
 import sqlite3
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 log = get_logger("trio_balancer.ledger")
+T = TypeVar("T")
 
 # Records waiting for the writer. Far above any burst a process sees; when it is full anyway
 # (a stalled disk), the handler waits for room (shielded) rather than drop a record.
@@ -447,6 +448,8 @@ class Ledger:
         self.lost = 0  # records given up (logged whole): the backlog overflowed, or shutdown
         self._backlog: deque[Record] = deque()
         self._open_error = ""
+        self._lock = trio.Lock()  # one thread at a time on the stores' connections
+        self._closed = False
         self._retry_in = RETRY_FIRST_S
         self._retry_at = 0.0
         self._flushed = trio.Event()
@@ -476,7 +479,10 @@ class Ledger:
         except trio.ClosedResourceError:
             # After shutdown began: write it directly rather than lose it.
             with trio.CancelScope(shield=True):
-                await self._write([record])
+                if self._closed:
+                    await self._write_late([record])
+                else:
+                    await self._write([record])
 
     async def _open_primary(self) -> bool:
         try:
@@ -556,7 +562,7 @@ class Ledger:
         store = self.store
         if store is not None:
             try:
-                await trio.to_thread.run_sync(store.write, batch)
+                await self._on_store(store.write, batch)
                 self._count(len(batch))
                 return True
             except Exception as exc:
@@ -565,12 +571,12 @@ class Ledger:
                     # A database server: reconnect from scratch later (the drain loop).
                     self.store = None
                     with suppress(Exception):
-                        await trio.to_thread.run_sync(store.close)
+                        await self._on_store(store.close)
                 if not self._backlog:
                     log.error("ledger.write_failed", url=self.path, error=_short(exc), records=len(batch))
         if self.spill is not None:
             try:
-                await trio.to_thread.run_sync(self.spill.write, batch)
+                await self._on_store(self.spill.write, batch)
             except Exception as exc:
                 self.failed_writes += 1
                 log.error("ledger.spill_failed", spill=self._spill_path, error=_short(exc))
@@ -635,14 +641,14 @@ class Ledger:
             if self.store is None and not await self._open_primary():
                 continue
             while self.spilled and self.store is not None:
-                records = await trio.to_thread.run_sync(self.spill.take, 500)
+                records = await self._on_store(self.spill.take, 500)
                 if not records:
                     self.spilled = 0
                     break
                 try:
                     with trio.CancelScope(shield=True):
-                        await trio.to_thread.run_sync(self.store.write, records)
-                        await trio.to_thread.run_sync(self.spill.delete, [r.id for r in records])
+                        await self._on_store(self.store.write, records)
+                        await self._on_store(self.spill.delete, [r.id for r in records])
                 except Exception as exc:
                     log.error("ledger.drain_failed", error=_short(exc))
                     self.store = None
@@ -655,11 +661,37 @@ class Ledger:
         """Stop taking records and wait until every queued one is written."""
         self._send.close()
         await self._flushed.wait()
+        self._closed = True
         for name in ("store", "spill"):
             store = getattr(self, name)
             if store is not None:
                 setattr(self, name, None)
-                await trio.to_thread.run_sync(store.close)
+                await self._on_store(store.close)
+
+    async def _on_store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` in a worker thread, one at a time: a SQLite connection used from two
+        threads at once (a late record's write while shutdown closes it) crashes the process."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def _write_late(self, records: list[Record]) -> None:
+        """A record that arrives after the ledger closed (a handler cut at shutdown): written
+        on a connection of its own, or logged whole and counted if even that fails."""
+
+        def write() -> None:
+            store = open_store(self.url)
+            try:
+                store.write(records)
+            finally:
+                store.close()
+
+        try:
+            await self._on_store(write)
+            self._count(len(records))
+        except Exception as exc:
+            log.error("ledger.write_failed", url=self.path, error=_short(exc), records=len(records))
+            for record in records:
+                self._lose(record, "arrived after the ledger closed and could not be written")
 
     async def query(self, fn: str, *args: Any, **kwargs: Any) -> Any:
         """Run a read query in a thread, on a connection of its own."""

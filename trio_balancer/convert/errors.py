@@ -31,7 +31,7 @@ def openai_error_to_anthropic(status: int, body: bytes, provider: str) -> tuple[
         message = err
     elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
         message = parsed["message"]
-    else:
-        message = body[:300].decode("utf-8", "replace").strip()
+    else:  # not JSON (an HTML page from a gateway): what it says stays out of our message
+        message = f"{len(body)} bytes that are not JSON" if body.strip() else ""
     text = f"provider {provider!r} answered HTTP {status}" + (f": {message}" if message else "")
     return error_type, error_body(error_type, text)
