@@ -19,6 +19,7 @@ from trio_balancer.config import ConfigError, parse_config
 from trio_balancer.limits import Limiter
 
 from .asgi_driver import call, running
+from .browser import dump_dom, require_chromium
 from .conftest import PROVIDER_KEY, BalancerFactory
 from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
 
@@ -569,3 +570,55 @@ class TestProviderErrors:
             assert PROVIDER_KEY not in text and text.count("event: error") == 1
             wanted = "api_error" if error_type == "authentication_error" else "overloaded_error"
             assert f'"type":"{wanted}"' in text.replace(" ", ""), text
+
+
+async def test_a_real_browser_cannot_spend_the_key(
+    nursery: trio.Nursery,
+    upstream: FakeUpstream,
+    balancer_for: BalancerFactory,
+    tmp_path: Any,
+    captured: list[dict[str, Any]],
+) -> None:
+    """Chromium loads a page from evil.example (mapped to 127.0.0.1 inside the browser only):
+    its cross-site simple POST, and its rebound reads of /usage/requests and POST /admin/reload,
+    reach the balancer and are refused; the provider is never called."""
+    require_chromium()
+    upstream.script(Reply(steps=anthropic_text_events(["spent"])))
+    b = await balancer_for(config={"providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url,
+                                                  "api_key": PROVIDER_KEY}]})  # fmt: skip
+    port = b.url.rsplit(":", 1)[1]
+    body = json.dumps(BODY)
+    page = f"""<html><body>start<script>
+    (async () => {{
+      const seen = [];
+      const tries = [
+        ["http://127.0.0.1:{port}/v1/messages", {{method: "POST", mode: "no-cors",
+          headers: {{"content-type": "text/plain"}}, body: {json.dumps(body)}}}],
+        ["http://evil.example:{port}/v1/messages", {{method: "POST", mode: "no-cors",
+          headers: {{"content-type": "text/plain"}}, body: {json.dumps(body)}}}],
+        ["http://evil.example:{port}/usage/requests", {{mode: "no-cors"}}],
+        ["http://evil.example:{port}/admin/reload", {{method: "POST", mode: "no-cors"}}],
+      ];
+      for (const [url, init] of tries) {{
+        try {{ await fetch(url, init); seen.push("sent"); }} catch (e) {{ seen.push("error"); }}
+      }}
+      document.body.textContent = "done " + seen.join(",");
+    }})();
+    </script></body></html>""".encode()
+
+    async def serve_page(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        head = f"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {len(page)}\r\nconnection: close\r\n\r\n"
+        await stream.send_all(head.encode() + page)
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, serve_page, 0)
+    evil_port = listeners[0].socket.getsockname()[1]
+    dom = await dump_dom(
+        f"http://evil.example:{evil_port}/", tmp_path / "profile", resolve={"evil.example": "127.0.0.1"}
+    )
+    assert "done" in dom, dom
+    assert upstream.received == []  # the operator's key was never spent
+    refused = [(e["path"], e["status"]) for e in captured if e["event"] == "request.refused"]
+    assert ("/v1/messages", 403) in refused and ("/usage/requests", 403) in refused, refused
+    assert ("/admin/reload", 403) in refused, refused

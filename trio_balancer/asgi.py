@@ -301,6 +301,7 @@ class BalancerApp:
             else:
                 raise NotFound(f"no endpoint {method} {path}")
         except BalancerError as exc:
+            log.info("request.refused", method=method, path=path, status=exc.status, reason=exc.message)
             await send_error(send, exc)
 
     def _health(self) -> tuple[int, dict[str, Any]]:
