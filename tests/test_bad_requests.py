@@ -87,7 +87,7 @@ WRONG_SHAPES = [
     ),
     ({"tool_choice": "auto"}, "tool_choice: must be an object"),
     ({"max_tokens": "64"}, "max_tokens: must be an integer"),
-    ({"temperature": "hot"}, "temperature: must be a number"),
+    ({"temperature": "hot"}, "temperature: must be a finite number"),
     ({"stream": "yes"}, "stream: must be a boolean"),
 ]
 
@@ -171,6 +171,32 @@ class TestShapes:
         ).status_code == 400
         rows = await ledger_rows(b, 4)
         assert [(r["status"], r["error_type"]) for r in rows] == [(400, "invalid_request_error")] * 4
+
+
+class TestText:
+    @pytest.mark.parametrize("text", ["hi\\ud800", "\\udc00", "x\\uD83D"])
+    async def test_lone_surrogates_are_a_400(
+        self, upstream: FakeUpstream, balancer: Balancer, text: str
+    ) -> None:
+        body = (
+            f'{{"model":"claude-opus-4-6","max_tokens":5,"messages":[{{"role":"user","content":"{text}"}}]}}'
+        )
+        r = await balancer.client.post("/v1/messages", content=body.encode(), headers=JSON)
+        assert r.status_code == 400 and "lone UTF-16 surrogate" in r.json()["error"]["message"], r.text
+        assert upstream.received == []
+
+    async def test_a_surrogate_pair_is_text(self, upstream: FakeUpstream, balancer: Balancer) -> None:
+        upstream.script(Reply(steps=anthropic_text_events(["ok"])))
+        body = '{"model":"claude-opus-4-6","max_tokens":5,"messages":[{"role":"user","content":"\\ud83d\\ude00"}]}'
+        assert (
+            await balancer.client.post("/v1/messages", content=body.encode(), headers=JSON)
+        ).status_code == 200
+
+    @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
+    async def test_non_finite_numbers_are_a_400(self, balancer: Balancer, literal: str) -> None:
+        body = f'{{"model":"claude-opus-4-6","max_tokens":5,"temperature":{literal},"messages":[]}}'
+        r = await balancer.client.post("/v1/messages", content=body.encode(), headers=JSON)
+        assert r.status_code == 400 and r.json()["error"]["message"] == "temperature: must be a finite number"
 
 
 class TestDepth:

@@ -3,6 +3,7 @@ opened stops the start."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from trio_balancer import ledger as ledger_module
 from trio_balancer.asgi import create_app
@@ -211,3 +213,77 @@ class TestFullDisk:
         assert len(lost_lines) == b.app.ledger.lost
         assert all(line["record"]["id"].startswith("req_") for line in lost_lines)  # whole, recoverable
         assert "trio_balancer_ledger_lost_records" in (await b.client.get("/metrics")).text
+
+
+class TestRecordsTheStoreCannotTake:
+    """From the attack on this work: one record must never hold every later one back."""
+
+    async def test_a_lying_usage_count_is_kept_at_the_bound(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
+    ) -> None:
+        huge = json.dumps({"id": "m", "type": "message", "role": "assistant", "model": "x", "content": 5,
+                           "stop_reason": "end_turn", "usage": {"input_tokens": 10**20, "output_tokens": 10**30}})  # fmt: skip
+        upstream.script(
+            lambda _r: Reply(headers=[("content-type", "application/json")], steps=[huge.encode()])
+        )
+        b = await balancer_for(config=config_for(tmp_path, upstream))
+        for i in range(3):
+            body = {**BODY, "stream": False, "messages": [{"role": "user", "content": f"n{i}"}]}
+            assert (await b.client.post("/v1/messages", json=body)).status_code == 200  # relayed as sent
+        await b.wait_idle()
+        assert b.app.ledger is not None
+        with trio.fail_after(5):
+            await b.app.ledger.wait_written(3)
+        rows = stored(tmp_path)
+        assert len(rows) == 3 and all(r["input_tokens"] == 10**12 for r in rows)
+        assert not b.app.ledger.degraded
+
+    async def test_a_record_the_store_refuses_is_given_up_alone(
+        self,
+        upstream: FakeUpstream,
+        balancer_for: BalancerFactory,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+        captured: list[dict[str, Any]],
+    ) -> None:
+        real = ledger_module.SqliteStore.write
+
+        def write(store: ledger_module.SqliteStore, records: Any) -> None:
+            if any(r.model == "claude-poison" for r in records):
+                raise sqlite3.IntegrityError("this record cannot be stored")
+            real(store, records)
+
+        monkeypatch.setattr(ledger_module.SqliteStore, "write", write)
+        upstream.script(lambda _r: Reply(steps=anthropic_text_events(["ok"])))
+        b = await balancer_for(config=config_for(tmp_path, upstream))
+        await b.client.post("/v1/messages", json={**BODY, "model": "claude-a"})
+        await b.client.post("/v1/messages", json={**BODY, "model": "claude-poison"})
+        await b.client.post("/v1/messages", json={**BODY, "model": "claude-b"})
+        await b.wait_idle()
+        assert b.app.ledger is not None
+        with trio.fail_after(10):
+            while b.app.ledger.written + b.app.ledger.lost < 3:
+                await trio.testing.wait_all_tasks_blocked(0.01)
+        assert sorted(r["model"] for r in stored(tmp_path)) == ["claude-a", "claude-b"]
+        assert b.app.ledger.lost == 1 and not b.app.ledger.degraded
+        assert [e["record"]["model"] for e in captured if e["event"] == "ledger.record_lost"] == [
+            "claude-poison"
+        ]
+
+
+class TestLedgerRefusesWhatCannotWork:
+    async def test_a_newer_schema_stops_the_start(self, tmp_path: Path) -> None:
+        path = tmp_path / "ledger.sqlite3"
+        conn = sqlite3.connect(path)
+        conn.execute("PRAGMA user_version = 99")
+        conn.close()
+        with pytest.raises(ValueError, match="schema is version 99, newer than this balancer knows"):
+            ledger_module.SqliteStore(str(path))
+
+    @pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:"])
+    def test_a_ledger_that_would_vanish_is_a_config_error(self, url: str) -> None:
+        from trio_balancer.config import ConfigError
+
+        provider = {"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": "k"}
+        with pytest.raises(ConfigError, match=r"ledger\.url: must name a file"):
+            parse_config({"ledger": {"url": url}, "providers": [provider]})

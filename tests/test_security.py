@@ -406,6 +406,8 @@ class TestWebPages:
             {"host": "127.0.0.1"},
             {"host": "[::1]:8787"},
             {"host": "dev.localhost:8787"},
+            {"host": "127.1:8787"},  # curl http://127.1:PORT sends what it was given
+            {"host": "[::ffff:127.0.0.1]:8787"},
             {"origin": "http://localhost:3000"},  # a local tool's page
             {"origin": "http://127.0.0.1:5173"},
             {"origin": "http://[::1]:8080"},

@@ -566,8 +566,7 @@ class BalancerApp:
             log.exception("accounting.crash", request_id=ctx.id)
             record = fallback_record(ctx)
         if record.outcome == CUT:
-            reason = "shutdown" if ctx.flight is None or ctx.flight.cancel_reason is None else "cut off"
-            log.warning("request.cut", request_id=ctx.id, status=record.status, reason=reason)
+            log.warning("request.cut", request_id=ctx.id, status=record.status, dedup=record.dedup_role)
         log.info(
             "request.end",
             request_id=ctx.id,

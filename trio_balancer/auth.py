@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import ipaddress
 import secrets
+import socket
 from collections.abc import Iterable, Sequence
 
 import attrs
@@ -92,9 +93,15 @@ def is_loopback_name(host: str, allowed: Iterable[str] = ()) -> bool:
     if host in {a.lower() for a in allowed}:
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        try:  # the other spellings of IPv4 that clients accept: 127.1, 0x7f.1, 2130706433
+            return socket.inet_aton(host)[0] == 127
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def check_browser_reach(

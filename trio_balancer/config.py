@@ -292,6 +292,11 @@ def parse_config(
     )
     if not ledger.url.startswith(LEDGER_SCHEMES):
         raise lr.error("url", f"must start with one of {', '.join(LEDGER_SCHEMES)}")
+    if ledger.url.startswith("sqlite:///") and ledger.url.removeprefix("sqlite:///") in ("", ":memory:"):
+        # SQLite would take it, and every record would vanish with the process.
+        raise lr.error(
+            "url", "must name a file (sqlite:///path/to/ledger.sqlite3); the ledger must outlive the process"
+        )
     prices = tuple(_price(pr, set(names)) for pr in r.tables("prices"))
     return Config(
         server=server, providers=providers, routes=routes, routing=routing, health=health,

@@ -265,9 +265,6 @@ class Flight:
         self._history_bytes = 0
         self._history_dropped = False
         self.cancel_scope = trio.CancelScope()
-        # Why the flight was cancelled, when it was: its listeners left; otherwise (None) the
-        # app's nursery was cancelled under it, i.e. the balancer is shutting down.
-        self.cancel_reason: str | None = None
         self.done = trio.Event()
         # What happened, for logs, metrics, the ledger and tests.
         self.tried: list[AttemptRecord] = []
@@ -322,7 +319,6 @@ class Flight:
         if listener in self._listeners:
             self._listeners.remove(listener)
         if not self._listeners and not self.done.is_set() and not self.share.finish_orphans:
-            self.cancel_reason = "no listener left"
             self.cancel_scope.cancel()
 
     def was_dropped(self, listener: Listener) -> bool:
@@ -389,7 +385,6 @@ class Flight:
                 lag_s=share.max_lag_s,
             )
         if not self._listeners and not share.finish_orphans:
-            self.cancel_reason = "no listener left"
             self.cancel_scope.cancel()
 
     # -- lifetime ----------------------------------------------------------------------------

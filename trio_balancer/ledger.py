@@ -295,6 +295,7 @@ class SqliteStore(LedgerStore):
 
     def migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        _check_known(version)
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self._conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {number}; COMMIT;")
 
@@ -342,6 +343,7 @@ class PostgresStore(LedgerStore):
             )  # instances start together
             row = self._conn.execute("SELECT version FROM trio_balancer_schema").fetchone()
             version = row[0] if row else 0
+            _check_known(version)
             if row is None:
                 self._conn.execute("INSERT INTO trio_balancer_schema (version) VALUES (0)")
             for number, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
@@ -354,6 +356,15 @@ class PostgresStore(LedgerStore):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _check_known(version: int) -> None:
+    """A ledger written by a newer balancer has columns this one does not know: refuse it
+    rather than fail on every write."""
+    if version > len(MIGRATIONS):
+        raise ValueError(
+            f"its schema is version {version}, newer than this balancer knows ({len(MIGRATIONS)}): upgrade trio-balancer"
+        )
 
 
 def _redact_url(url: str) -> str:
@@ -406,13 +417,31 @@ def _where(
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
 
 
+# The largest count a column takes (SQLite and PostgreSQL BIGINT are signed 64-bit). A provider
+# that reports more tokens than this is lying; the count is kept at the bound, not refused.
+_MAX_COUNT = 2**62
+
+
+def _storable(value: Any) -> Any:
+    """A value any backend takes: text without lone surrogates or NUL (a client's model name
+    may carry either), counts within 64 bits, finite numbers."""
+    if isinstance(value, str):
+        if not value.isascii():
+            value = value.encode("utf-8", "replace").decode("utf-8")
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return max(-_MAX_COUNT, min(_MAX_COUNT, value))
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
 def _row(r: Record) -> list[Any]:
-    values = [getattr(r, name) for name in _COLUMNS]
-    values[_COLUMNS.index("attempts")] = json.dumps(list(r.attempts), ensure_ascii=False)
-    for name in ("stream", "priced", "disconnected"):
-        values[_COLUMNS.index(name)] = int(getattr(r, name))
-    cost = r.cost_usd
-    values[_COLUMNS.index("cost_usd")] = None if cost is None or math.isnan(cost) else cost
+    values = [_storable(getattr(r, name)) for name in _COLUMNS]
+    attempts = json.dumps(list(r.attempts), ensure_ascii=True)  # ASCII: lone surrogates escaped
+    values[_COLUMNS.index("attempts")] = attempts.replace("\\u0000", "\\ufffd")
     return [*values, int(r.flagged)]
 
 
@@ -558,7 +587,28 @@ class Ledger:
                 self._hold(batch)
 
     async def _store(self, batch: list[Record]) -> bool:
-        """Into the primary, else the spill file; False when neither took it."""
+        """Into the primary, else the spill file; False when neither took it.
+
+        A batch the store refuses is tried record by record once: if some go in, the store is
+        fine and the others are records it can never take (given up, logged whole), so one
+        bad record cannot hold every later one back. If none goes in, the store is down.
+        """
+        if await self._store_whole(batch):
+            return True
+        if len(batch) == 1:
+            return False
+        refused: list[Record] = []
+        for i, record in enumerate(batch):
+            if await self._store_whole([record]):
+                continue
+            refused.append(record)
+            if len(refused) == i + 1 and i >= 2:
+                return False  # the first three all refused: the store is down, not the records
+        for record in refused:
+            self._lose(record, "the store refuses this record")
+        return True
+
+    async def _store_whole(self, batch: list[Record]) -> bool:
         store = self.store
         if store is not None:
             try:

@@ -28,6 +28,10 @@ REPORTED = "reported"
 PARTIAL = "partial"
 ESTIMATED = "estimated"
 
+# A count above this is a lying upstream, not a real answer (the largest context windows are
+# a few million tokens); it is kept at the bound so totals and the ledger stay meaningful.
+MAX_TOKENS_REPORTED = 10**12
+
 _FIELDS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -95,7 +99,8 @@ class UsageTracker:
         usage = message.get("usage")
         if isinstance(usage, dict):
             self._take(usage, final=True)
-        for block in message.get("content") or []:
+        content = message.get("content")
+        for block in content if isinstance(content, list) else []:
             if isinstance(block, dict):
                 for key in ("text", "thinking"):
                     if isinstance(block.get(key), str):
@@ -108,20 +113,22 @@ class UsageTracker:
             if name == "output_tokens" and not final:
                 continue
             value = usage.get(name)
-            if isinstance(value, int) and value >= 0:
-                self._seen[name] = max(value, self._seen.get(name, 0))
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                self._seen[name] = max(min(value, MAX_TOKENS_REPORTED), self._seen.get(name, 0))
         cache = usage.get("cache_creation")
         if isinstance(cache, dict):
             for name in ("ephemeral_5m_input_tokens", "ephemeral_1h_input_tokens"):
                 value = cache.get(name)
-                if isinstance(value, int) and value >= 0:
-                    self._ttl[name] = max(value, self._ttl.get(name, 0))
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    self._ttl[name] = max(min(value, MAX_TOKENS_REPORTED), self._ttl.get(name, 0))
 
     def _collect_text(self, event: SSEEvent) -> None:
         try:
-            delta = event.json().get("delta") or {}
+            delta = event.json().get("delta")
         except (MalformedEventData, AttributeError):
             return
+        if not isinstance(delta, dict):
+            return  # an upstream that lies about its shapes: its text is not countable here
         for key in ("text", "thinking", "partial_json"):
             value = delta.get(key)
             if isinstance(value, str):

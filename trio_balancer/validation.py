@@ -17,6 +17,8 @@ Every error names the field by its path, as the provider would:
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,7 +70,24 @@ def parse_request_body(body: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> dict[
         raise InvalidRequest("request body must be a JSON object")
     if nests_deeper_than(payload, max_depth - 1):  # the body itself is the first level
         raise InvalidRequest(too_deep)
+    if _SURROGATE_ESCAPE.search(body) is not None:
+        _reject_lone_surrogates(payload)
     return payload
+
+
+# A \uD800-\uDFFF escape: the only way a lone surrogate gets into parsed JSON (the parser
+# takes bytes as strict UTF-8). Pairs are fine; a lone one is no text, and every encoder the
+# balancer uses on a body would fail on it.
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89abAB]|\\[uU][dD][c-fC-F]")
+
+
+def _reject_lone_surrogates(payload: dict[str, Any]) -> None:
+    try:
+        json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"request body holds a lone UTF-16 surrogate (\\u{ord(exc.object[exc.start]):04x}), which is not text"
+        ) from None
 
 
 def validate_messages_request(payload: Mapping[str, Any]) -> None:
@@ -106,8 +125,10 @@ def validate_messages_request(payload: Mapping[str, Any]) -> None:
     _optional_int(payload, "max_tokens", "")
     for key in ("temperature", "top_p"):
         value = payload.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise InvalidRequest(f"{key}: must be a number")
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise InvalidRequest(f"{key}: must be a finite number")
     stops = payload.get("stop_sequences")
     if stops is not None:
         _list(stops, "stop_sequences")
