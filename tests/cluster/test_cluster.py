@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from trio_balancer.auth import new_key
 from trio_balancer.config import parse_config
@@ -168,17 +169,23 @@ async def test_concurrency_limit_holds_across_instances(
     await wait_for(lambda: _connected(a, b, c), 5)
     codes: dict[str, int] = {}
 
-    async def run(name: str, inst: Balancer, delay: float) -> None:
-        await trio.sleep(delay)
+    async def run(name: str, inst: Balancer) -> None:
         r = await post(inst, {**BODY, "messages": [{"role": "user", "content": name}]})
         codes[name] = r.status_code
         if r.status_code == 429:
             assert r.json()["error"]["type"] == "rate_limit_error" and r.headers["retry-after"]
 
+    async def upstream_has(n: int) -> bool:
+        await trio.testing.wait_all_tasks_blocked(0.01)
+        return len(up.received) >= n
+
     async with trio.open_nursery() as n:
-        n.start_soon(run, "first", a, 0.0)
-        n.start_soon(run, "second", b, 0.05)
-        n.start_soon(run, "third", c, 0.2)  # the client's 2 slots are taken on a and b
+        # In order, each once the one before holds its slot (its request reached the upstream).
+        n.start_soon(run, "first", a)
+        await wait_for(lambda: upstream_has(1), 5)
+        n.start_soon(run, "second", b)
+        await wait_for(lambda: upstream_has(2), 5)
+        n.start_soon(run, "third", c)  # the client's 2 slots are taken on a and b
     assert codes == {"first": 200, "second": 200, "third": 429}
     assert (
         await post(c, {**BODY, "messages": [{"role": "user", "content": "later"}]})
