@@ -4,7 +4,7 @@ Every request produces exactly one record: the ones that failed before reaching 
 (bad JSON, unknown model, too large), the ones every provider refused, the ones the client
 abandoned, the ones cut at shutdown, and the ones that succeeded. The record is made in one
 place (``BalancerApp._finish_request``), reached from a ``finally`` of the handler and of the
-flight, once both have ended (:meth:`RequestContext.ready_to_record`). Usage is only ever what a provider produced; when it
+flight, once both have ended (:meth:`RequestContext.claim_record`). Usage is only ever what a provider produced; when it
 reported none, the estimate says so (``usage_source``), and a model with no known price gets
 an empty cost and ``priced = False`` instead of a made-up number.
 """
@@ -76,7 +76,7 @@ class RequestContext:
 
     The handler owns it. A leader also hands it to its flight, which may end after the
     handler (a shared stream finishing into the cache): whichever of the two ends last makes
-    the record (:meth:`ready_to_record`).
+    the record (:meth:`claim_record`).
     """
 
     id: str
@@ -98,8 +98,9 @@ class RequestContext:
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started_perf) * 1000, 3)
 
-    def ready_to_record(self) -> bool:
-        """True exactly once: when the handler and the flight (if any) have both ended."""
+    def claim_record(self) -> bool:
+        """Claim the right to record this request: True exactly once, for the caller that finds
+        the handler and the flight (if any) both ended; it then makes the record."""
         if self.recorded or not self.handler_done:
             return False
         if self.flight is not None and not self.flight.done.is_set():

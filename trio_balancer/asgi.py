@@ -115,6 +115,7 @@ class BalancerApp:
         self.failed = trio.Event()
         self.failure: str | None = None
         self.serving = trio.Event()  # startup completed
+        self._shutdown_asked = False  # lifespan.shutdown received
 
     def task_count(self) -> int:
         """Tasks the app owns right now (flights, their children, housekeeping)."""
@@ -168,7 +169,7 @@ class BalancerApp:
             self._close_on_failure(exc)
             if not self.serving.is_set():
                 cannot_start = self.failure
-            else:
+            elif not self._shutdown_asked:
                 await receive()  # serve saw `failed` and is shutting down: finish the protocol
         finally:
             self._nursery = None
@@ -194,6 +195,7 @@ class BalancerApp:
                 await send({"type": "lifespan.startup.complete"})
                 self.serving.set()
                 await receive()  # lifespan.shutdown, after Hypercorn's grace period
+                self._shutdown_asked = True
                 # Flights still running here have no listener left that Hypercorn waits for.
                 nursery.cancel_scope.cancel()
         finally:
@@ -558,7 +560,7 @@ class BalancerApp:
 
     async def _finish_request(self, ctx: RequestContext) -> None:
         """The one place a request is recorded; reached by its handler and by its flight."""
-        if not ctx.ready_to_record():
+        if not ctx.claim_record():
             return
         try:
             record = request_record(ctx, self.prices)

@@ -46,13 +46,13 @@ from .convert import (
 )
 from .errors import (
     BalancerError,
+    InternalError,
     Overloaded,
     ProviderError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_body,
-    error_event,
     error_type_for_status,
 )
 from .failover import Verdict, classify_error_type, classify_status
@@ -402,7 +402,7 @@ class Flight:
                     await self._fail(exc)
                 except Exception:  # a bug of ours: answer the client, keep the app alive
                     log.exception("flight.crash", provider=self.provider)
-                    await self._fail(UpstreamError("internal error in the balancer"))
+                    await self._fail(InternalError("internal error in the balancer"))
         finally:
             for runtime in held:
                 runtime.release()
@@ -1016,9 +1016,10 @@ class Flight:
         """A provider's error event as the client may see it: scrubbed, and never an auth error
         of the balancer's own key (that is a provider failure to the client)."""
         if failure.verdict.kind is FailureKind.AUTH:
-            message = f"provider {provider.name!r} rejected the balancer's credentials mid-stream"
-            raw = error_event("api_error", message)
-            return SSEEvent(raw=raw, event="error", data=raw.split(b"data: ", 1)[1].rstrip(b"\n"))
+            data = error_body(
+                "api_error", f"provider {provider.name!r} rejected the balancer's credentials mid-stream"
+            )
+            return SSEEvent(raw=encode_event("error", data.decode()), event="error", data=data)
         if event.data is None:
             return event
         clean = self._scrub_error_body(provider, event.data)

@@ -34,6 +34,7 @@ _installed = False
 # A client whose socket accepts nothing for this long is gone or wedged. Claude Code and the
 # SDKs read as the stream comes; a slow reader still makes progress and is never cut.
 SEND_STALL_S = 30.0
+_SLICE = 64 * 1024
 
 
 def install() -> None:
@@ -59,15 +60,23 @@ def install() -> None:
             if not isinstance(event, RawData):
                 await super().protocol_send(event)
                 return
+            data = memoryview(event.data)
+            stalled = False
             async with self.send_lock:
                 try:
-                    with trio.move_on_after(SEND_STALL_S) as write:
-                        write.shield = not self.context.terminated.is_set()
-                        await self.stream.send_all(event.data)
+                    # In slices, each with its own deadline: what is bounded is a stall (no
+                    # progress), not how long a slow reader takes over a large body.
+                    for start in range(0, max(1, len(data)), _SLICE):
+                        with trio.move_on_after(SEND_STALL_S) as write:
+                            write.shield = not self.context.terminated.is_set()
+                            await self.stream.send_all(data[start : start + _SLICE])
+                        if write.cancelled_caught:
+                            stalled = True
+                            break
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await self.protocol.handle(Closed())
                     return
-            if write.cancelled_caught:  # stalled (or shutting down): the connection ends here
+            if stalled:  # nothing taken for SEND_STALL_S (or shutting down): the connection ends
                 await super().protocol_send(Closed())
 
     run.TCPServer = ClosingTCPServer  # type: ignore[attr-defined]

@@ -325,7 +325,14 @@ class PostgresStore(LedgerStore):
 
         self.url = url
         self.path = _redact_url(url)
-        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(connect_timeout)))
+        # A statement that hangs (a server that stopped answering) fails after 30 s and the
+        # batch spills, instead of holding the writer, and every handler behind it, forever.
+        self._conn = psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=max(1, int(connect_timeout)),
+            options="-c statement_timeout=30000",
+        )
         self.migrate()
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -604,7 +611,9 @@ class Ledger:
             refused.append(record)
             if len(refused) == i + 1 and i >= 2:
                 return False  # the first three all refused: the store is down, not the records
-        for record in refused:
+        if len(refused) == len(batch):
+            return False  # nothing went in: the store is down; the whole batch waits
+        for record in refused:  # refused while the store took others: these it never will
             self._lose(record, "the store refuses this record")
         return True
 
