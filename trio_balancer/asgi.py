@@ -572,19 +572,10 @@ class BalancerApp:
         log.info(
             "request.end",
             request_id=ctx.id,
-            model=ctx.model,
-            provider=record.provider,
             attempts=len(record.attempts),
-            status=record.status,
             error=record.error_type,
-            outcome=record.outcome,
             dedup=record.dedup_role,
-            events=record.events,
-            bytes=record.bytes,
-            input_tokens=record.input_tokens,
-            output_tokens=record.output_tokens,
-            usage_source=record.usage_source,
-            duration_ms=record.duration_ms,
+            **{name: getattr(record, name) for name in _END_FIELDS},
         )
         if record.usage_source in (ESTIMATED, PARTIAL):
             log.warning(
@@ -731,47 +722,31 @@ class BalancerApp:
                 cooldown.add_metric([name], max(0.0, snap.cooling_until - now))
         yield state
         yield cooldown
+        scalars: list[tuple[str, str, float]] = [
+            ("trio_balancer_cache_bytes", "Bytes held by the response cache", float(self.cache.bytes))
+        ]
         if self.cluster is not None:
-            degraded = GaugeMetricFamily(
-                "trio_balancer_cluster_degraded", "1 while Redis is unreachable (local state only)"
-            )
-            degraded.add_metric([], 1.0 if self.cluster.degraded else 0.0)
-            yield degraded
-        cache = GaugeMetricFamily("trio_balancer_cache_bytes", "Bytes held by the response cache")
-        cache.add_metric([], float(self.cache.bytes))
-        yield cache
-        if self.ledger is not None:
-            written = GaugeMetricFamily(
-                "trio_balancer_ledger_records_written", "Ledger records written since start"
-            )
-            written.add_metric([], float(self.ledger.written))
-            yield written
-            spilled = GaugeMetricFamily(
-                "trio_balancer_ledger_spilled", "Records waiting in the spill file for the database"
-            )
-            spilled.add_metric([], float(self.ledger.spilled))
-            yield spilled
-            failed = GaugeMetricFamily(
-                "trio_balancer_ledger_write_failures", "Failed ledger writes since start (retried)"
-            )
-            failed.add_metric([], float(self.ledger.failed_writes))
-            yield failed
-            degraded = GaugeMetricFamily(
-                "trio_balancer_ledger_degraded",
-                "1 while records cannot reach the primary store (spilled or held in memory)",
-            )
-            degraded.add_metric([], 1.0 if self.ledger.degraded else 0.0)
-            yield degraded
-            backlog = GaugeMetricFamily(
-                "trio_balancer_ledger_backlog", "Records held in memory because no store takes them"
-            )
-            backlog.add_metric([], float(self.ledger.backlog))
-            yield backlog
-            lost = GaugeMetricFamily(
-                "trio_balancer_ledger_lost_records", "Records given up since start (each logged whole)"
-            )
-            lost.add_metric([], float(self.ledger.lost))
-            yield lost
+            scalars.append(("trio_balancer_cluster_degraded", "1 while Redis is unreachable (local state only)",
+                            float(self.cluster.degraded)))  # fmt: skip
+        ledger = self.ledger
+        if ledger is not None:
+            scalars += [
+                ("trio_balancer_ledger_records_written", "Ledger records written since start", float(ledger.written)),
+                ("trio_balancer_ledger_spilled", "Records waiting in the spill file for the database",
+                 float(ledger.spilled)),
+                ("trio_balancer_ledger_write_failures", "Failed ledger writes since start (retried)",
+                 float(ledger.failed_writes)),
+                ("trio_balancer_ledger_degraded",
+                 "1 while records cannot reach the primary store (spilled or held in memory)", float(ledger.degraded)),
+                ("trio_balancer_ledger_backlog", "Records held in memory because no store takes them",
+                 float(ledger.backlog)),
+                ("trio_balancer_ledger_lost_records", "Records given up since start (each logged whole)",
+                 float(ledger.lost)),
+            ]  # fmt: skip
+        for name, help_text, value in scalars:
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], value)
+            yield gauge
 
     # -- /v1/models --------------------------------------------------------------------------
 
@@ -808,6 +783,11 @@ def count_tasks(tasks: Iterable[trio.lowlevel.Task]) -> int:
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
     return count
+
+
+# What the one-line summary of a finished request says, from its record.
+_END_FIELDS = ("model", "provider", "status", "outcome", "events", "bytes", "input_tokens", "output_tokens",
+               "usage_source", "duration_ms")  # fmt: skip
 
 
 def _known_models(config: Config) -> set[str]:
