@@ -700,21 +700,52 @@ class Ledger:
             if self.store is None and not await self._open_primary():
                 continue
             while self.spilled and self.store is not None:
-                records = await self._on_store(self.spill.take, 500)
+                try:
+                    records = await self._on_store(self.spill.take, 500)
+                except Exception as exc:  # the spill file itself failing: try again next round
+                    log.error("ledger.spill_read_failed", error=_short(exc))
+                    break
                 if not records:
                     self.spilled = 0
                     break
-                try:
-                    with trio.CancelScope(shield=True):
-                        await self._on_store(self.store.write, records)
-                        await self._on_store(self.spill.delete, [r.id for r in records])
-                except Exception as exc:
-                    log.error("ledger.drain_failed", error=_short(exc))
-                    self.store = None
+                with trio.CancelScope(shield=True):
+                    moved = await self._drain_batch(records)
+                if not moved:
+                    self.store = None  # down again: reconnect from scratch at the next round
                     break
                 self.spilled = max(0, self.spilled - len(records))
                 if not self.spilled:
                     log.info("ledger.drained", url=self.path)
+
+    async def _drain_batch(self, records: list[Record]) -> bool:
+        """Move one batch from the spill file to the primary; False when the primary is down.
+
+        As in :meth:`_store`, a batch the primary refuses is tried record by record: records it
+        refuses while taking others are given up (logged whole) rather than block the spill.
+        """
+        store, spill = self.store, self.spill
+        assert store is not None and spill is not None
+        try:
+            await self._on_store(store.write, records)
+        except Exception as exc:
+            log.error("ledger.drain_failed", error=_short(exc), records=len(records))
+            moved, refused = [], []
+            for record in records:
+                try:
+                    await self._on_store(store.write, [record])
+                    moved.append(record)
+                except Exception:
+                    refused.append(record)
+            if not moved:
+                return False
+            for record in refused:
+                self._lose(record, "the primary store refuses this spilled record")
+        try:
+            await self._on_store(spill.delete, [r.id for r in records])
+        except Exception as exc:  # moved but not deleted: the next round moves them again, once
+            log.error("ledger.spill_delete_failed", error=_short(exc), records=len(records))
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Stop taking records and wait until every queued one is written."""
