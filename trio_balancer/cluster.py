@@ -121,7 +121,7 @@ class Cluster:
                 nursery.start_soon(self._subscriber)
                 nursery.start_soon(self._publisher)
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), suppress(Exception):  # closing must not fail the stop
                 await trio.to_thread.run_sync(self._redis.close)
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
