@@ -13,7 +13,6 @@ Storage is SQLite in WAL mode (standard library), with versioned schema migratio
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -58,6 +57,8 @@ RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 # Tries at shutdown before the records still held back are given up (logged whole).
 FINAL_TRIES = 3
+# Rounds in which the store took other records but refused this one, before it is given up.
+REFUSALS_TO_GIVE_UP = 3
 # How often the spill file is checked for records to move back to the primary database.
 DRAIN_INTERVAL_S = 1.0
 
@@ -485,6 +486,7 @@ class Ledger:
         self._backlog: deque[Record] = deque()
         self._open_error = ""
         self._lock = trio.Lock()  # one thread at a time on the stores' connections
+        self._refusals: dict[str, int] = {}  # record id -> rounds refused while others went in
         self._closed = False
         self._retry_in = RETRY_FIRST_S
         self._retry_at = 0.0
@@ -590,32 +592,49 @@ class Ledger:
             if self._backlog:
                 self._hold(batch)
                 await self._flush_backlog()
-            elif not await self._store(batch):
-                self._hold(batch)
+                return
+            left = await self._store(batch)
+            if left:
+                self._hold(left)
 
-    async def _store(self, batch: list[Record]) -> bool:
-        """Into the primary, else the spill file; False when neither took it.
+    async def _store(self, batch: list[Record]) -> list[Record]:
+        """Into the primary, else the spill file; returns the records not stored, to hold.
 
-        A batch the store refuses is tried record by record once: if some go in, the store is
-        fine and the others are records it can never take (given up, logged whole), so one
-        bad record cannot hold every later one back. If none goes in, the store is down.
+        A batch the store refuses is tried record by record: if the first three are refused
+        too, the store is down and the whole batch waits. A record refused while the store
+        takes others counts a refusal; after ``REFUSALS_TO_GIVE_UP`` such rounds it is one the
+        store will never take and is given up (logged whole), so it cannot hold every later
+        record back. (One round is not enough: the store may just have come back.)
         """
         if await self._store_whole(batch):
-            return True
+            return []
         if len(batch) == 1:
-            return False
+            # Alone, a refusal says nothing about the record, unless the store already took
+            # others while refusing this one: then it is another round against it.
+            return self._refused_again(batch) if batch[0].id in self._refusals else batch
         refused: list[Record] = []
         for i, record in enumerate(batch):
             if await self._store_whole([record]):
                 continue
             refused.append(record)
             if len(refused) == i + 1 and i >= 2:
-                return False  # the first three all refused: the store is down, not the records
+                return [*refused, *batch[i + 1 :]]  # the first three all refused: the store is down
         if len(refused) == len(batch):
-            return False  # nothing went in: the store is down; the whole batch waits
-        for record in refused:  # refused while the store took others: these it never will
-            self._lose(record, "the store refuses this record")
-        return True
+            return batch
+        return self._refused_again(refused)
+
+    def _refused_again(self, refused: list[Record]) -> list[Record]:
+        """Count a round against each record; give up those at the limit, keep the others."""
+        kept = []
+        for record in refused:
+            rounds = self._refusals.get(record.id, 0) + 1
+            if rounds >= REFUSALS_TO_GIVE_UP:
+                self._refusals.pop(record.id, None)
+                self._lose(record, "the store refuses this record")
+            else:
+                self._refusals[record.id] = rounds
+                kept.append(record)
+        return kept
 
     async def _store_whole(self, batch: list[Record]) -> bool:
         store = self.store
@@ -664,13 +683,13 @@ class Ledger:
         if not now and trio.current_time() < self._retry_at:
             return
         while self._backlog:
-            chunk = list(itertools.islice(self._backlog, BATCH_MAX))
-            if not await self._store(chunk):
+            chunk = [self._backlog.popleft() for _ in range(min(BATCH_MAX, len(self._backlog)))]
+            left = await self._store(chunk)
+            self._backlog.extendleft(reversed(left))  # still first in line
+            if len(left) == len(chunk):
                 self._retry_in = min(self._retry_in * 2, RETRY_MAX_S)
                 self._retry_at = trio.current_time() + self._retry_in
                 return
-            for _ in chunk:
-                self._backlog.popleft()
         self._retry_in = RETRY_FIRST_S
         log.info("ledger.recovered", url=self.path)
 
