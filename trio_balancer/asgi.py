@@ -361,17 +361,19 @@ class BalancerApp:
             await _answer_error(ctx, send, InternalError("internal error in the balancer"), extra)
         finally:
             with trio.CancelScope(shield=True):
-                if admitted:
-                    self.metrics.active_listeners.dec()
-                    self.limiter.release(client)
-                    if lease is not None and self.cluster is not None:
-                        await self.cluster.release(client, lease)
-                ctx.handler_done = True
                 try:
-                    await self._finish_request(ctx)
-                finally:
-                    self._handlers -= 1
-                    self._update_idle()
+                    if admitted:
+                        self.metrics.active_listeners.dec()
+                        self.limiter.release(client)
+                        if lease is not None and self.cluster is not None:
+                            await self.cluster.release(client, lease)
+                finally:  # the record is made whatever releasing the limits did
+                    ctx.handler_done = True
+                    try:
+                        await self._finish_request(ctx)
+                    finally:
+                        self._handlers -= 1
+                        self._update_idle()
 
     async def _acquire(self, client: str, key: ClientKey | None) -> str | None:
         """Take this request's place in the limits: across instances (Redis) when clustered.
