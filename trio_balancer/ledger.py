@@ -13,6 +13,7 @@ Storage is SQLite in WAL mode (standard library), with versioned schema migratio
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -683,8 +684,11 @@ class Ledger:
         if not now and trio.current_time() < self._retry_at:
             return
         while self._backlog:
-            chunk = [self._backlog.popleft() for _ in range(min(BATCH_MAX, len(self._backlog)))]
+            # Left in the backlog while it is written: it is what `degraded` and /status count.
+            chunk = list(itertools.islice(self._backlog, BATCH_MAX))
             left = await self._store(chunk)
+            for _ in chunk:
+                self._backlog.popleft()
             self._backlog.extendleft(reversed(left))  # still first in line
             if len(left) == len(chunk):
                 self._retry_in = min(self._retry_in * 2, RETRY_MAX_S)
