@@ -30,7 +30,7 @@ import attrs
 import h11
 import trio
 
-from trio_balancer.sse import SSEDecoder
+from trio_balancer.protocol.sse import SSEDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
 STAMP = re.compile(rb'"text":"(\d{19}) ')

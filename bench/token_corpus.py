@@ -1,6 +1,6 @@
 """Build tests/data/token_corpus.jsonl: texts with their token counts from Claude's public tokenizer.
 
-The corpus lets tests measure the error of trio_balancer.tokens (our estimator for providers
+The corpus lets tests measure the error of trio_balancer.protocol.tokens (our estimator for providers
 that report no usage). The tokenizer is the one Anthropic published in its Python SDK up to
 0.38 (`anthropic/tokenizer.json`); current models tokenize differently, so the numbers are a
 proxy, but a real one. Run by hand (needs the registry once):

@@ -13,7 +13,7 @@ from typing import Any
 
 import trio
 
-from trio_balancer.asgi import BalancerApp
+from trio_balancer.app.asgi import BalancerApp
 
 __all__ = ["call", "running"]
 

@@ -10,16 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import hypercorn.config
-import hypercorn.trio
 import pytest
 import structlog
 import trio
 
-from trio_balancer import asgi, simulator
 from trio_balancer import logging as blog
-from trio_balancer.asgi import BalancerApp, create_app
+from trio_balancer.app import asgi
+from trio_balancer.app.asgi import BalancerApp, create_app
+from trio_balancer.app.server import hypercorn_config, serve
 from trio_balancer.config import Config, parse_config
+from trio_balancer.tools import simulator
 
 from .fakes import FakeUpstream
 
@@ -105,16 +105,14 @@ async def start_balancer(
     shutdown: Callable[[], Awaitable[None]] | None = None,
     **hypercorn_options: Any,
 ) -> Balancer:
+    """The app behind Hypercorn on a free port, set up as ``trio-balancer serve`` sets it up."""
     app = create_app(config)
-    hc = hypercorn.config.Config()
-    hc.bind = ["127.0.0.1:0"]
-    hc.accesslog = None
+    hc = hypercorn_config(config, "127.0.0.1", 0)
     hc.errorlog = None
     hc.graceful_timeout = 0.5
-    hc.backlog = 4096  # as `trio-balancer serve` sets it: 1,000 clients may connect at once
     for name, value in hypercorn_options.items():
         setattr(hc, name, value)
-    binds = await nursery.start(partial(hypercorn.trio.serve, app, hc, shutdown_trigger=shutdown))  # type: ignore[arg-type]
+    binds = await nursery.start(partial(serve, app, hc, shutdown_trigger=shutdown))
     return Balancer(app, binds[0])
 
 

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import trio
 
-from trio_balancer import accounting, asgi
-from trio_balancer.flight import Flight
-from trio_balancer.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
+from trio_balancer.app import accounting, asgi
+from trio_balancer.flight.flight import Flight
+from trio_balancer.protocol.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
 
 from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave

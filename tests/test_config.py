@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from trio_balancer.config import ConfigError, Timeouts, default_config, load_config, parse_config
-from trio_balancer.routing import Router, listed_models
+from trio_balancer.policy.routing import Router, listed_models
 
 from .test_routing import views
 

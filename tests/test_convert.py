@@ -13,7 +13,7 @@ from anthropic.types import Message, RawMessageStreamEvent
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.convert import (
+from trio_balancer.protocol.convert import (
     ConversionError,
     RequestOptions,
     StreamConverter,
@@ -22,8 +22,8 @@ from trio_balancer.convert import (
     to_anthropic_message,
     to_openai,
 )
-from trio_balancer.convert.request import user_digest
-from trio_balancer.sse import SSEDecoder, SSEEvent
+from trio_balancer.protocol.convert.request import user_digest
+from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 
 from .fakes import OAI_DONE, oai, oai_chunk, openai_text_stream, openai_tool_stream
 

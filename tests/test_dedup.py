@@ -14,10 +14,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.dedup import ResponseCache, signature
-from trio_balancer.flight import Flight, Head, SharePolicy, UpstreamRequest
-from trio_balancer.reshape import MessageAssembler, message_to_events
-from trio_balancer.sse import SSEDecoder
+from trio_balancer.flight.flight import Flight, Head, SharePolicy, UpstreamRequest
+from trio_balancer.protocol.dedup import ResponseCache, signature
+from trio_balancer.protocol.reshape import MessageAssembler, message_to_events
+from trio_balancer.protocol.sse import SSEDecoder
 
 from .conftest import CLIENT_KEY, Balancer, BalancerFactory
 from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave, sse

@@ -17,7 +17,7 @@ import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.asgi import create_app
+from trio_balancer.app.asgi import create_app
 from trio_balancer.config import parse_config
 
 from .asgi_driver import call, running

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_balancer.health import FailureKind, HealthPolicy, ProviderHealth, State
+from trio_balancer.policy.health import FailureKind, HealthPolicy, ProviderHealth, State
 
 
 def health(**policy: float) -> ProviderHealth:

@@ -198,7 +198,7 @@ class TestStatus:
         await b.client.post("/v1/messages", json=BODY)
         assert b.app.registry is not None
         now = trio.current_time()
-        from trio_balancer.health import FailureKind
+        from trio_balancer.policy.health import FailureKind
 
         b.app.registry.runtimes["p1"].health.failed(
             now, FailureKind.OVERLOADED, "HTTP 529 overloaded_error", retry_after=60

@@ -9,7 +9,7 @@ import anthropic
 import pytest
 import trio
 
-from trio_balancer import flight
+from trio_balancer.flight import flight
 
 from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import (

@@ -14,10 +14,15 @@ import pytest
 import trio
 import trio.testing
 
-from trio_balancer.convert import StreamConverter, UpstreamStreamError, to_anthropic_message, to_openai
-from trio_balancer.convert.request import user_digest
-from trio_balancer.reshape import MessageAssembler
-from trio_balancer.sse import SSEDecoder
+from trio_balancer.protocol.convert import (
+    StreamConverter,
+    UpstreamStreamError,
+    to_anthropic_message,
+    to_openai,
+)
+from trio_balancer.protocol.convert.request import user_digest
+from trio_balancer.protocol.reshape import MessageAssembler
+from trio_balancer.protocol.sse import SSEDecoder
 
 from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import OAI_DONE, FakeUpstream, Reply, anthropic_text_events, oai, oai_chunk, sse

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trio_balancer.failover import classify_error_type, classify_status
-from trio_balancer.health import FailureKind
-from trio_balancer.ratelimits import RateLimitState, parse_duration, read_headers, retry_after_seconds
+from trio_balancer.policy.failover import classify_error_type, classify_status
+from trio_balancer.policy.health import FailureKind
+from trio_balancer.policy.ratelimits import RateLimitState, parse_duration, read_headers, retry_after_seconds
 
 WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 

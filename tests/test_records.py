@@ -15,9 +15,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_balancer import ledger as ledger_module
-from trio_balancer.asgi import create_app
+from trio_balancer.app.asgi import create_app
 from trio_balancer.config import parse_config
+from trio_balancer.ledger import store as ledger_module
 
 from .conftest import PROVIDER_KEY, BalancerFactory, start_balancer
 from .fakes import HANG, FakeUpstream, Reply, anthropic_text_events

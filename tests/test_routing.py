@@ -11,9 +11,9 @@ import pytest
 
 from trio_balancer.config import Config, parse_config
 from trio_balancer.errors import NotFound
-from trio_balancer.health import FailureKind, ProviderHealth
-from trio_balancer.ratelimits import RateLimitState, Reading
-from trio_balancer.routing import Ewma, Router
+from trio_balancer.policy.health import FailureKind, ProviderHealth
+from trio_balancer.policy.ratelimits import RateLimitState, Reading
+from trio_balancer.policy.routing import Ewma, Router
 
 
 @attrs.define

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import trio
 
-from trio_balancer.asgi import create_app
-from trio_balancer.auth import KeyRing, new_key
+from trio_balancer.app.asgi import create_app
 from trio_balancer.cli import main
 from trio_balancer.config import ConfigError, parse_config
-from trio_balancer.limits import Limiter
+from trio_balancer.policy.auth import KeyRing, new_key
+from trio_balancer.policy.limits import Limiter
 
 from .asgi_driver import call, running
 from .browser import dump_dom, require_chromium
@@ -117,7 +117,7 @@ class TestClientKeys:
             )
 
     def test_constant_time_check_compares_every_key(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        from trio_balancer import auth
+        from trio_balancer.policy import auth
 
         ring = KeyRing(
             [auth.ClientKey(f"k{i}", hashlib.sha256(f"key{i}".encode()).hexdigest()) for i in range(5)]

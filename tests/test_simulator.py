@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from trio_balancer.simulator import STAMP_DIGITS, SimOptions
+from trio_balancer.tools.simulator import STAMP_DIGITS, SimOptions
 
 from .conftest import Balancer, BalancerFactory
 from .test_cli import env, read_until

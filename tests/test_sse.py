@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.sse import (
+from trio_balancer.protocol.sse import (
     EventTooLarge,
     MalformedEventData,
     SSEDecoder,

@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from trio_balancer import hypercorn_fix
+from trio_balancer.app import hypercorn_fix
 from trio_balancer.config import parse_config
 from trio_balancer.ledger import SqliteStore
 

@@ -11,7 +11,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from trio_balancer.tokens import estimate_request, estimate_text
+from trio_balancer.protocol.tokens import estimate_request, estimate_text
 
 CORPUS = [
     json.loads(line)

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from trio_balancer.pricing import BUILTIN_PRICES, Price, PriceTable, Rates
-from trio_balancer.sse import SSEDecoder
-from trio_balancer.usage import ESTIMATED, PARTIAL, REPORTED, Usage, UsageTracker
+from trio_balancer.protocol.pricing import BUILTIN_PRICES, Price, PriceTable, Rates
+from trio_balancer.protocol.sse import SSEDecoder
+from trio_balancer.protocol.usage import ESTIMATED, PARTIAL, REPORTED, Usage, UsageTracker
 
 from .fakes import anthropic_text_events, sse
 

@@ -18,11 +18,11 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
-from . import logging as blog
-from .config import Config, ConfigError, load_config
-from .ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
-from .simulator import SimOptions
+from trio_balancer import __version__
+from trio_balancer import logging as blog
+from trio_balancer.config import Config, ConfigError, load_config
+from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
+from trio_balancer.tools.simulator import SimOptions
 
 __all__ = ["main"]
 
@@ -129,10 +129,8 @@ def _load(path: str | None) -> Config:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import hypercorn.config
-    import hypercorn.trio
-
-    from .asgi import create_app
+    from trio_balancer.app.asgi import create_app
+    from trio_balancer.app.server import hypercorn_config, serve
 
     config = _load(args.config)
     blog.configure(args.log_level, args.log_format)
@@ -156,18 +154,7 @@ def _serve(args: argparse.Namespace) -> int:
             config = attrs.evolve(config, server=attrs.evolve(config.server, allow_open=True))
         else:
             print("trio-balancer: no client keys configured: serving loopback clients only", file=sys.stderr)
-    hc = hypercorn.config.Config()
-    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    hc.graceful_timeout = config.server.grace_period_s
-    hc.accesslog = None
-    hc.errorlog = "-"
-    hc.keep_alive_timeout = 75  # above common load balancers' idle timeouts (60 s)
-    # Hypercorn's default backlog (100) resets connections when hundreds of clients connect
-    # at once (Claude Code sub-agents, a team's morning); the kernel caps it at somaxconn.
-    hc.backlog = 4096
-    # Oversized headers are answered by the app in Anthropic's error shape; Hypercorn's own
-    # limit only has to be above ours.
-    hc.h11_max_incomplete_size = config.server.max_header_bytes * 2 + 16 * 1024
+    hc = hypercorn_config(config, host, port)
     app = create_app(config)
 
     async def stop_when_asked_or_failed() -> None:
@@ -183,9 +170,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            # Hypercorn types ASGI messages as TypedDicts; our app takes plain mappings.
-            serve = partial(hypercorn.trio.serve, app, hc, shutdown_trigger=stop_when_asked_or_failed)  # type: ignore[arg-type]
-            binds = await nursery.start(serve)
+            binds = await nursery.start(partial(serve, app, hc, shutdown_trigger=stop_when_asked_or_failed))
             if not app.serving.is_set():
                 return  # the start failed; Hypercorn is about to say why
             print(
@@ -298,7 +283,7 @@ def _numeric(text: str) -> bool:
 def _claude(args: argparse.Namespace) -> int:
     import os
 
-    from .claude_code import ClaudeCodeNotFound, environment, find_binary, install
+    from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, find_binary, install
 
     if args.url:
         url = args.url.rstrip("/")
@@ -330,7 +315,7 @@ def _loopback_host(host: str) -> bool:
 
 
 def _keys_new(name: str, *, admin: bool) -> int:
-    from .auth import new_key
+    from trio_balancer.policy.auth import new_key
 
     key, digest = new_key()
     print(f"key (give it to {name!r}; it is not stored anywhere): {key}")
@@ -349,7 +334,7 @@ def _keys_new(name: str, *, admin: bool) -> int:
 
 
 def _check_config(path: str) -> int:
-    from .routing import Router, listed_models
+    from trio_balancer.policy.routing import Router, listed_models
 
     config = _load(path)
     print(f"{config.source}: OK")
@@ -379,7 +364,7 @@ def _check_config(path: str) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulator import Simulator, serve
+    from trio_balancer.tools.simulator import Simulator, serve
 
     options = SimOptions(
         ttfb=args.ttfb, eps=args.eps, events=args.events, event_bytes=args.event_bytes, cjk=args.cjk,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .sse import encode_event
+from trio_balancer.protocol.sse import encode_event
 
 __all__ = [
     "ERROR_TYPE_BY_STATUS",

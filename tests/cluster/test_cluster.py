@@ -12,9 +12,9 @@ import pytest
 import trio
 import trio.testing
 
-from trio_balancer.auth import new_key
 from trio_balancer.config import parse_config
 from trio_balancer.ledger import open_store
+from trio_balancer.policy.auth import new_key
 
 from ..conftest import Balancer, start_balancer
 from ..fakes import FakeUpstream, Reply, anthropic_text_events, interleave

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_balancer.claude_code import ClaudeCodeNotFound, environment, install
+from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, install
 
 from ..conftest import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from ..fakes import (
@@ -299,8 +299,8 @@ class TestClaudeCode:
 def test_claude_command_needs_a_binary(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from trio_balancer import claude_code
     from trio_balancer.cli import main
+    from trio_balancer.tools import claude_code
 
     monkeypatch.setattr(claude_code, "DEFAULT_CACHE", tmp_path / "empty")
     monkeypatch.setenv("PATH", str(tmp_path))

@@ -1,0 +1,181 @@
+"""Operator endpoints, on one router so one guard can protect them all.
+
+``GET /providers``: each provider's health, last error, cooldown and counters.
+``POST /providers/{name}/reset``: end a cooldown now.
+``POST /admin/reload``: re-read the config file (the same as SIGHUP).
+``GET /usage?since=&until=&group_by=provider,model,client``: token and cost totals.
+``GET /metrics``: Prometheus. ``GET /status``: a live HTML page; ``GET /status.json``: its data.
+``GET /usage/requests?since=&until=&flagged=1&limit=&offset=``: the records, paged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import trio
+
+from trio_balancer.app.metrics import CONTENT_TYPE
+from trio_balancer.app.respond import Send, send_body, send_json
+from trio_balancer.app.status import render_html, status_data
+from trio_balancer.config import ConfigError
+from trio_balancer.errors import InvalidRequest, NotFound
+from trio_balancer.ledger import GROUP_COLUMNS, parse_time
+
+if TYPE_CHECKING:
+    from trio_balancer.app.asgi import BalancerApp
+
+__all__ = ["dispatch", "handles", "providers_view"]
+
+
+class _MethodNotAllowed(InvalidRequest):
+    status = 405
+
+
+ENDPOINTS = ("/providers", "/usage", "/usage/requests", "/metrics", "/status", "/status.json")
+
+
+def handles(path: str) -> bool:
+    return path in ENDPOINTS or path.startswith(("/providers/", "/admin/"))
+
+
+async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send: Send) -> None:
+    if path == "/metrics":
+        _require(method, "GET")
+        await send_body(send, 200, app.metrics.render(), CONTENT_TYPE)
+    elif path == "/status.json":
+        _require(method, "GET")
+        await send_json(send, 200, status_data(app))
+    elif path == "/status":
+        _require(method, "GET")
+        await send_body(send, 200, render_html(status_data(app)).encode(), "text/html; charset=utf-8")
+    elif path in ("/usage", "/usage/requests"):
+        _require(method, "GET")
+        await send_json(send, 200, await usage_view(app, path, query))
+    elif path == "/providers":
+        _require(method, "GET")
+        view = {
+            "providers": providers_view(app),
+            "cluster": None if app.cluster is None else app.cluster.view(),
+        }
+        await send_json(send, 200, view)
+    elif path.startswith("/providers/") and path.endswith("/reset"):
+        _require(method, "POST")
+        name = path.removeprefix("/providers/").removesuffix("/reset")
+        assert app.registry is not None
+        runtime = app.registry.runtimes.get(name)
+        if runtime is None:
+            raise NotFound(f"no provider named {name!r}")
+        runtime.health.reset()
+        await send_json(send, 200, {"reset": name})
+    elif path == "/admin/reload":
+        _require(method, "POST")
+        try:
+            result = await app.reload()
+        except ConfigError as exc:
+            raise InvalidRequest(f"config not reloaded: {exc}") from None
+        await send_json(send, 200, result)
+    else:
+        raise NotFound(f"no endpoint {method} {path}")
+
+
+# What /usage/requests pages at most, and how far it may skip: offsets past any real ledger
+# are refused rather than handed to the database as numbers it cannot take.
+MAX_PAGE = 1000
+MAX_OFFSET = 10**9
+# Times the ledger can hold: 1970 to the year 9999, in unix seconds.
+_MAX_TIME = 253402300799.0
+
+
+async def usage_view(app: BalancerApp, path: str, query: bytes) -> dict[str, Any]:
+    if app.ledger is None:
+        raise NotFound("the usage ledger is disabled in this balancer's config")
+    q = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
+    since, until = _time_param(q, "since"), _time_param(q, "until")
+    if path == "/usage":
+        groups = [g for g in q.get("group_by", "").split(",") if g]
+        for g in groups:
+            if g not in GROUP_COLUMNS:
+                raise InvalidRequest(
+                    f"group_by: cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}"
+                )
+        rows = await app.ledger.query("summary", since, until, groups)
+        return {"since": since, "until": until, "group_by": groups, "totals": rows}
+    limit = _int_param(q, "limit", 100, 1, MAX_PAGE)
+    offset = _int_param(q, "offset", 0, 0, MAX_OFFSET)
+    flagged = _bool_param(q, "flagged")
+    records = await app.ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
+    page: dict[str, Any] = {"records": records, "limit": limit, "offset": offset}
+    if len(records) == limit:
+        page["next_offset"] = offset + limit
+    return page
+
+
+def _time_param(q: dict[str, str], name: str) -> float | None:
+    try:
+        value = parse_time(q.get(name))
+    except (ValueError, OverflowError):
+        raise InvalidRequest(
+            f"{name}: not a time (use 2026-11-01, 2026-11-01T08:00:00, or unix seconds)"
+        ) from None
+    if value is not None and not (math.isfinite(value) and 0 <= value <= _MAX_TIME):
+        raise InvalidRequest(f"{name}: out of range (unix seconds between 0 and {_MAX_TIME:.0f})")
+    return value
+
+
+def _int_param(q: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    text = q.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or len(text) > 12:
+        raise InvalidRequest(f"{name}: must be a whole number between {lo} and {hi}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{name}: must be between {lo} and {hi}, not {value}")
+    return value
+
+
+def _bool_param(q: dict[str, str], name: str) -> bool:
+    text = q.get(name, "").lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise InvalidRequest(f"{name}: must be 1/true/yes or 0/false/no")
+
+
+def _require(method: str, expected: str) -> None:
+    if method != expected:
+        raise _MethodNotAllowed(f"method {method} not allowed here; use {expected}")
+
+
+def providers_view(app: BalancerApp) -> list[dict[str, Any]]:
+    assert app.registry is not None
+    now = trio.current_time()
+    wall = time.time()
+    out = []
+    for name, runtime in app.registry.runtimes.items():
+        snap = runtime.health.snapshot(now)
+        out.append(
+            {
+                "name": name,
+                "kind": runtime.config.kind,
+                "base_url": runtime.config.base_url,
+                "state": snap.state.value,
+                "cooldown_remaining_s": round(max(0.0, snap.cooling_until - now), 3),
+                "consecutive_failures": snap.consecutive_failures,
+                "last_error": snap.last_error,
+                "last_error_at": None
+                if snap.last_error_at is None
+                else round(wall - (now - snap.last_error_at), 3),
+                "ttfb_ewma_ms": None
+                if runtime.latency.value is None
+                else round(runtime.latency.value * 1000, 1),
+                "rate_limited_soon": runtime.limits.pressed(now),
+                "in_flight": runtime.in_use,
+                "counters": snap.counters,
+            }
+        )
+    return out

@@ -1,0 +1,45 @@
+"""ASGI types and the two ways we answer outside a flight: a JSON document or an error."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from trio_balancer.errors import BalancerError, ClientGone
+
+__all__ = ["JSON_HEADERS", "Message", "Receive", "Scope", "Send", "send_error", "send_json"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def send_json(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    body = json.dumps(payload, ensure_ascii=False).encode()
+    await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_body(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", content_type.encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(send: Send, exc: BalancerError, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    if isinstance(exc, ClientGone):
+        return
+    headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()] + (extra or [])
+    await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
+    await send({"type": "http.response.body", "body": exc.body(), "more_body": False})

@@ -1,0 +1,61 @@
+"""Pure failover decisions: is a failure worth another provider, and whose fault was it.
+
+Rule of thumb: before anything is committed to the client, every failure that another
+provider might not have fails over. Only answers that say the *request* is wrong (400, 404,
+413, 422 and their SSE twins) go back to the client, since every provider would say the same.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from trio_balancer.policy.health import FailureKind
+
+__all__ = ["CLIENT_FAULT", "Verdict", "classify_error_type", "classify_status"]
+
+
+@attrs.frozen
+class Verdict:
+    retry: bool  # try the next target
+    kind: FailureKind | None  # what it does to the provider's health; None: not its fault
+
+
+CLIENT_FAULT = Verdict(retry=False, kind=None)
+
+
+def classify_status(status: int, *, passthrough: bool) -> Verdict:
+    """A non-200 HTTP answer from a provider."""
+    if status in (401, 403):
+        # With the client's own key forwarded, a rejected key is the client's to fix.
+        return CLIENT_FAULT if passthrough else Verdict(True, FailureKind.AUTH)
+    if status == 402:
+        return CLIENT_FAULT if passthrough else Verdict(True, FailureKind.AUTH)
+    if status == 408:
+        return Verdict(True, FailureKind.TIMEOUT)
+    if status == 429:
+        return Verdict(True, FailureKind.RATE_LIMITED)
+    if status in (503, 529):
+        return Verdict(True, FailureKind.OVERLOADED)
+    if status == 409 or status >= 500:
+        return Verdict(True, FailureKind.SERVER)
+    return CLIENT_FAULT  # 400, 404, 413, 422 and any other 4xx
+
+
+_ERROR_TYPES = {
+    "overloaded_error": Verdict(True, FailureKind.OVERLOADED),
+    "rate_limit_error": Verdict(True, FailureKind.RATE_LIMITED),
+    "api_error": Verdict(True, FailureKind.SERVER),
+    "timeout_error": Verdict(True, FailureKind.TIMEOUT),
+}
+_AUTH_TYPES = frozenset({"authentication_error", "permission_error", "billing_error"})
+
+
+def classify_error_type(error_type: str, *, passthrough: bool) -> Verdict:
+    """An Anthropic ``error.type`` seen in an SSE ``event: error`` before commit."""
+    if error_type in _ERROR_TYPES:
+        return _ERROR_TYPES[error_type]
+    if error_type in _AUTH_TYPES:
+        return CLIENT_FAULT if passthrough else Verdict(True, FailureKind.AUTH)
+    if error_type in ("invalid_request_error", "not_found_error", "request_too_large"):
+        return CLIENT_FAULT
+    return Verdict(True, FailureKind.SERVER)  # unknown types: assume the provider's trouble

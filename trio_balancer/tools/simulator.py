@@ -1,0 +1,616 @@
+"""An upstream simulator: Anthropic ``/v1/messages`` and OpenAI ``/v1/chat/completions``.
+
+For tests, benchmarks, and users load-testing their own deployment without spending tokens.
+It is written on h11 and trio sockets rather than an ASGI server so that it costs little per
+event (a benchmark must not measure its own upstream) and can misbehave precisely: cut a
+connection after N events, stall, trickle one byte at a time, send an error event.
+
+Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`` headers:
+
+========================  =====================================================================
+``x-sim-ttfb``            seconds before the response headers
+``x-sim-eps``             text events per second (0: as fast as possible)
+``x-sim-events``          number of text deltas
+``x-sim-event-bytes``     characters of text per delta
+``x-sim-cjk: 1``          Chinese text instead of English
+``x-sim-tools``           number of tool calls after the text
+``x-sim-status``          answer with this HTTP status and an error body
+``x-sim-retry-after``     ``retry-after`` header on error answers
+``x-sim-error-after``     after N deltas, an SSE ``overloaded_error`` and the end of the stream
+``x-sim-cut-after``       after N deltas, drop the connection
+``x-sim-stall-after``     after N deltas, send nothing more (keep the connection open)
+``x-sim-trickle: 1``      send the response one byte at a time
+``x-sim-no-usage: 1``     leave usage out (the failure of shared/reference/000)
+``x-sim-stamp: 1``        start each delta's text with its send time, ``time.time_ns()``, 19 digits
+``x-sim-reset-after``     after N deltas, reset the connection (TCP RST)
+``x-sim-no-status: 1``    read the request, then close without answering
+``x-sim-garbage: 1``      answer 200 ``text/event-stream`` with random bytes
+``x-sim-bad-utf8: 1``     text deltas carry invalid UTF-8
+``x-sim-huge-event``      after the first delta, one event of this many bytes
+========================  =====================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import struct
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from functools import partial
+from typing import Any
+
+import attrs
+import h11
+import trio
+
+from trio_balancer.errors import InvalidRequest
+from trio_balancer.logging import get_logger
+from trio_balancer.protocol.tokens import estimate_request
+from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+
+__all__ = ["STAMP_DIGITS", "SimOptions", "Simulator", "serve"]
+
+STAMP_DIGITS = 19
+_WORDS = ("stream ", "event ", "balancer ", "trio ", "nursery ", "channel ", "latency ", "provider ")
+log = get_logger("trio_balancer.simulator")
+_CJK = "流式响应实时转发每个事件到达客户端保持顺序不丢数据"
+
+
+@attrs.frozen
+class SimOptions:
+    ttfb: float = 0.0
+    eps: float = 20.0
+    events: int = 20
+    event_bytes: int = 16
+    cjk: bool = False
+    tools: int = 0
+    status: int = 200
+    retry_after: float | None = None
+    error_after: int | None = None
+    cut_after: int | None = None
+    stall_after: int | None = None
+    trickle: bool = False
+    no_usage: bool = False
+    stamp: bool = False
+    reset_after: int | None = None
+    no_status: bool = False
+    garbage: bool = False
+    bad_utf8: bool = False
+    huge_event: int = 0
+
+    def with_headers(self, headers: Mapping[str, str]) -> SimOptions:
+        changes: dict[str, Any] = {}
+        for field in attrs.fields(SimOptions):
+            value = headers.get("x-sim-" + field.name.replace("_", "-"))
+            if value is None:
+                continue
+            if field.type in ("bool", bool):
+                changes[field.name] = value.strip().lower() in ("1", "true", "yes")
+            elif field.name in ("ttfb", "eps", "retry_after"):
+                changes[field.name] = float(value)
+            else:
+                changes[field.name] = int(value)
+        return attrs.evolve(self, **changes) if changes else self
+
+
+class _Cut(Exception):
+    """Drop the connection now, mid-response."""
+
+
+class _Reset(Exception):
+    """Reset the connection now (RST), mid-response."""
+
+
+def _set_linger_zero(stream: trio.SocketStream) -> None:
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class Simulator:
+    def __init__(self, defaults: SimOptions = SimOptions()) -> None:
+        self.defaults = defaults
+        self.requests = 0
+        self.open_connections = 0
+        self.active = 0  # responses being sent right now
+        self._inactive = trio.Event()
+        self._inactive.set()
+
+    async def wait_inactive(self) -> None:
+        """Return once no response is being sent (tests check nothing was left streaming)."""
+        while not self._inactive.is_set():
+            await self._inactive.wait()
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        self.open_connections += 1
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._read(conn, stream)
+                if request is None:
+                    return
+                self.requests += 1
+                method, target, headers, body = request
+                self.active += 1
+                if self._inactive.is_set():
+                    self._inactive = trio.Event()
+                try:
+                    await self._answer(conn, stream, method, target, headers, body)
+                except _Cut:
+                    return
+                except _Reset:
+                    _set_linger_zero(stream)  # close() now sends RST instead of FIN
+                    return
+                finally:
+                    self.active -= 1
+                    if not self.active:
+                        self._inactive.set()
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            return
+        except Exception:  # a bug of ours answering one request: that connection ends, not the server
+            log.exception("simulator.crash")
+            return
+        finally:
+            self.open_connections -= 1
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _read(
+        self, conn: h11.Connection, stream: trio.SocketStream
+    ) -> tuple[str, str, dict[str, str], bytes] | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data and head is None:
+                    return None
+                conn.receive_data(data)
+            elif isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage) and head is not None:
+                headers = {n.decode().lower(): v.decode("latin-1") for n, v in head.headers}
+                return head.method.decode(), head.target.decode(), headers, bytes(body)
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+
+    async def _answer(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+    ) -> None:
+        path = target.split("?", 1)[0]
+        try:
+            opts = self.defaults.with_headers(headers)
+            payload = _checked_payload(path, body)
+        except (ValueError, InvalidRequest) as exc:
+            return await self._send(
+                conn,
+                stream,
+                400,
+                {"type": "error", "error": {"type": "invalid_request_error", "message": str(exc)}},
+            )
+        if opts.ttfb:
+            await trio.sleep(opts.ttfb)
+        if opts.no_status:
+            raise _Cut
+        openai = path.endswith("/chat/completions")
+        if path.endswith("/models") and method == "GET":
+            return await self._send(
+                conn,
+                stream,
+                200,
+                {
+                    "data": [
+                        {
+                            "type": "model",
+                            "id": "sim-1",
+                            "display_name": "sim-1",
+                            "created_at": "2026-01-01T00:00:00Z",
+                        }
+                    ],
+                    "has_more": False,
+                },
+            )
+        if path.endswith("/count_tokens"):
+            return await self._send(conn, stream, 200, {"input_tokens": estimate_request(payload)})
+        if not (openai or path.endswith("/messages")):
+            return await self._send(
+                conn,
+                stream,
+                404,
+                {"type": "error", "error": {"type": "not_found_error", "message": f"no {path}"}},
+            )
+        if opts.status != 200:
+            extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
+            if openai:
+                err: dict[str, Any] = {
+                    "error": {
+                        "message": f"simulated HTTP {opts.status}",
+                        "type": "server_error",
+                        "code": str(opts.status),
+                    }
+                }
+            else:
+                from trio_balancer.errors import error_type_for_status
+
+                err = {
+                    "type": "error",
+                    "error": {
+                        "type": error_type_for_status(opts.status),
+                        "message": f"simulated HTTP {opts.status}",
+                    },
+                }
+            return await self._send(conn, stream, opts.status, err, extra)
+        model = str(payload.get("model") or "sim-1")
+        input_tokens = estimate_request(payload)
+        if not payload.get("stream"):
+            message = (
+                _openai_message(opts, model, input_tokens)
+                if openai
+                else _anthropic_message(opts, model, input_tokens)
+            )
+            return await self._send(conn, stream, 200, message, trickle=opts.trickle)
+        want_usage = not opts.no_usage and (
+            not openai or bool((payload.get("stream_options") or {}).get("include_usage"))
+        )
+        events = (
+            _openai_stream(opts, model, input_tokens, want_usage)
+            if openai
+            else _anthropic_stream(opts, model, input_tokens)
+        )
+        await stream.send_all(
+            conn.send(
+                h11.Response(
+                    status_code=200,
+                    headers=[
+                        (b"content-type", b"text/event-stream; charset=utf-8"),
+                        (b"cache-control", b"no-cache"),
+                    ],
+                )
+            )
+        )
+        gap = 1.0 / opts.eps if opts.eps > 0 else 0.0
+        if opts.garbage:
+            rng = random.Random(7)
+            for _ in range(20):
+                await stream.send_all(conn.send(h11.Data(data=rng.randbytes(97))))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return
+        for kind, data in events:
+            if kind == "delta_wait":
+                if gap:
+                    await trio.sleep(gap)
+                continue
+            if kind == "cut":
+                raise _Cut
+            if kind == "reset":
+                raise _Reset
+            if kind == "stall":
+                # Send nothing more, but notice when the client gives up, as a real server would.
+                while await stream.receive_some(65536):
+                    pass
+                raise _Cut
+            payload_bytes = data() if callable(data) else data
+            if opts.trickle:
+                for i in range(len(payload_bytes)):
+                    await stream.send_all(conn.send(h11.Data(data=payload_bytes[i : i + 1])))
+            else:
+                await stream.send_all(conn.send(h11.Data(data=payload_bytes)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+    async def _send(
+        self, conn: h11.Connection, stream: trio.SocketStream, status: int, payload: Any,
+        extra: list[tuple[str, str]] | None = None, *, trickle: bool = False,
+    ) -> None:  # fmt: skip
+        body = json.dumps(payload, ensure_ascii=False).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(n.encode(), v.encode()) for n, v in extra or []]
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+        if trickle:
+            for i in range(len(body)):
+                await stream.send_all(conn.send(h11.Data(data=body[i : i + 1])))
+        else:
+            await stream.send_all(conn.send(h11.Data(data=body)))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+def _checked_payload(path: str, body: bytes) -> dict[str, Any]:
+    """The request body as the simulator reads it: checked like the balancer checks its own."""
+    if not body:
+        return {}
+    payload = parse_request_body(body)
+    if path.endswith(("/messages", "/count_tokens")):
+        validate_messages_request(payload)
+    elif path.endswith("/chat/completions"):
+        messages = payload.get("messages", [])
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidRequest("messages: must be a list of objects")
+        options = payload.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise InvalidRequest("stream_options: must be an object")
+    return payload
+
+
+def _text(opts: SimOptions, i: int) -> str:
+    if opts.cjk:
+        return "".join(_CJK[(i + k) % len(_CJK)] for k in range(opts.event_bytes))
+    out = ""
+    k = i
+    while len(out) < opts.event_bytes:
+        out += _WORDS[k % len(_WORDS)]
+        k += 1
+    return out[: opts.event_bytes]
+
+
+def _delta_text(opts: SimOptions, i: int) -> str:
+    text = _text(opts, i)
+    return f"{time.time_ns():0{STAMP_DIGITS}d} {text}" if opts.stamp else text
+
+
+def _sse(name: str, payload: dict[str, Any]) -> bytes:
+    return (
+        f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+    )
+
+
+def _anthropic_delta(opts: SimOptions, i: int) -> bytes:
+    delta = {"type": "text_delta", "text": _delta_text(opts, i)}
+    wire = _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    if opts.bad_utf8:
+        wire = wire.replace(b'"text":"', b'"text":"\xff\xfe', 1)
+    return wire
+
+
+def _output_tokens(opts: SimOptions) -> int:
+    per = opts.event_bytes if opts.cjk else max(1, opts.event_bytes // 4)
+    return opts.events * per + opts.tools * 12
+
+
+def _faults(opts: SimOptions, sent: int) -> str | None:
+    if opts.cut_after is not None and sent >= opts.cut_after:
+        return "cut"
+    if opts.reset_after is not None and sent >= opts.reset_after:
+        return "reset"
+    if opts.stall_after is not None and sent >= opts.stall_after:
+        return "stall"
+    if opts.error_after is not None and sent >= opts.error_after:
+        return "error"
+    return None
+
+
+Step = tuple[str, Any]
+
+
+def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterator[Step]:
+    start: dict[str, Any] = {"id": f"msg_sim_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": model,
+                             "content": [], "stop_reason": None, "stop_sequence": None}  # fmt: skip
+    if not opts.no_usage:
+        start["usage"] = {"input_tokens": input_tokens, "output_tokens": 1}
+    yield "event", _sse("message_start", {"type": "message_start", "message": start})
+    yield (
+        "event",
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        ),
+    )
+    yield "event", _sse("ping", {"type": "ping"})
+    for i in range(opts.events):
+        fault = _faults(opts, i)
+        if fault == "error":
+            yield (
+                "event",
+                _sse(
+                    "error",
+                    {
+                        "type": "error",
+                        "error": {"type": "overloaded_error", "message": "Overloaded (simulated)"},
+                    },
+                ),
+            )
+            return
+        if fault:
+            yield fault, None
+        if i:
+            yield "delta_wait", None
+        yield "event", partial(_anthropic_delta, opts, i)
+        if i == 0 and opts.huge_event:
+            yield "event", b"event: content_block_delta\ndata: " + b"A" * opts.huge_event + b"\n\n"
+    fault = _faults(opts, opts.events)
+    if fault == "error":
+        yield (
+            "event",
+            _sse(
+                "error",
+                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (simulated)"}},
+            ),
+        )
+        return
+    if fault:
+        yield fault, None
+    yield "event", _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    for t in range(opts.tools):
+        index = t + 1
+        yield (
+            "event",
+            _sse(
+                "content_block_start",
+                {
+                    "type": "content_block_start",
+                    "index": index,
+                    "content_block": {
+                        "type": "tool_use",
+                        "id": f"toolu_sim_{t}",
+                        "name": "read_file",
+                        "input": {},
+                    },
+                },
+            ),
+        )
+        args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
+        yield (
+            "event",
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": args[:10]},
+                },
+            ),
+        )
+        yield (
+            "event",
+            _sse(
+                "content_block_delta",
+                {
+                    "type": "content_block_delta",
+                    "index": index,
+                    "delta": {"type": "input_json_delta", "partial_json": args[10:]},
+                },
+            ),
+        )
+        yield "event", _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    delta: dict[str, Any] = {
+        "type": "message_delta",
+        "delta": {"stop_reason": "tool_use" if opts.tools else "end_turn", "stop_sequence": None},
+    }
+    if not opts.no_usage:
+        delta["usage"] = {"output_tokens": _output_tokens(opts)}
+    yield "event", _sse("message_delta", delta)
+    yield "event", _sse("message_stop", {"type": "message_stop"})
+
+
+def _openai_stream(opts: SimOptions, model: str, input_tokens: int, usage: bool) -> Iterator[Step]:
+    cid = f"chatcmpl-sim{uuid.uuid4().hex[:16]}"
+
+    def chunk(
+        delta: dict[str, Any] | None, finish: str | None = None, extra: dict[str, Any] | None = None
+    ) -> bytes:
+        payload: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+                                   "choices": [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+        payload.update(extra or {})
+        return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
+
+    yield "event", chunk({"role": "assistant", "content": ""})
+    for i in range(opts.events):
+        fault = _faults(opts, i)
+        if fault == "error":
+            yield (
+                "event",
+                f"data: {json.dumps({'error': {'message': 'Overloaded (simulated)', 'type': 'server_error', 'code': 'server_overloaded'}})}\n\n".encode(),
+            )
+            return
+        if fault:
+            yield fault, None
+        if i:
+            yield "delta_wait", None
+        yield "event", partial(lambda k: chunk({"content": _delta_text(opts, k)}), i)
+    for t in range(opts.tools):
+        args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
+        yield (
+            "event",
+            chunk(
+                {
+                    "tool_calls": [
+                        {
+                            "index": t,
+                            "id": f"call_sim_{t}",
+                            "type": "function",
+                            "function": {"name": "read_file", "arguments": args[:10]},
+                        }
+                    ]
+                }
+            ),
+        )
+        yield "event", chunk({"tool_calls": [{"index": t, "function": {"arguments": args[10:]}}]})
+    yield "event", chunk({}, "tool_calls" if opts.tools else "stop")
+    if usage:
+        yield (
+            "event",
+            chunk(
+                None,
+                extra={
+                    "usage": {
+                        "prompt_tokens": input_tokens,
+                        "completion_tokens": _output_tokens(opts),
+                        "total_tokens": input_tokens + _output_tokens(opts),
+                    }
+                },
+            ),
+        )
+    yield "event", b"data: [DONE]\n\n"
+
+
+def _anthropic_message(opts: SimOptions, model: str, input_tokens: int) -> dict[str, Any]:
+    content: list[dict[str, Any]] = [
+        {"type": "text", "text": "".join(_text(opts, i) for i in range(opts.events))}
+    ]
+    content += [
+        {
+            "type": "tool_use",
+            "id": f"toolu_sim_{t}",
+            "name": "read_file",
+            "input": {"path": f"notes/{t}.md", "limit": 20},
+        }
+        for t in range(opts.tools)
+    ]
+    message: dict[str, Any] = {"id": f"msg_sim_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": model, "content": content,
+                               "stop_reason": "tool_use" if opts.tools else "end_turn", "stop_sequence": None}  # fmt: skip
+    if not opts.no_usage:
+        message["usage"] = {"input_tokens": input_tokens, "output_tokens": _output_tokens(opts)}
+    return message
+
+
+def _openai_message(opts: SimOptions, model: str, input_tokens: int) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(_text(opts, i) for i in range(opts.events)),
+    }
+    if opts.tools:
+        message["tool_calls"] = [
+            {
+                "id": f"call_sim_{t}",
+                "type": "function",
+                "function": {
+                    "name": "read_file",
+                    "arguments": json.dumps({"path": f"notes/{t}.md", "limit": 20}),
+                },
+            }
+            for t in range(opts.tools)
+        ]
+    out: dict[str, Any] = {"id": f"chatcmpl-sim{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time()), "model": model,
+                           "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if opts.tools else "stop"}]}  # fmt: skip
+    if not opts.no_usage:
+        out["usage"] = {
+            "prompt_tokens": input_tokens,
+            "completion_tokens": _output_tokens(opts),
+            "total_tokens": input_tokens + _output_tokens(opts),
+        }
+    return out
+
+
+async def serve(
+    simulator: Simulator,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled; ``task_status`` reports the bound port."""
+    listeners = await trio.open_tcp_listeners(port, host=host, backlog=4096)
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(simulator.handle, listeners, handler_nursery=nursery)

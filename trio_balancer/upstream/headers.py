@@ -1,0 +1,201 @@
+"""One provider: which headers cross the proxy in each direction, and its HTTP client.
+
+The header rules are pure functions so they can be tested exhaustively; the only I/O here is
+the shared ``httpx.AsyncClient`` per provider, which keeps connections alive across requests.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+
+import httpx
+
+from trio_balancer.config import ProviderConfig
+
+__all__ = [
+    "HOP_BY_HOP",
+    "SHARD_CONNECTIONS",
+    "make_client",
+    "make_clients",
+    "request_headers",
+    "response_headers",
+    "upstream_url",
+]
+
+# RFC 9110 section 7.6.1, plus headers that describe one hop's framing or that httpx must set.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "expect",
+    }
+)
+CREDENTIAL_HEADERS = frozenset({"x-api-key", "authorization"})
+# Never forwarded upstream: cookies belong to the balancer's origin, a browser's Origin and
+# Referer say which page called (none of the provider's business), our own control headers
+# mean nothing to a provider, and we ask for identity encoding ourselves (below).
+_DROP_TO_UPSTREAM = HOP_BY_HOP | {"cookie", "origin", "referer", "accept-encoding"}
+# Hypercorn writes its own date and server headers; duplicates confuse some clients.
+_DROP_TO_CLIENT = HOP_BY_HOP | {"date", "server", "set-cookie", "alt-svc"}
+
+
+def _connection_tokens(headers: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in headers:
+        if name == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def request_headers(
+    client_headers: Iterable[tuple[bytes, bytes]], provider: ProviderConfig
+) -> list[tuple[bytes, bytes]]:
+    """Headers to send upstream, as bytes: a client's header may hold any latin-1 byte, which
+    httpx would refuse to re-encode from text as ASCII (found by fuzzing)."""
+    return [(n.encode("latin-1"), _encode(v)) for n, v in _request_headers(client_headers, provider)]
+
+
+def _encode(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")  # a client's bytes, decoded as latin-1: back exactly
+    except UnicodeEncodeError:
+        return value.encode("utf-8")  # a value from the config
+
+
+def _request_headers(
+    client_headers: Iterable[tuple[bytes, bytes]], provider: ProviderConfig
+) -> list[tuple[str, str]]:
+    """Headers to send upstream for a client request.
+
+    Everything the client sent crosses (Anthropic version and beta flags, Claude Code's
+    ``x-app`` and user agent, the SDK's ``x-stainless-*``) except hop-by-hop headers, our own
+    ``x-balancer-*`` controls, and the client's credentials, which only reach a provider
+    configured as ``passthrough``. A provider with its own key gets that key instead.
+    """
+    decoded = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in client_headers]
+    if provider.kind == "openai":
+        return _openai_headers(decoded, provider)
+    drop = _DROP_TO_UPSTREAM | _connection_tokens(decoded)
+    if not provider.passthrough:
+        drop = drop | CREDENTIAL_HEADERS
+    out = [(n, v) for n, v in decoded if n not in drop and not n.startswith("x-balancer-")]
+    if not provider.passthrough and provider.api_key is not None:
+        if provider.auth == "bearer":
+            out.append(("authorization", f"Bearer {provider.api_key}"))
+        else:
+            out.append(("x-api-key", provider.api_key))
+    overrides = {k.lower() for k in provider.headers}
+    if overrides:
+        out = [(n, v) for n, v in out if n not in overrides]
+        out.extend((k.lower(), v) for k, v in provider.headers.items())
+    # Plain bytes from the provider: passthrough stays byte-exact and usage stays readable.
+    out.append(("accept-encoding", "identity"))
+    return out
+
+
+def _openai_headers(client: list[tuple[str, str]], provider: ProviderConfig) -> list[tuple[str, str]]:
+    """An OpenAI-compatible server gets a request of its own kind, not Anthropic's headers."""
+    out = [("content-type", "application/json"), ("accept-encoding", "identity")]
+    key = provider.api_key
+    if provider.passthrough:
+        given = dict(client)
+        auth = given.get("authorization", "")
+        key = auth[7:] if auth.lower().startswith("bearer ") else given.get("x-api-key")
+    if key:
+        out.append(("authorization", f"Bearer {key}"))
+    overrides = {k.lower() for k in provider.headers}
+    out = [(n, v) for n, v in out if n not in overrides]
+    out.extend((k.lower(), v) for k, v in provider.headers.items())
+    return out
+
+
+def response_headers(
+    upstream: Iterable[tuple[bytes, bytes]], *, decoded_body: bool
+) -> list[tuple[bytes, bytes]]:
+    """Headers to send the client for an upstream response.
+
+    ``decoded_body``: the body is relayed after httpx removed a content-encoding the provider
+    applied anyway, so the header describing it must go too.
+    """
+    items = [(n.lower(), v) for n, v in upstream]
+    drop = {
+        t.encode() for t in _connection_tokens((n.decode("latin-1"), v.decode("latin-1")) for n, v in items)
+    }
+    out = []
+    for name, value in items:
+        if name.decode("latin-1") in _DROP_TO_CLIENT or name in drop:
+            continue
+        if decoded_body and name == b"content-encoding":
+            continue
+        out.append((name, value))
+    return out
+
+
+def upstream_url(provider: ProviderConfig, path: str, query: bytes) -> str:
+    if provider.kind == "openai":
+        return provider.base_url + "/chat/completions"  # base_url carries the /v1
+    url = provider.base_url + path
+    if query:
+        url += "?" + query.decode("latin-1")
+    return url
+
+
+# httpcore's pool scans every connection it holds (is_idle, has_expired: a poll() each) on
+# every request start and response close, so its cost grows with the pool: at 500 concurrent
+# streams that scan was 38 % of the balancer's CPU (profile in bench/RESULTS.md). A provider's
+# connections are therefore spread over several small pools ("shards") of this many at most.
+# Each shard holds about this many connections, and there are at most MAX_SHARDS of them.
+SHARD_CONNECTIONS = 64
+MAX_SHARDS = 8
+
+
+def make_clients(provider: ProviderConfig) -> list[httpx.AsyncClient]:
+    """The pooled clients for one provider, sharing one TLS context (building one costs ~0.7 MiB)."""
+    shards = min(MAX_SHARDS, max(1, -(-provider.max_connections // SHARD_CONNECTIONS)))
+    per_shard = -(-provider.max_connections // shards)
+    keepalive = -(-provider.max_keepalive // shards) if provider.max_keepalive else 0
+    tls = httpx.create_ssl_context()
+    return [
+        make_client(provider, max_connections=per_shard, max_keepalive=keepalive, tls=tls)
+        for _ in range(shards)
+    ]
+
+
+def make_client(
+    provider: ProviderConfig,
+    *,
+    max_connections: int | None = None,
+    max_keepalive: int | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for a provider; the lifespan task owns and closes it."""
+    t = provider.timeouts
+    client = httpx.AsyncClient(
+        verify=tls if tls is not None else True,
+        # read=None: the gap between stream chunks and the whole response are bounded by our
+        # own trio deadlines (idle, total), which know whether a response has started.
+        timeout=httpx.Timeout(connect=t.connect, read=None, write=60.0, pool=t.connect),
+        limits=httpx.Limits(
+            max_connections=provider.max_connections if max_connections is None else max_connections,
+            max_keepalive_connections=provider.max_keepalive if max_keepalive is None else max_keepalive,
+            keepalive_expiry=provider.keepalive_s,
+        ),
+        trust_env=False,
+        follow_redirects=False,
+    )
+    # httpx would send its own user agent and accept header when the client sent none: a
+    # proxy should send what the client sent and nothing it made up.
+    for name in ("user-agent", "accept"):
+        del client.headers[name]
+    return client
