@@ -18,8 +18,8 @@ import trio
 import trio.testing
 
 from trio_balancer.config import parse_config
+from trio_balancer.flight import Flight, Head, SharePolicy, UpstreamRequest
 from trio_balancer.flight.byte_queue import ByteQueue
-from trio_balancer.flight.flight import Flight, Head, SharePolicy, UpstreamRequest
 
 from .conftest import PROVIDER_KEY, start_balancer
 from .fakes import anthropic_text_events, sse

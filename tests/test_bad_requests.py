@@ -20,8 +20,8 @@ import httpx
 import pytest
 import trio
 
-from trio_balancer.app import accounting, asgi
-from trio_balancer.flight.flight import Flight
+from trio_balancer.app import accounting, messages
+from trio_balancer.flight.relay import Relay
 from trio_balancer.protocol.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
 
 from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
@@ -254,7 +254,7 @@ class TestCrashContainment:
                 raise TypeError("'int' object is not iterable")  # what the token estimate raised
             return real(ctx, prices)
 
-        monkeypatch.setattr(asgi, "request_record", boom)
+        monkeypatch.setattr(accounting, "request_record", boom)
         slow = interleave(anthropic_text_events([f"w{i}" for i in range(8)]), 0.05)
         upstream.script(
             lambda r: Reply(
@@ -298,14 +298,14 @@ class TestCrashContainment:
     async def test_flight_crash_is_an_api_error_and_the_app_goes_on(
         self, upstream: FakeUpstream, balancer: Balancer, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        real = Flight._relay
+        real = Relay.run
 
-        async def broken(self: Flight, *args: Any) -> None:
-            if self.request.model == "claude-boom":
+        async def broken(self: Relay, *args: Any) -> None:
+            if self._payload["model"] == "claude-boom":
                 raise KeyError("bug")
             await real(self, *args)
 
-        monkeypatch.setattr(Flight, "_relay", broken)
+        monkeypatch.setattr(Relay, "run", broken)
         upstream.script(lambda _r: Reply(steps=anthropic_text_events(["ok"])))
         r = await balancer.client.post("/v1/messages", json={**BODY, "model": "claude-boom"})
         assert r.status_code >= 500 and r.json()["error"]["type"] == "api_error"
@@ -317,7 +317,7 @@ class TestCrashContainment:
         def broken(*_a: Any, **_k: Any) -> Any:
             raise RuntimeError("bug in the dedup signature")
 
-        monkeypatch.setattr(asgi, "signature", broken)
+        monkeypatch.setattr(messages, "signature", broken)
         r = await balancer.client.post("/v1/messages", json=BODY)
         assert r.status_code == 500 and r.json()["error"] == {
             "type": "api_error",

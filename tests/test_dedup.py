@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.flight.flight import Flight, Head, SharePolicy, UpstreamRequest
+from trio_balancer.flight import Flight, Head, SharePolicy, UpstreamRequest
 from trio_balancer.protocol.dedup import ResponseCache, signature
 from trio_balancer.protocol.reshape import MessageAssembler, message_to_events
 from trio_balancer.protocol.sse import SSEDecoder

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 from trio_balancer.config import Config, parse_config
-from trio_balancer.flight.flight import Flight, Head, UpstreamRequest
+from trio_balancer.flight import Flight, Head, UpstreamRequest
 from trio_balancer.policy.routing import Router
 from trio_balancer.upstream.providers import Registry
 

@@ -9,7 +9,7 @@ import anthropic
 import pytest
 import trio
 
-from trio_balancer.flight import flight
+from trio_balancer.flight import relay
 
 from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import (
@@ -221,7 +221,7 @@ async def test_count_tokens_is_estimated_locally(upstream: FakeUpstream, oa: Bal
 async def test_pings_during_long_silence(
     upstream: FakeUpstream, oa: Balancer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flight, "PING_INTERVAL_S", 0.1)
+    monkeypatch.setattr(relay, "PING_INTERVAL_S", 0.1)
     upstream.script(
         Reply(
             headers=SSE,

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import json
 
-from trio_balancer.protocol.sse import encode_event
-
 __all__ = [
     "ERROR_TYPE_BY_STATUS",
+    "JSON_HEADERS",
     "AuthenticationFailed",
     "BalancerError",
     "ClientGone",
     "HeadersTooLarge",
     "InternalError",
     "InvalidRequest",
+    "MethodNotAllowed",
     "NotFound",
     "NotServing",
     "Overloaded",
@@ -33,8 +33,11 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "error_body",
-    "error_event",
+    "error_type_for_status",
+    "status_for_error_type",
 ]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
 
 # What Anthropic's API answers for each status; used when an upstream error body is not
 # already in Anthropic's shape and for our own errors.
@@ -56,6 +59,26 @@ ERROR_TYPE_BY_STATUS: dict[int, str] = {
 }
 
 
+# The other direction: the status an Anthropic error type is answered with (when a provider
+# sent the type without a status: in a stream, or inside a 200).
+STATUS_BY_ERROR_TYPE: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+def status_for_error_type(error_type: str) -> int:
+    return STATUS_BY_ERROR_TYPE.get(error_type, 500)
+
+
 def error_type_for_status(status: int) -> str:
     if status in ERROR_TYPE_BY_STATUS:
         return ERROR_TYPE_BY_STATUS[status]
@@ -68,11 +91,6 @@ def error_body(error_type: str, message: str) -> bytes:
         ensure_ascii=False,
         separators=(",", ":"),
     ).encode()
-
-
-def error_event(error_type: str, message: str) -> bytes:
-    """The SSE form, for errors after the response has been committed to the client."""
-    return encode_event("error", error_body(error_type, message).decode())
 
 
 class StartupFailed(Exception):
@@ -93,9 +111,6 @@ class BalancerError(Exception):
     def body(self) -> bytes:
         return error_body(self.error_type, self.message)
 
-    def event(self) -> bytes:
-        return error_event(self.error_type, self.message)
-
 
 class ClientGone(BalancerError):
     """The client left before its request was complete; nobody is there to answer."""
@@ -106,6 +121,12 @@ class InvalidRequest(BalancerError):
 
     status = 400
     error_type = "invalid_request_error"
+
+
+class MethodNotAllowed(InvalidRequest):
+    """The client used a method this endpoint does not answer."""
+
+    status = 405
 
 
 class AuthenticationFailed(BalancerError):

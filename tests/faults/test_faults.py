@@ -16,7 +16,7 @@ import pytest
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from trio_balancer.flight.flight import Flight
+from trio_balancer.flight import Flight
 from trio_balancer.tools import simulator
 
 from ..conftest import Balancer, BalancerFactory

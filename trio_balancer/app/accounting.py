@@ -3,8 +3,10 @@
 Every request produces exactly one record: the ones that failed before reaching a provider
 (bad JSON, unknown model, too large), the ones every provider refused, the ones the client
 abandoned, the ones cut at shutdown, and the ones that succeeded. The record is made in one
-place (``BalancerApp._finish_request``), reached from a ``finally`` of the handler and of the
-flight, once both have ended (:meth:`RequestContext.claim_record`). Usage is only ever what a provider produced; when it
+place (:meth:`RecordSink.finish`), reached from a ``finally`` of the handler and of the
+flight, once both have ended (:meth:`RequestContext.claim_record`). Records are made from
+values only: the writer's :class:`Delivery` and the flight's :class:`FlightOutcome`. Usage is
+only ever what a provider produced; when it
 reported none, the estimate says so (``usage_source``), and a model with no known price gets
 an empty cost and ``priced = False`` instead of a made-up number.
 """
@@ -19,22 +21,26 @@ from typing import Any
 
 import attrs
 
+from trio_balancer.app.metrics import normalise_model
+from trio_balancer.app.state import AppState
+from trio_balancer.app.writer import CLIENT_LEFT, CUT, Delivery
 from trio_balancer.errors import BalancerError
-from trio_balancer.flight.flight import Flight
+from trio_balancer.flight.outcome import FlightOutcome
 from trio_balancer.ledger import Record
+from trio_balancer.logging import get_logger
 from trio_balancer.protocol.pricing import PriceTable
+from trio_balancer.protocol.usage import ESTIMATED, PARTIAL
 
 __all__ = [
-    "CLIENT_LEFT",
-    "CUT",
-    "DELIVERED",
-    "Delivery",
+    "RecordSink",
     "RequestContext",
     "client_identity",
     "fallback_record",
     "new_request_id",
     "request_record",
 ]
+
+log = get_logger("trio_balancer.asgi")
 
 
 def new_request_id() -> str:
@@ -55,21 +61,6 @@ def client_identity(headers: Iterable[tuple[bytes, bytes]]) -> str:
     return "anonymous"
 
 
-# How a response ended, from the client's side (the ledger's ``outcome``).
-DELIVERED = "delivered"  # the whole response reached the client (an error answer too)
-CLIENT_LEFT = "client_left"  # the client went away before the end
-CUT = "cut"  # the balancer cut it: a lagging listener, a broken body, or shutdown
-
-
-@attrs.define
-class Delivery:
-    """What the client got, as far as it went. The handler updates it while it answers, so
-    whatever stops the handler (a crash, a cancellation at shutdown) leaves it true."""
-
-    status: int | None = None  # what the client was answered, None while nothing was
-    outcome: str = CUT  # until the end is reached or the client is seen leaving
-
-
 @attrs.define(eq=False)
 class RequestContext:
     """One request from its arrival to its record; exactly one record is made of it.
@@ -88,9 +79,10 @@ class RequestContext:
     stream: bool = False
     route: str | None = None
     dedup_role: str = "off"
-    delivery: Delivery = attrs.Factory(Delivery)
+    delivery: Delivery = attrs.Factory(Delivery)  # set by the handler when it ends
     error: BalancerError | None = None  # answered by the balancer itself, before any flight
-    flight: Flight | None = None  # the leader's upstream flight
+    flight_started: bool = False  # a leader: its flight will end and hand over its outcome
+    outcome: FlightOutcome | None = None  # the leader's flight, once ended
     shared_from: tuple[str | None, str | None] = (None, None)  # follower/cache: (provider, model)
     handler_done: bool = False
     recorded: bool = False
@@ -103,7 +95,7 @@ class RequestContext:
         the handler and the flight (if any) both ended; it then makes the record."""
         if self.recorded or not self.handler_done:
             return False
-        if self.flight is not None and not self.flight.done.is_set():
+        if self.flight_started and self.outcome is None:
             return False
         self.recorded = True
         return True
@@ -131,8 +123,10 @@ def _record(ctx: RequestContext, status: int | None, **fields: Any) -> Record:
 
 def request_record(ctx: RequestContext, prices: PriceTable) -> Record:
     """The record of a finished request, whichever way it went."""
-    if ctx.flight is not None:
-        return flight_record(ctx, ctx.flight, prices)
+    if ctx.outcome is not None:
+        if ctx.outcome.usage_unknown:
+            return fallback_record(ctx)
+        return flight_record(ctx, ctx.outcome, prices)
     if ctx.dedup_role in ("follower", "cache"):
         return shared_record(ctx)
     return error_record(ctx)
@@ -140,14 +134,14 @@ def request_record(ctx: RequestContext, prices: PriceTable) -> Record:
 
 def fallback_record(ctx: RequestContext) -> Record:
     """When building the real record failed (a bug): what is known for sure, flagged."""
-    flight = ctx.flight
+    outcome = ctx.outcome
     return _record(
         ctx,
         ctx.delivery.status,
-        provider=flight.provider if flight is not None else None,
-        upstream_model=flight.upstream_model if flight is not None else None,
+        provider=outcome.provider if outcome is not None else None,
+        upstream_model=outcome.upstream_model if outcome is not None else None,
         error_type="api_error",
-        usage_source="estimated" if flight is not None and flight.committed else "none",
+        usage_source="estimated" if outcome is not None and outcome.committed else "none",
         cost_usd=None,
         priced=False,
     )
@@ -164,8 +158,8 @@ def error_record(ctx: RequestContext) -> Record:
     )
 
 
-def flight_record(ctx: RequestContext, flight: Flight, prices: PriceTable) -> Record:
-    usage = flight.usage()
+def flight_record(ctx: RequestContext, flight: FlightOutcome, prices: PriceTable) -> Record:
+    usage = flight.usage
     cost: float | None = 0.0
     priced = True
     if usage is not None and flight.upstream_model is not None:
@@ -205,3 +199,67 @@ def shared_record(ctx: RequestContext) -> Record:
         usage_source="shared",
         cost_usd=0.0,
     )
+
+
+# What the one-line summary of a finished request says, from its record.
+_END_FIELDS = ("model", "provider", "status", "outcome", "events", "bytes", "input_tokens", "output_tokens",
+               "usage_source", "duration_ms")  # fmt: skip
+
+
+class RecordSink:
+    """Where every finished request goes: its log line, the metrics, the ledger. One place."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    async def finish(self, ctx: RequestContext) -> None:
+        """Record ``ctx`` if it is its time (:meth:`RequestContext.claim_record`); never raises
+        for a bug in the accounting itself: the record is then the flagged fallback."""
+        if not ctx.claim_record():
+            return
+        try:
+            record = request_record(ctx, self._state.prices)
+        except Exception:
+            log.exception("accounting.crash", request_id=ctx.id)
+            record = fallback_record(ctx)
+        _log_end(ctx, record)
+        try:
+            self._count(record)
+        except Exception:  # a metrics bug must not cost the ledger its record
+            log.exception("metrics.record_failed", request_id=record.id)
+        if self._state.ledger is not None:
+            await self._state.ledger.record(record)
+
+    def _count(self, record: Record) -> None:
+        state = self._state
+        model = normalise_model(record.upstream_model or record.model, state.known_models)
+        state.metrics.count(record, model)
+        state.stats.request(
+            time.time(),
+            status=record.status,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+            ttfb=None if record.ttfb_ms is None else record.ttfb_ms / 1000,
+        )
+
+
+def _log_end(ctx: RequestContext, record: Record) -> None:
+    if record.outcome == CUT:
+        log.warning("request.cut", request_id=ctx.id, status=record.status, dedup=record.dedup_role)
+    log.info(
+        "request.end",
+        request_id=ctx.id,
+        attempts=len(record.attempts),
+        error=record.error_type,
+        dedup=record.dedup_role,
+        **{name: getattr(record, name) for name in _END_FIELDS},
+    )
+    if record.usage_source in (ESTIMATED, PARTIAL):
+        log.warning(
+            "usage.estimated",
+            request_id=ctx.id,
+            provider=record.provider,
+            usage_source=record.usage_source,
+            input_tokens=record.input_tokens,
+            output_tokens=record.output_tokens,
+        )

@@ -11,27 +11,20 @@
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-import trio
-
 from trio_balancer.app.metrics import CONTENT_TYPE
-from trio_balancer.app.respond import Send, send_body, send_json
+from trio_balancer.app.respond import Send, require_method, send_body, send_json
 from trio_balancer.app.status import render_html, status_data
 from trio_balancer.config import ConfigError
 from trio_balancer.errors import InvalidRequest, NotFound
 from trio_balancer.ledger import GROUP_COLUMNS, parse_time
 
 if TYPE_CHECKING:
-    from trio_balancer.app.asgi import BalancerApp
+    from trio_balancer.app.view import OperatorView
 
-__all__ = ["dispatch", "handles", "providers_view"]
-
-
-class _MethodNotAllowed(InvalidRequest):
-    status = 405
+__all__ = ["dispatch", "handles", "usage_view"]
 
 
 ENDPOINTS = ("/providers", "/usage", "/usage/requests", "/metrics", "/status", "/status.json")
@@ -41,39 +34,34 @@ def handles(path: str) -> bool:
     return path in ENDPOINTS or path.startswith(("/providers/", "/admin/"))
 
 
-async def dispatch(app: BalancerApp, method: str, path: str, query: bytes, send: Send) -> None:
+async def dispatch(view: OperatorView, method: str, path: str, query: bytes, send: Send) -> None:
+    cluster = view.state.cluster
     if path == "/metrics":
-        _require(method, "GET")
-        await send_body(send, 200, app.metrics.render(), CONTENT_TYPE)
+        require_method(method, "GET")
+        await send_body(send, 200, view.state.metrics.render(), CONTENT_TYPE)
     elif path == "/status.json":
-        _require(method, "GET")
-        await send_json(send, 200, status_data(app))
+        require_method(method, "GET")
+        await send_json(send, 200, status_data(view))
     elif path == "/status":
-        _require(method, "GET")
-        await send_body(send, 200, render_html(status_data(app)).encode(), "text/html; charset=utf-8")
+        require_method(method, "GET")
+        await send_body(send, 200, render_html(status_data(view)).encode(), "text/html; charset=utf-8")
     elif path in ("/usage", "/usage/requests"):
-        _require(method, "GET")
-        await send_json(send, 200, await usage_view(app, path, query))
+        require_method(method, "GET")
+        await send_json(send, 200, await usage_view(view, path, query))
     elif path == "/providers":
-        _require(method, "GET")
-        view = {
-            "providers": providers_view(app),
-            "cluster": None if app.cluster is None else app.cluster.view(),
-        }
-        await send_json(send, 200, view)
+        require_method(method, "GET")
+        page = {"providers": view.providers(), "cluster": None if cluster is None else cluster.view()}
+        await send_json(send, 200, page)
     elif path.startswith("/providers/") and path.endswith("/reset"):
-        _require(method, "POST")
+        require_method(method, "POST")
         name = path.removeprefix("/providers/").removesuffix("/reset")
-        assert app.registry is not None
-        runtime = app.registry.runtimes.get(name)
-        if runtime is None:
+        if not view.reset_provider(name):
             raise NotFound(f"no provider named {name!r}")
-        runtime.health.reset()
         await send_json(send, 200, {"reset": name})
     elif path == "/admin/reload":
-        _require(method, "POST")
+        require_method(method, "POST")
         try:
-            result = await app.reload()
+            result = await view.reload()
         except ConfigError as exc:
             raise InvalidRequest(f"config not reloaded: {exc}") from None
         await send_json(send, 200, result)
@@ -89,8 +77,9 @@ MAX_OFFSET = 10**9
 _MAX_TIME = 253402300799.0
 
 
-async def usage_view(app: BalancerApp, path: str, query: bytes) -> dict[str, Any]:
-    if app.ledger is None:
+async def usage_view(view: OperatorView, path: str, query: bytes) -> dict[str, Any]:
+    ledger = view.state.ledger
+    if ledger is None:
         raise NotFound("the usage ledger is disabled in this balancer's config")
     q = {k: v[-1] for k, v in parse_qs(query.decode("latin-1")).items()}
     since, until = _time_param(q, "since"), _time_param(q, "until")
@@ -101,12 +90,12 @@ async def usage_view(app: BalancerApp, path: str, query: bytes) -> dict[str, Any
                 raise InvalidRequest(
                     f"group_by: cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}"
                 )
-        rows = await app.ledger.query("summary", since, until, groups)
+        rows = await ledger.query("summary", since, until, groups)
         return {"since": since, "until": until, "group_by": groups, "totals": rows}
     limit = _int_param(q, "limit", 100, 1, MAX_PAGE)
     offset = _int_param(q, "offset", 0, 0, MAX_OFFSET)
     flagged = _bool_param(q, "flagged")
-    records = await app.ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
+    records = await ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
     page: dict[str, Any] = {"records": records, "limit": limit, "offset": offset}
     if len(records) == limit:
         page["next_offset"] = offset + limit
@@ -144,38 +133,3 @@ def _bool_param(q: dict[str, str], name: str) -> bool:
     if text in ("1", "true", "yes"):
         return True
     raise InvalidRequest(f"{name}: must be 1/true/yes or 0/false/no")
-
-
-def _require(method: str, expected: str) -> None:
-    if method != expected:
-        raise _MethodNotAllowed(f"method {method} not allowed here; use {expected}")
-
-
-def providers_view(app: BalancerApp) -> list[dict[str, Any]]:
-    assert app.registry is not None
-    now = trio.current_time()
-    wall = time.time()
-    out = []
-    for name, runtime in app.registry.runtimes.items():
-        snap = runtime.health.snapshot(now)
-        out.append(
-            {
-                "name": name,
-                "kind": runtime.config.kind,
-                "base_url": runtime.config.base_url,
-                "state": snap.state.value,
-                "cooldown_remaining_s": round(max(0.0, snap.cooling_until - now), 3),
-                "consecutive_failures": snap.consecutive_failures,
-                "last_error": snap.last_error,
-                "last_error_at": None
-                if snap.last_error_at is None
-                else round(wall - (now - snap.last_error_at), 3),
-                "ttfb_ewma_ms": None
-                if runtime.latency.value is None
-                else round(runtime.latency.value * 1000, 1),
-                "rate_limited_soon": runtime.limits.pressed(now),
-                "in_flight": runtime.in_use,
-                "counters": snap.counters,
-            }
-        )
-    return out

@@ -18,6 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trio_balancer.ledger import Record
+from trio_balancer.protocol.usage import ESTIMATED, PARTIAL
+
 __all__ = ["CONTENT_TYPE", "Metrics", "normalise_model"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,6 +118,29 @@ class Metrics:
     def _collect_live(self) -> Iterable[GaugeMetricFamily]:
         for read in self._live:
             yield from read()
+
+    def count(self, record: Record, model: str) -> None:
+        """A finished request's counters; ``model`` is its label, already normalised."""
+        provider = record.provider or "none"
+        self.requests.labels(provider, model, str(record.status or 0)).inc()
+        self.dedup.labels(record.dedup_role).inc()
+        if record.ttfb_ms is not None and record.provider is not None:
+            self.ttfb.labels(provider).observe(record.ttfb_ms / 1000)
+        if record.events or record.bytes:
+            self.events.labels(provider).inc(record.events)
+            self.bytes.labels(provider).inc(record.bytes)
+        for kind, n in (
+            ("input", record.input_tokens),
+            ("output", record.output_tokens),
+            ("cache_read", record.cache_read_input_tokens),
+            ("cache_write", record.cache_creation_input_tokens),
+        ):
+            if n:
+                self.tokens.labels(provider, model, kind).inc(n)
+        if record.cost_usd:
+            self.cost.labels(provider, model).inc(record.cost_usd)
+        if record.usage_source in (ESTIMATED, PARTIAL):
+            self.estimated.labels(provider).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

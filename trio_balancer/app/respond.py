@@ -6,16 +6,14 @@ import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from trio_balancer.errors import BalancerError, ClientGone
+from trio_balancer.errors import JSON_HEADERS, BalancerError, ClientGone, MethodNotAllowed
 
-__all__ = ["JSON_HEADERS", "Message", "Receive", "Scope", "Send", "send_error", "send_json"]
+__all__ = ["Message", "Receive", "Scope", "Send", "require_method", "send_body", "send_error", "send_json"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-
-JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
 async def send_json(
@@ -43,3 +41,9 @@ async def send_error(send: Send, exc: BalancerError, extra: list[tuple[bytes, by
     headers = [(k.encode(), v.encode()) for k, v in exc.headers.items()] + (extra or [])
     await send({"type": "http.response.start", "status": exc.status, "headers": JSON_HEADERS + headers})
     await send({"type": "http.response.body", "body": exc.body(), "more_body": False})
+
+
+def require_method(method: str, expected: str) -> None:
+    """Refuse a request whose method this endpoint does not answer."""
+    if method != expected:
+        raise MethodNotAllowed(f"method {method} not allowed here; use {expected}")

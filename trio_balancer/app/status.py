@@ -11,13 +11,14 @@ import html
 import time
 from typing import TYPE_CHECKING, Any
 
-import trio
+import attrs
 
 from trio_balancer import __version__
+from trio_balancer.ledger import Ledger
 from trio_balancer.policy.stats import Minute
 
 if TYPE_CHECKING:
-    from trio_balancer.app.asgi import BalancerApp
+    from trio_balancer.app.view import OperatorView
 
 __all__ = ["REFRESH_S", "render_html", "status_data"]
 
@@ -25,40 +26,29 @@ REFRESH_S = 5
 CHART_MINUTES = 30
 
 
-def status_data(app: BalancerApp) -> dict[str, Any]:
-    from trio_balancer.app.admin import providers_view
-
+def status_data(view: OperatorView) -> dict[str, Any]:
+    state = view.state
     now_wall = time.time()
-    providers = providers_view(app)
+    providers = view.providers()
     for p in providers:
         c = p["counters"]
         failures = sum(c[k] for k in ("rate_limited", "overloaded", "auth", "server", "connect", "timeout"))
         p["error_rate"] = round(failures / c["requests"], 4) if c["requests"] else 0.0
-    minutes = app.stats.window(now_wall)
+    minutes = state.stats.window(now_wall)
     hour = {
         "requests": sum(m.requests for m in minutes),
         "errors": sum(m.errors for m in minutes),
         "input_tokens": sum(m.input_tokens for m in minutes),
         "output_tokens": sum(m.output_tokens for m in minutes),
     }
-    streams = [
-        {
-            "model": f.request.model,
-            "provider": f.provider,
-            "listeners": f.listeners,
-            "events": f.events,
-            "bytes": f.bytes,
-            "committed": f.committed,
-        }
-        for f in list(app.flights)
-    ]
+    streams = [attrs.asdict(f) for f in view.flights()]
     return {
         "version": __version__,
         "time": now_wall,
-        "uptime_s": round(trio.current_time() - app.started_at, 1),
-        "tasks": app.task_count(),
-        "config": app.config.source,
-        "failure": app.failure,
+        "uptime_s": round(view.uptime_s(), 1),
+        "tasks": view.task_count(),
+        "config": state.config.source,
+        "failure": view.failure,
         "providers": providers,
         "live_streams": streams,
         "last_hour": hour,
@@ -74,21 +64,23 @@ def status_data(app: BalancerApp) -> dict[str, Any]:
             for m in minutes[-CHART_MINUTES:]
         ],
         "dedup": {
-            "cache_entries": len(app.cache),
-            "cache_bytes": app.cache.bytes,
-            "shared_flights": len(app.shared),
+            "cache_entries": len(state.cache),
+            "cache_bytes": state.cache.bytes,
+            "shared_flights": view.shared_flights(),
         },
-        "ledger": None
-        if app.ledger is None
-        else {
-            "path": app.ledger.path,
-            "written": app.ledger.written,
-            "spilled": app.ledger.spilled,
-            "backlog": app.ledger.backlog,
-            "lost": app.ledger.lost,
-            "degraded": app.ledger.degraded,
-        },
-        "cluster": None if app.cluster is None else app.cluster.view(),
+        "ledger": None if state.ledger is None else _ledger_view(state.ledger),
+        "cluster": None if state.cluster is None else state.cluster.view(),
+    }
+
+
+def _ledger_view(ledger: Ledger) -> dict[str, Any]:
+    return {
+        "path": ledger.path,
+        "written": ledger.written,
+        "spilled": ledger.spilled,
+        "backlog": ledger.backlog,
+        "lost": ledger.lost,
+        "degraded": ledger.degraded,
     }
 
 

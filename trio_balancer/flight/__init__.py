@@ -2,3 +2,31 @@
 
 May import base, protocol, config, policy, upstream; never the app, which owns flights.
 """
+
+from trio_balancer.flight.flight import Flight, FlightObserver, UpstreamRequest
+from trio_balancer.flight.hub import (
+    LISTENER_BUFFER_BYTES,
+    Abort,
+    Head,
+    Item,
+    Listener,
+    SharePolicy,
+    item_size,
+)
+from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightView
+
+__all__ = [
+    "LISTENER_BUFFER_BYTES",
+    "Abort",
+    "AttemptRecord",
+    "Flight",
+    "FlightObserver",
+    "FlightOutcome",
+    "FlightView",
+    "Head",
+    "Item",
+    "Listener",
+    "SharePolicy",
+    "UpstreamRequest",
+    "item_size",
+]

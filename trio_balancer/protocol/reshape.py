@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trio_balancer.protocol.sse import SSEDecoder, SSEEvent, encode_event
+from trio_balancer.protocol import events
+from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 
 __all__ = [
     "AssemblyError",
@@ -104,115 +105,48 @@ class MessageAssembler:
 
 def message_to_events(message: dict[str, Any]) -> list[bytes]:
     """A complete JSON message as the event stream Anthropic would have sent for it."""
-
-    def ev(name: str, payload: dict[str, Any]) -> bytes:
-        return encode_event(name, json.dumps(payload, ensure_ascii=False, separators=(",", ":")))
-
     usage = dict(message.get("usage") or {})
     start = {
         k: v for k, v in message.items() if k not in ("content", "stop_reason", "stop_sequence", "usage")
     }
     start.update({"content": [], "stop_reason": None, "stop_sequence": None})
     start["usage"] = {**usage, "output_tokens": min(1, usage.get("output_tokens", 0))}
-    out = [ev("message_start", {"type": "message_start", "message": start})]
+    out = [events.message_start(start)]
     for index, block in enumerate(message.get("content") or []):
-        kind = block.get("type")
-        if kind == "text":
-            out.append(
-                ev(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": "text", "text": ""},
-                    },
-                )
-            )
-            out.append(
-                ev(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "text_delta", "text": block.get("text", "")},
-                    },
-                )
-            )
-        elif kind == "thinking":
-            out.append(
-                ev(
-                    "content_block_start",
-                    {
-                        "type": "content_block_start",
-                        "index": index,
-                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-                    },
-                )
-            )
-            out.append(
-                ev(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "thinking_delta", "thinking": block.get("thinking", "")},
-                    },
-                )
-            )
-            if block.get("signature"):
-                out.append(
-                    ev(
-                        "content_block_delta",
-                        {
-                            "type": "content_block_delta",
-                            "index": index,
-                            "delta": {"type": "signature_delta", "signature": block["signature"]},
-                        },
-                    )
-                )
-        elif kind in ("tool_use", "server_tool_use"):
-            start_block = {k: v for k, v in block.items() if k != "input"}
-            start_block["input"] = {}
-            out.append(
-                ev(
-                    "content_block_start",
-                    {"type": "content_block_start", "index": index, "content_block": start_block},
-                )
-            )
-            partial = json.dumps(block.get("input", {}), ensure_ascii=False, separators=(",", ":"))
-            out.append(
-                ev(
-                    "content_block_delta",
-                    {
-                        "type": "content_block_delta",
-                        "index": index,
-                        "delta": {"type": "input_json_delta", "partial_json": partial},
-                    },
-                )
-            )
-        else:  # redacted_thinking, web search results...: whole in the start event
-            out.append(
-                ev(
-                    "content_block_start",
-                    {"type": "content_block_start", "index": index, "content_block": block},
-                )
-            )
-        out.append(ev("content_block_stop", {"type": "content_block_stop", "index": index}))
-    out.append(
-        ev(
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {
-                    "stop_reason": message.get("stop_reason"),
-                    "stop_sequence": message.get("stop_sequence"),
-                },
-                "usage": usage,
-            },
-        )
-    )
-    out.append(ev("message_stop", {"type": "message_stop"}))
-    return out
+        out.extend(_block_events(index, block))
+        out.append(events.content_block_stop(index))
+    stop = {"stop_reason": message.get("stop_reason"), "stop_sequence": message.get("stop_sequence")}
+    out.append(events.message_delta(stop, usage))
+    out.append(events.message_stop())
+    return [events.encode(e) for e in out]
+
+
+def _block_events(index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+    """One content block as its start event and the deltas that fill it."""
+    start, delta = events.content_block_start, events.content_block_delta
+    kind = block.get("type")
+    if kind == "text":
+        return [
+            start(index, {"type": "text", "text": ""}),
+            delta(index, {"type": "text_delta", "text": block.get("text", "")}),
+        ]
+    if kind == "thinking":
+        out = [
+            start(index, {"type": "thinking", "thinking": "", "signature": ""}),
+            delta(index, {"type": "thinking_delta", "thinking": block.get("thinking", "")}),
+        ]
+        if block.get("signature"):
+            out.append(delta(index, {"type": "signature_delta", "signature": block["signature"]}))
+        return out
+    if kind in ("tool_use", "server_tool_use"):
+        start_block = {k: v for k, v in block.items() if k != "input"}
+        start_block["input"] = {}
+        partial = events.dumps(block.get("input", {}))
+        return [
+            start(index, start_block),
+            delta(index, {"type": "input_json_delta", "partial_json": partial}),
+        ]
+    return [start(index, block)]  # redacted_thinking, web search results...: whole in the start
 
 
 class Passthrough:

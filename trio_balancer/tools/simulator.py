@@ -46,8 +46,10 @@ import attrs
 import h11
 import trio
 
-from trio_balancer.errors import InvalidRequest
+from trio_balancer.errors import InvalidRequest, error_body
 from trio_balancer.logging import get_logger
+from trio_balancer.protocol import events
+from trio_balancer.protocol.sse import encode_event
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
 
@@ -359,15 +361,9 @@ def _delta_text(opts: SimOptions, i: int) -> str:
     return f"{time.time_ns():0{STAMP_DIGITS}d} {text}" if opts.stamp else text
 
 
-def _sse(name: str, payload: dict[str, Any]) -> bytes:
-    return (
-        f"event: {name}\ndata: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n".encode()
-    )
-
-
 def _anthropic_delta(opts: SimOptions, i: int) -> bytes:
     delta = {"type": "text_delta", "text": _delta_text(opts, i)}
-    wire = _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+    wire = events.encode(events.content_block_delta(0, delta))
     if opts.bad_utf8:
         wire = wire.replace(b'"text":"', b'"text":"\xff\xfe', 1)
     return wire
@@ -398,99 +394,41 @@ def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterat
                              "content": [], "stop_reason": None, "stop_sequence": None}  # fmt: skip
     if not opts.no_usage:
         start["usage"] = {"input_tokens": input_tokens, "output_tokens": 1}
-    yield "event", _sse("message_start", {"type": "message_start", "message": start})
-    yield (
-        "event",
-        _sse(
-            "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
-        ),
-    )
-    yield "event", _sse("ping", {"type": "ping"})
-    for i in range(opts.events):
+    overloaded = error_body("overloaded_error", "Overloaded (simulated)").decode()
+    yield "event", events.encode(events.message_start(start))
+    yield "event", events.encode(events.content_block_start(0, {"type": "text", "text": ""}))
+    yield "event", events.PING
+    for i in range(opts.events + 1):
         fault = _faults(opts, i)
         if fault == "error":
-            yield (
-                "event",
-                _sse(
-                    "error",
-                    {
-                        "type": "error",
-                        "error": {"type": "overloaded_error", "message": "Overloaded (simulated)"},
-                    },
-                ),
-            )
+            yield "event", encode_event("error", overloaded)
             return
         if fault:
             yield fault, None
+        if i == opts.events:
+            break
         if i:
             yield "delta_wait", None
         yield "event", partial(_anthropic_delta, opts, i)
         if i == 0 and opts.huge_event:
             yield "event", b"event: content_block_delta\ndata: " + b"A" * opts.huge_event + b"\n\n"
-    fault = _faults(opts, opts.events)
-    if fault == "error":
-        yield (
-            "event",
-            _sse(
-                "error",
-                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded (simulated)"}},
-            ),
-        )
-        return
-    if fault:
-        yield fault, None
-    yield "event", _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
+    yield "event", events.encode(events.content_block_stop(0))
     for t in range(opts.tools):
-        index = t + 1
-        yield (
-            "event",
-            _sse(
-                "content_block_start",
-                {
-                    "type": "content_block_start",
-                    "index": index,
-                    "content_block": {
-                        "type": "tool_use",
-                        "id": f"toolu_sim_{t}",
-                        "name": "read_file",
-                        "input": {},
-                    },
-                },
-            ),
-        )
-        args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
-        yield (
-            "event",
-            _sse(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": args[:10]},
-                },
-            ),
-        )
-        yield (
-            "event",
-            _sse(
-                "content_block_delta",
-                {
-                    "type": "content_block_delta",
-                    "index": index,
-                    "delta": {"type": "input_json_delta", "partial_json": args[10:]},
-                },
-            ),
-        )
-        yield "event", _sse("content_block_stop", {"type": "content_block_stop", "index": index})
-    delta: dict[str, Any] = {
-        "type": "message_delta",
-        "delta": {"stop_reason": "tool_use" if opts.tools else "end_turn", "stop_sequence": None},
-    }
-    if not opts.no_usage:
-        delta["usage"] = {"output_tokens": _output_tokens(opts)}
-    yield "event", _sse("message_delta", delta)
-    yield "event", _sse("message_stop", {"type": "message_stop"})
+        yield from _anthropic_tool_call(t + 1, t)
+    stop = {"stop_reason": "tool_use" if opts.tools else "end_turn", "stop_sequence": None}
+    usage = None if opts.no_usage else {"output_tokens": _output_tokens(opts)}
+    yield "event", events.encode(events.message_delta(stop, usage))
+    yield "event", events.encode(events.message_stop())
+
+
+def _anthropic_tool_call(index: int, t: int) -> Iterator[Step]:
+    block = {"type": "tool_use", "id": f"toolu_sim_{t}", "name": "read_file", "input": {}}
+    yield "event", events.encode(events.content_block_start(index, block))
+    args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
+    for part in (args[:10], args[10:]):
+        delta = {"type": "input_json_delta", "partial_json": part}
+        yield "event", events.encode(events.content_block_delta(index, delta))
+    yield "event", events.encode(events.content_block_stop(index))
 
 
 def _openai_stream(opts: SimOptions, model: str, input_tokens: int, usage: bool) -> Iterator[Step]:

@@ -17,14 +17,15 @@ completes, already encoded, as soon as it can: a text or reasoning delta becomes
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 import attrs
 
 from trio_balancer.errors import error_type_for_status
-from trio_balancer.protocol.sse import MalformedEventData, SSEEvent, encode_event
+from trio_balancer.protocol import events
+from trio_balancer.protocol.events import sse_event
+from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
 from trio_balancer.protocol.tokens import estimate_text
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "ConversionError",
     "StreamConverter",
     "UpstreamStreamError",
-    "anthropic_event",
     "content_parts",
     "find_usage",
     "openai_error_type",
@@ -58,11 +58,6 @@ class UpstreamStreamError(ConversionError):
     def __init__(self, message: str, error_type: str) -> None:
         super().__init__(message)
         self.error_type = error_type
-
-
-def anthropic_event(name: str, payload: dict[str, Any]) -> SSEEvent:
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return SSEEvent(raw=encode_event(name, data), event=name, data=data.encode())
 
 
 @attrs.define
@@ -166,11 +161,9 @@ class StreamConverter:
                 if isinstance(upstream_id, str) and upstream_id
                 else f"msg_{uuid.uuid4().hex}"
             )
-        return anthropic_event(
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
+        return sse_event(
+            events.message_start(
+                {
                     "id": self.message_id,
                     "type": "message",
                     "role": "assistant",
@@ -180,19 +173,17 @@ class StreamConverter:
                     "stop_sequence": None,
                     # OpenAI reports usage only at the end; the final numbers go in message_delta.
                     "usage": {"input_tokens": 0, "output_tokens": 0},
-                },
-            },
+                }
+            )
         )
 
     def _open(self, block: dict[str, Any]) -> tuple[int, SSEEvent]:
         index = self._next_index
         self._next_index += 1
-        return index, anthropic_event(
-            "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
-        )
+        return index, sse_event(events.content_block_start(index, block))
 
     def _stop(self, index: int) -> SSEEvent:
-        return anthropic_event("content_block_stop", {"type": "content_block_stop", "index": index})
+        return sse_event(events.content_block_stop(index))
 
     def _delta(self, kind: str, delta: dict[str, Any]) -> list[SSEEvent]:
         out: list[SSEEvent] = []
@@ -207,12 +198,7 @@ class StreamConverter:
             index, start = self._open(block)
             out.append(start)
             self._current = (kind, index)
-        out.append(
-            anthropic_event(
-                "content_block_delta",
-                {"type": "content_block_delta", "index": self._current[1], "delta": delta},
-            )
-        )
+        out.append(sse_event(events.content_block_delta(self._current[1], delta)))
         return out
 
     def _tool_delta(self, position: int, call: Any) -> list[SSEEvent]:
@@ -257,13 +243,8 @@ class StreamConverter:
 
     def _json_delta(self, index: int, partial: str) -> SSEEvent:
         self._count(partial)
-        return anthropic_event(
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": partial},
-            },
+        return sse_event(
+            events.content_block_delta(index, {"type": "input_json_delta", "partial_json": partial})
         )
 
     def _close_current(self) -> list[SSEEvent]:
@@ -303,17 +284,9 @@ class StreamConverter:
         reason = "refusal" if self._refused else STOP_REASONS.get(self._finish_reason or "", "end_turn")
         if reason == "end_turn" and self._tools:
             reason = "tool_use"  # some servers say "stop" after tool calls; Claude Code needs tool_use
-        out.append(
-            anthropic_event(
-                "message_delta",
-                {
-                    "type": "message_delta",
-                    "delta": {"stop_reason": reason, "stop_sequence": None},
-                    "usage": self.usage(),
-                },
-            )
-        )
-        out.append(anthropic_event("message_stop", {"type": "message_stop"}))
+        stop = {"stop_reason": reason, "stop_sequence": None}
+        out.append(sse_event(events.message_delta(stop, self.usage())))
+        out.append(sse_event(events.message_stop()))
         self._ended = True
         return out
 

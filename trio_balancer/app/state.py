@@ -1,0 +1,72 @@
+"""What the app knows between requests: its config and everything made from it, its services.
+
+One object, so that a config reload replaces every derived piece at once and nothing keeps an
+old router or price table by accident. Handlers read it; only the lifespan and reload write it.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from trio_balancer.app.cluster import Cluster
+from trio_balancer.app.metrics import Metrics
+from trio_balancer.config import DEFAULT_MODELS, Config
+from trio_balancer.ledger import Ledger
+from trio_balancer.policy.auth import KeyRing
+from trio_balancer.policy.limits import Limiter
+from trio_balancer.policy.routing import Router, listed_models
+from trio_balancer.policy.stats import RecentStats
+from trio_balancer.protocol.dedup import ResponseCache
+from trio_balancer.protocol.pricing import PriceTable
+from trio_balancer.upstream.providers import ProviderRuntime, Registry
+
+__all__ = ["AppState"]
+
+
+@attrs.define(eq=False)
+class AppState:
+    config: Config
+    router: Router
+    prices: PriceTable
+    keyring: KeyRing
+    limiter: Limiter
+    cache: ResponseCache
+    known_models: set[str]  # model ids that may be metric labels
+    metrics: Metrics = attrs.Factory(Metrics)
+    stats: RecentStats = attrs.Factory(RecentStats)
+    registry: Registry | None = None  # from startup to shutdown
+    ledger: Ledger | None = None
+    cluster: Cluster | None = None
+    started_at: float = 0.0  # trio clock
+
+    @classmethod
+    def from_config(cls, config: Config) -> AppState:
+        return cls(
+            config=config,
+            router=Router(config),
+            prices=PriceTable(config.prices),
+            keyring=KeyRing(config.server.client_keys, config.server.admin_key_sha256),
+            limiter=Limiter(config.server.max_concurrent),
+            cache=ResponseCache(ttl_s=config.dedup.cache_ttl_s, max_bytes=config.dedup.cache_max_bytes),
+            known_models=known_models(config),
+        )
+
+    def apply(self, new: Config) -> list[ProviderRuntime]:
+        """Switch to ``new``; returns the providers it retires (to close once unused)."""
+        assert self.registry is not None
+        retired = self.registry.reload(new)
+        self.config = new
+        self.router = Router(new)
+        self.prices = PriceTable(new.prices)
+        self.known_models = known_models(new)
+        self.keyring = KeyRing(new.server.client_keys, new.server.admin_key_sha256)
+        self.limiter.max_total = new.server.max_concurrent
+        return retired
+
+
+def known_models(config: Config) -> set[str]:
+    """Model ids that may be metric labels: what the config names, and the defaults."""
+    known = set(listed_models(config)) | set(DEFAULT_MODELS)
+    known.update(t.model for r in config.routes for t in r.targets if t.model)
+    known.update(m for p in config.providers for m in p.models)
+    return known

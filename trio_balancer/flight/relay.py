@@ -1,0 +1,339 @@
+"""Relaying one provider's 200 response to the flight's listeners, event by event.
+
+SSE is decoded incrementally (sans-I/O, inline: a second task and channel hop per event would
+cost more than the decoding itself), converted from OpenAI's format when needed, and fed to
+the :class:`~trio_balancer.protocol.commit.CommitGate`, which decides what is published and
+when. A JSON answer is held until complete, so a cut or an error inside a 200 can still fail
+over. Either way the relay also reads the response's usage as it passes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from trio_balancer.config import ProviderConfig
+from trio_balancer.errors import error_body, status_for_error_type
+from trio_balancer.flight.attempt import UpstreamResponse
+from trio_balancer.flight.failures import AttemptFailed, broken, provider_error, unavailable
+from trio_balancer.flight.hub import Head, Item
+from trio_balancer.logging import get_logger
+from trio_balancer.policy.health import FailureKind
+from trio_balancer.protocol import events as anthropic
+from trio_balancer.protocol.commit import CommitGate, Ending, ErrorBeforeCommit
+from trio_balancer.protocol.convert import (
+    ConversionError,
+    StreamConverter,
+    UpstreamStreamError,
+    openai_error_to_anthropic,
+    openai_error_type,
+    to_anthropic_message,
+)
+from trio_balancer.protocol.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SSEDecoder, SSEEvent
+from trio_balancer.protocol.upstream_errors import (
+    error_type_of,
+    parse_error_event,
+    scrub_error_body,
+    scrub_error_event,
+)
+from trio_balancer.protocol.usage import UsageTracker
+from trio_balancer.redaction import scrub
+
+__all__ = ["MAX_HELD_JSON", "PING_INTERVAL_S", "Outlet", "Relay", "RelayLimits"]
+
+log = get_logger("trio_balancer.flight")
+
+# A JSON (non-stream) answer is held until complete so a cut body can still fail over. Past
+# this size we commit and stream the rest: no real message is that large.
+MAX_HELD_JSON = 32 * 1024 * 1024
+# A converted stream silent this long gets a ping, as Anthropic's own streams do, so that
+# clients and proxies in between do not take the silence for a dead connection.
+PING_INTERVAL_S = 10.0
+
+
+class Outlet(Protocol):
+    """Where the relay puts what the client gets: the flight (which owns the commit)."""
+
+    @property
+    def committed(self) -> bool: ...
+    async def commit(self, head: Head, first: bytes | None, *, held_events: int = 0) -> None: ...
+    async def publish(self, item: Item) -> None: ...
+
+
+@attrs.frozen
+class RelayLimits:
+    max_response_bytes: int = 256 * 1024 * 1024
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+
+
+class Relay:
+    """One attempt's 200 response, from the provider to the outlet.
+
+    ``secrets`` are the credentials the request carried upstream: no relayed error text may
+    contain them. ``forward`` is told how long each published chunk took from the socket to
+    the listeners (the balancer's own latency, for metrics).
+    """
+
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        payload: Mapping[str, Any],
+        outlet: Outlet,
+        secrets: Sequence[str],
+        *,
+        limits: RelayLimits,
+        forward: Callable[[float], None],
+        trace: bool = False,
+    ) -> None:
+        self.provider = provider
+        self._payload = payload
+        self._outlet = outlet
+        self._secrets = secrets
+        self._limits = limits
+        self._forward = forward
+        self._trace = trace
+        self.tracker = UsageTracker()
+        self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
+        self.events = 0  # published by this relay
+        self.bytes = 0
+        self.completed = False
+
+    async def run(self, response: UpstreamResponse) -> None:
+        head = Head(200, response.headers)
+        if not response.sse:
+            await self._relay_json(head, response)
+        elif self.provider.kind != "openai":
+            await self._relay_sse(head, response, None)
+        else:
+            await self._relay_converted(head, response)
+
+    # -- SSE ---------------------------------------------------------------------------------
+
+    async def _relay_converted(self, head: Head, response: UpstreamResponse) -> None:
+        """A converted stream has no upstream pings to forward; we send our own during long
+        silences (reasoning models can think for minutes without a delta)."""
+        converter = StreamConverter(model=str(self._payload.get("model")))
+        failure: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping_while_silent)
+            try:
+                await self._relay_sse(head, response, converter)
+            except Exception as exc:  # re-raised below, not wrapped in a group
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        self.usage_reported = converter.usage_reported
+
+    async def _ping_while_silent(self) -> None:
+        seen = -1
+        while True:
+            await trio.sleep(PING_INTERVAL_S)
+            if self._outlet.committed and self.events == seen:
+                await self._outlet.publish(anthropic.PING)
+            seen = self.events
+
+    async def _relay_sse(
+        self, head: Head, response: UpstreamResponse, converter: StreamConverter | None
+    ) -> None:
+        name = self.provider.name
+        decoder = SSEDecoder(self._limits.max_event_bytes)
+        gate = CommitGate(self._relayable_error, check_shape=converter is None)
+        limit = self._limits.max_response_bytes
+        received_bytes = 0
+        try:
+            async for chunk in response.chunks:
+                received = time.perf_counter()
+                received_bytes += len(chunk)
+                if received_bytes > limit:
+                    raise broken(name, f"response larger than {limit} bytes, cut off")
+                response.idle.touch()
+                decoded = decoder.feed(chunk)
+                if decoded and converter is not None:
+                    decoded = self._convert(converter, decoded)
+                if decoded and await self._take(head, gate, decoded):
+                    self._forwarded(received, len(decoded))
+        except EventTooLarge as exc:
+            raise broken(name, str(exc)) from None
+        tail = decoder.close()
+        if converter is not None:
+            last = self._convert(converter, [tail] if tail else [], closing=True)
+        elif tail is not None:
+            # The provider ended without a blank line after its last event. Most SSE clients
+            # drop such an event, so we end it for them: the one change we make to the bytes.
+            end = b"\n" if tail.raw.endswith((b"\n", b"\r")) else b"\n\n"
+            last = [attrs.evolve(tail, raw=tail.raw + end)]
+        else:
+            last = []
+        if last:
+            await self._take(head, gate, last, check_shape=False)
+        self._judge(gate)
+
+    def _forwarded(self, received: float, count: int) -> None:
+        handed = time.perf_counter()
+        self._forward(handed - received)
+        if self._trace:
+            log.debug(
+                "stream.chunk",
+                events=count,
+                received=received,
+                handed=handed,
+                forward_us=round((handed - received) * 1e6, 1),
+            )
+
+    async def _take(
+        self, head: Head, gate: CommitGate, decoded: list[SSEEvent], *, check_shape: bool = True
+    ) -> bool:
+        """Feed events through the gate and publish what it lets out; True if it did."""
+        observe = self.tracker.observe
+        for event in decoded:
+            observe(event)
+        committed = gate.committed
+        try:
+            out = gate.feed(decoded, check_shape=check_shape)
+        except ErrorBeforeCommit as exc:
+            raise self._error_before_commit(exc.event) from None
+        if gate.malformed:
+            for problem in gate.malformed:
+                log.warning("upstream.malformed_event", provider=self.provider.name, problem=problem)
+            gate.malformed.clear()
+        if out is None:
+            return False
+        self.events, self.bytes = gate.published_events, gate.published_bytes
+        if committed:
+            await self._outlet.publish(out)
+        else:
+            await self._outlet.commit(head, out, held_events=gate.held_events)
+        return True
+
+    def _judge(self, gate: CommitGate) -> None:
+        """After the body: a whole stream completes; anything else fails this attempt."""
+        ending = gate.ending()
+        name = self.provider.name
+        if ending is Ending.NO_CONTENT:
+            raise unavailable(name, "stream ended before any content")
+        if ending is Ending.ERROR:
+            assert gate.error_after_commit is not None
+            raise self._error_after_commit(gate.error_after_commit)
+        if ending is Ending.NO_STOP:
+            raise unavailable(name, "stream ended before message_stop")
+        self.completed = True
+
+    def _convert(
+        self, converter: StreamConverter, decoded: list[SSEEvent], *, closing: bool = False
+    ) -> list[SSEEvent]:
+        name = self.provider.name
+        try:
+            out: list[SSEEvent] = []
+            for event in decoded:
+                out.extend(converter.feed(event))
+            if closing:
+                out.extend(converter.close())
+            return out
+        except UpstreamStreamError as exc:
+            message = f"provider {name!r}: {exc.error_type} in stream: {scrub(str(exc), self._secrets)}"
+            raise provider_error(self.provider, exc.error_type, message) from None
+        except ConversionError as exc:
+            raise broken(name, str(exc)) from None
+
+    def _error_before_commit(self, event: SSEEvent) -> AttemptFailed:
+        error_type, message = parse_error_event(event)
+        body = (
+            scrub_error_body(event.data, self._secrets)
+            if event.data is not None and error_type_of(event.data) is not None
+            else None
+        )
+        text = f"provider {self.provider.name!r}: {error_type} in stream: {message}"
+        if body is None:
+            body = error_body(error_type, scrub(message, self._secrets))
+        return provider_error(self.provider, error_type, text, body)
+
+    def _error_after_commit(self, event: SSEEvent) -> AttemptFailed:
+        """The provider's own error event reached the client; remember it for health."""
+        error_type, message = parse_error_event(event)
+        text = f"provider {self.provider.name!r}: {error_type} in stream: {message}"
+        return provider_error(self.provider, error_type, text, sent_to_client=True)
+
+    def _relayable_error(self, event: SSEEvent) -> SSEEvent:
+        """A provider's error event as the client may see it: scrubbed, and never an auth
+        error of the balancer's own key (that is a provider failure to the client)."""
+        if self._error_after_commit(event).verdict.kind is FailureKind.AUTH:
+            text = f"provider {self.provider.name!r} rejected the balancer's credentials mid-stream"
+            data = error_body("api_error", text)
+            return SSEEvent(raw=anthropic.error_event("api_error", text), event="error", data=data)
+        return scrub_error_event(event, self._secrets)
+
+    # -- JSON --------------------------------------------------------------------------------
+
+    async def _relay_json(self, head: Head, response: UpstreamResponse) -> None:
+        limit = self._limits.max_response_bytes
+        openai = self.provider.kind == "openai"
+        held = bytearray()
+        received = 0
+        async for chunk in response.chunks:
+            response.idle.touch(now=True)  # JSON bodies come in few chunks
+            received += len(chunk)
+            if received > limit:
+                raise broken(self.provider.name, f"response larger than {limit} bytes, cut off")
+            if self._outlet.committed:
+                await self._published(chunk)
+                continue
+            held += chunk
+            if len(held) > MAX_HELD_JSON and not openai:
+                await self._committed(head, bytes(held))
+        if not self._outlet.committed:
+            body = self._converted_json(bytes(held)) if openai else self._checked_json(bytes(held))
+            _observe_json(self.tracker, body)  # the usage it reports, cache tokens included
+            await self._committed(head, body)
+        self.completed = True
+
+    async def _committed(self, head: Head, body: bytes) -> None:
+        self.events, self.bytes = 1, len(body)
+        await self._outlet.commit(head, body)
+
+    async def _published(self, chunk: bytes) -> None:
+        self.bytes += len(chunk)
+        await self._outlet.publish(chunk)
+
+    def _checked_json(self, body: bytes) -> bytes:
+        """A 200 whose body is an Anthropic error is that error, with its real status."""
+        error_type = error_type_of(body)
+        if error_type is None:
+            return body
+        message = f"provider {self.provider.name!r}: {error_type} in a 200 answer"
+        raise provider_error(self.provider, error_type, message, scrub_error_body(body, self._secrets))
+
+    def _converted_json(self, body: bytes) -> bytes:
+        """An OpenAI chat completion as an Anthropic message; an error object is that error."""
+        name = self.provider.name
+        try:
+            parsed = json.loads(body)
+        except ValueError as exc:
+            raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
+        if isinstance(parsed, dict) and parsed.get("error") and not parsed.get("choices"):
+            err = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
+            error_type = openai_error_type(err)
+            _, answer = openai_error_to_anthropic(status_for_error_type(error_type), body, name)
+            message = f"provider {name!r}: {error_type} in a 200 answer"
+            raise provider_error(self.provider, error_type, message, scrub_error_body(answer, self._secrets))
+        try:
+            message_obj = to_anthropic_message(parsed, model=str(self._payload.get("model")))
+        except ConversionError as exc:
+            raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
+        usage = message_obj["usage"]
+        self.usage_reported = bool(usage["input_tokens"] or usage["output_tokens"])
+        return anthropic.dumps(message_obj).encode()
+
+
+def _observe_json(tracker: UsageTracker, body: bytes) -> None:
+    try:
+        message = json.loads(body)
+    except ValueError:
+        return
+    if isinstance(message, dict):
+        tracker.observe_message(message)
