@@ -16,15 +16,15 @@ from typing import Any
 
 import attrs
 
-from trio_balancer.policy.auth import ClientKey
 from trio_balancer.protocol.pricing import Price, Rates
 
 __all__ = [
     "DEFAULT_MODELS",
     "PASSTHROUGH",
+    "ClientKey",
     "Config",
     "ConfigError",
-    "HealthConfig",
+    "HealthPolicy",
     "ProviderConfig",
     "Route",
     "ServerConfig",
@@ -59,6 +59,20 @@ DEFAULT_MODELS = (
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid; the message names the key."""
+
+
+@attrs.frozen
+class ClientKey:
+    """One ``[[server.client_keys]]`` entry: who a client is, and what it may do."""
+
+    name: str
+    sha256: str
+    models: tuple[str, ...] = ()  # allow-list of model globs; empty: every model
+    max_concurrent: int | None = None
+    requests_per_minute: int | None = None
+
+    def __repr__(self) -> str:
+        return f"ClientKey(name={self.name!r})"
 
 
 @attrs.frozen
@@ -127,10 +141,19 @@ class RoutingConfig:
 
 
 @attrs.frozen
-class HealthConfig:
+class HealthPolicy:
+    """How a provider's health (``policy/health.py``) answers failures; ``[health]`` sets the cooldowns."""
+
     base_cooldown_s: float = 1.0
     max_cooldown_s: float = 300.0
     auth_cooldown_s: float = 600.0
+    # Not configurable. Cooldowns derived from backoff are multiplied by a factor in
+    # [1 - jitter, 1 + jitter] so that instances and providers that failed together do not
+    # all come back together.
+    jitter: float = 0.2
+    # Not configurable. A provider-requested wait (retry-after) longer than this is capped: we
+    # would rather send one trial than park a provider for an hour on a misconfigured header.
+    max_retry_after_s: float = 600.0
 
 
 @attrs.frozen
@@ -206,7 +229,7 @@ class Config:
     providers: tuple[ProviderConfig, ...]
     routes: tuple[Route, ...] = ()
     routing: RoutingConfig = attrs.Factory(RoutingConfig)
-    health: HealthConfig = attrs.Factory(HealthConfig)
+    health: HealthPolicy = attrs.Factory(HealthPolicy)
     ledger: LedgerConfig = attrs.Factory(LedgerConfig)
     dedup: DedupConfig = attrs.Factory(DedupConfig)
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
@@ -267,8 +290,8 @@ def parse_config(
     )
     h = r.table("health")
     h.allow_keys("base_cooldown_s", "max_cooldown_s", "auth_cooldown_s")
-    dh = HealthConfig()
-    health = HealthConfig(
+    dh = HealthPolicy()
+    health = HealthPolicy(
         base_cooldown_s=h.get_float("base_cooldown_s", dh.base_cooldown_s, lo=0.001),
         max_cooldown_s=h.get_float("max_cooldown_s", dh.max_cooldown_s, lo=0.001),
         auth_cooldown_s=h.get_float("auth_cooldown_s", dh.auth_cooldown_s, lo=0.001),
