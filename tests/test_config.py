@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from trio_balancer.config import ConfigError, Timeouts, default_config, load_config, parse_config
@@ -140,3 +141,83 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     bad.write_text("[server\nport = 1")
     with pytest.raises(ConfigError, match="invalid TOML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"providers": [GOOD], "extra": 1},
+            "extra: unknown key (expected one of: server, providers, routes, routing, health, ledger, prices,"
+            " dedup, cluster)",
+        ),
+        (
+            {"providers": [{**GOOD, "nmae": "typo"}]},
+            "providers[0].nmae: unknown key (expected one of: name, kind, base_url, api_key, api_key_env, auth,"
+            " models, headers, timeouts, max_connections, max_keepalive, keepalive_s, max_retries,"
+            " reasoning_effort, max_tokens_field)",
+        ),
+        (
+            {"server": {"hots": "x"}, "providers": [GOOD]},
+            "server.hots: unknown key (expected one of: host, port, grace_period_s, max_body_bytes,"
+            " max_header_bytes, body_timeout_s, client_keys, admin_key_sha256, public_metrics, allow_open,"
+            " max_concurrent, max_upstream_response_bytes, max_upstream_event_bytes, allowed_hosts)",
+        ),
+        (
+            {"health": {"jitter": 0.5}, "providers": [GOOD]},
+            "health.jitter: unknown key (expected one of: base_cooldown_s, max_cooldown_s, auth_cooldown_s)",
+        ),
+        (
+            {"providers": [GOOD], "prices": [{"model": "m", "input": 1, "output": 2, "cache": 1}]},
+            "prices[0].cache: unknown key (expected one of: model, provider, input, output, cache_write_5m,"
+            " cache_write_1h, cache_read)",
+        ),
+        (
+            {"server": {"max_concurrent": -1}, "providers": [GOOD]},
+            "server.max_concurrent: must be between 0 and None",
+        ),
+        (
+            {"providers": [GOOD], "routes": [{"match": "*", "targets": [{"provider": "a", "weight": -1}]}]},
+            "routes[0].targets[0].weight: must be at least 0.0, not -1",
+        ),
+        ({"providers": [GOOD], "ledger": {"url": "sqlite:///:memory:"}}, "ledger.url: must name a file"),
+        (
+            {
+                "providers": [{**GOOD, "api_key": "passthrough"}],
+                "server": {"client_keys": [{"name": "k", "sha256": "a" * 64}]},
+            },
+            'providers[0].api_key: "passthrough" forwards the client\'s key',
+        ),
+    ],
+)
+def test_bad_config_messages_in_full(data: dict[str, Any], message: str) -> None:
+    """The allowed keys are listed in the schema's order; limits are printed as written."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="b.toml", environ={})
+    assert str(info.value).startswith(f"b.toml: {message}")
+
+
+def test_defaults_that_depend_on_other_keys() -> None:
+    """Auth follows the kind, routes follow [routing], cache prices follow the input price."""
+    c = parse_config(
+        {
+            "server": {"max_concurrent": 0, "allowed_hosts": ["Box.LAN"], "admin_key_sha256": "A" * 64},
+            "providers": [{**GOOD, "kind": "openai"}, {**GOOD, "name": "b", "api_key": "passthrough"}],
+            "routing": {"strategy": "latency", "sticky": True},
+            "routes": [
+                {"match": "*", "targets": [{"provider": "a"}]},
+                {"match": "x", "strategy": "weighted", "targets": [{"provider": "b"}]},
+            ],
+            "prices": [{"model": "m", "provider": "a", "input": 2, "output": 3}],
+        }
+    )
+    assert c.server.max_concurrent is None and c.server.allowed_hosts == ("box.lan",)
+    assert c.server.admin_key_sha256 == "a" * 64
+    a, b = c.providers
+    assert a.auth == "bearer" and a.api_key == "k" and not a.passthrough
+    assert b.auth == "x-api-key" and b.api_key is None and b.passthrough
+    assert [(r.strategy, r.sticky) for r in c.routes] == [("latency", True), ("weighted", True)]
+    (price,) = c.prices
+    assert (price.model, price.provider) == ("m", "a")
+    assert attrs.astuple(price.rates) == (2.0, 3.0, 2.5, 4.0, 0.2)
+    assert c.health.jitter == 0.2  # not a [health] key, but the same class

@@ -1,7 +1,48 @@
 """The configuration: a frozen schema and the TOML parser that fills it, strictly.
 
-May import the base modules and protocol (price rates); nothing that does I/O at run time.
+``schema`` holds the classes (each key and default written once), ``spec`` the vocabulary
+their field metadata uses, ``parse`` the reader derived from both. May import the base
+modules and protocol (price rates); nothing that does I/O at run time.
 """
 
-from trio_balancer.config.schema import *  # noqa: F403
-from trio_balancer.config.schema import __all__ as __all__
+from trio_balancer.config.parse import ConfigError, load_config, parse_config
+from trio_balancer.config.schema import (
+    DEFAULT_MODELS,
+    PASSTHROUGH,
+    ClientKey,
+    ClusterConfig,
+    Config,
+    DedupConfig,
+    HealthPolicy,
+    LedgerConfig,
+    PriceRow,
+    ProviderConfig,
+    Route,
+    RoutingConfig,
+    ServerConfig,
+    Target,
+    Timeouts,
+    default_config,
+)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "PASSTHROUGH",
+    "ClientKey",
+    "ClusterConfig",
+    "Config",
+    "ConfigError",
+    "DedupConfig",
+    "HealthPolicy",
+    "LedgerConfig",
+    "PriceRow",
+    "ProviderConfig",
+    "Route",
+    "RoutingConfig",
+    "ServerConfig",
+    "Target",
+    "Timeouts",
+    "default_config",
+    "load_config",
+    "parse_config",
+]

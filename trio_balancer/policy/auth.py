@@ -14,8 +14,7 @@ import secrets
 import socket
 from collections.abc import Iterable, Sequence
 
-import attrs
-
+from trio_balancer.config import ClientKey
 from trio_balancer.errors import AuthenticationFailed, PermissionDenied
 
 __all__ = [
@@ -31,18 +30,6 @@ __all__ = [
 ]
 
 KEY_PREFIX = "tb-"
-
-
-@attrs.frozen
-class ClientKey:
-    name: str
-    sha256: str
-    models: tuple[str, ...] = ()  # allow-list of model globs; empty: every model
-    max_concurrent: int | None = None
-    requests_per_minute: int | None = None
-
-    def __repr__(self) -> str:
-        return f"ClientKey(name={self.name!r})"
 
 
 def new_key() -> tuple[str, str]:

@@ -11,7 +11,8 @@ rotation for everyone else. Bad credentials (401/403 from a provider with its ow
 long cooldown of their own: retrying a revoked key every few seconds only fills logs.
 
 No I/O and no global clock: every method takes ``now`` (trio's clock in the app, a MockClock
-in tests), so each transition is a unit test.
+in tests), so each transition is a unit test. The knobs (``HealthPolicy``) are config's:
+``[health]`` sets the cooldowns.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import random
 from collections.abc import Callable
 
 import attrs
+
+from trio_balancer.config import HealthPolicy
 
 __all__ = [
     "FailureKind",
@@ -46,19 +49,6 @@ class FailureKind(enum.Enum):
     SERVER = "server"  # 5xx, 408/409, SSE api_error, cut streams
     CONNECT = "connect"  # connect, TLS, protocol failures
     TIMEOUT = "timeout"  # first byte, idle, total
-
-
-@attrs.frozen
-class HealthPolicy:
-    base_cooldown_s: float = 1.0
-    max_cooldown_s: float = 300.0
-    auth_cooldown_s: float = 600.0
-    # Cooldowns derived from backoff are multiplied by a factor in [1 - jitter, 1 + jitter] so
-    # that instances and providers that failed together do not all come back together.
-    jitter: float = 0.2
-    # A provider-requested wait (retry-after) longer than this is capped: we would rather
-    # send one trial than park a provider for an hour on a misconfigured header.
-    max_retry_after_s: float = 600.0
 
 
 @attrs.frozen

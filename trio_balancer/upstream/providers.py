@@ -14,21 +14,13 @@ import attrs
 import httpx
 import trio
 
-from trio_balancer.config import Config, HealthConfig, ProviderConfig
-from trio_balancer.policy.health import HealthPolicy, ProviderHealth
+from trio_balancer.config import Config, ProviderConfig
+from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
 from trio_balancer.policy.routing import Ewma
 from trio_balancer.upstream.headers import make_clients
 
-__all__ = ["ProviderRuntime", "Registry", "health_policy"]
-
-
-def health_policy(config: HealthConfig) -> HealthPolicy:
-    return HealthPolicy(
-        base_cooldown_s=config.base_cooldown_s,
-        max_cooldown_s=config.max_cooldown_s,
-        auth_cooldown_s=config.auth_cooldown_s,
-    )
+__all__ = ["ProviderRuntime", "Registry"]
 
 
 @attrs.define(eq=False)
@@ -96,18 +88,17 @@ class Registry:
         return ProviderRuntime(
             config=provider,
             clients=make_clients(provider),
-            health=ProviderHealth(policy=health_policy(config.health), rng=self._rng.random),
+            health=ProviderHealth(policy=config.health, rng=self._rng.random),
         )
 
     def reload(self, config: Config) -> list[ProviderRuntime]:
         """Switch to ``config``; returns the runtimes retired by the change."""
         old = self.runtimes
         new: dict[str, ProviderRuntime] = {}
-        policy = health_policy(config.health)
         for p in config.providers:
             current = old.get(p.name)
             if current is not None and current.config == p:
-                current.health.policy = policy
+                current.health.policy = config.health
                 new[p.name] = current
             else:
                 new[p.name] = self._make(p, config)
