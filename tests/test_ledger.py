@@ -71,6 +71,15 @@ class TestStore:
         assert row["id"] == "r1" and row["flagged"] is True
         store.close()
 
+    def test_both_dialects_carry_the_same_released_schema(self) -> None:
+        """Written out per dialect, the released migrations still differ only in SQLite's REAL."""
+        from trio_balancer.ledger.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+
+        assert len(POSTGRES_MIGRATIONS) == len(SQLITE_MIGRATIONS) == len(MIGRATIONS)
+        assert POSTGRES_MIGRATIONS[:3] == tuple(
+            m.replace(" REAL", " DOUBLE PRECISION") for m in SQLITE_MIGRATIONS[:3]
+        )
+
     def test_group_by_is_validated(self, tmp_path: Path) -> None:
         store = LedgerStore(str(tmp_path / "l.sqlite3"))
         with pytest.raises(ValueError, match="cannot group by"):
