@@ -7,10 +7,12 @@ May import the base modules only; it knows records, not requests or flights.
 - :mod:`~trio_balancer.ledger.store`: SQLite and PostgreSQL stores (synchronous, one connection);
 - :mod:`~trio_balancer.ledger.writer`: :class:`Ledger`, the task that writes records, with
   :mod:`~trio_balancer.ledger.sink` (primary store, spill file) and
-  :mod:`~trio_balancer.ledger.backlog` (what no store takes, retried).
+  :mod:`~trio_balancer.ledger.backlog` (what no store takes, retried);
+- :mod:`~trio_balancer.ledger.reader`: the running ledger's queries, for /usage.
 """
 
 from trio_balancer.ledger.migrations import MIGRATIONS
+from trio_balancer.ledger.reader import LedgerReader
 from trio_balancer.ledger.record import GROUP_COLUMNS, Record, parse_time
 from trio_balancer.ledger.store import LedgerStore, PostgresStore, SqliteStore, open_store, sqlite_path
 from trio_balancer.ledger.writer import Ledger, LedgerUnavailable
@@ -19,6 +21,7 @@ __all__ = [
     "GROUP_COLUMNS",
     "MIGRATIONS",
     "Ledger",
+    "LedgerReader",
     "LedgerStore",
     "LedgerUnavailable",
     "PostgresStore",

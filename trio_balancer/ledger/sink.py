@@ -56,6 +56,8 @@ class RecordSink:
         self.failed_writes = 0
         self.lost = 0  # records given up (logged whole): the backlog overflowed, or shutdown
         self.open_error = ""
+        # The primary was opened, and so migrated, at least once: readers need not migrate it.
+        self.primary_migrated = False
         self._held = held
         self._lock = trio.Lock()  # one thread at a time on the stores' connections
         self._refusals: dict[str, int] = {}  # record id -> rounds refused while others went in
@@ -74,6 +76,7 @@ class RecordSink:
             self.open_error = short_error(exc)
             log.error("ledger.unavailable", url=self.path, error=self.open_error)
             return False
+        self.primary_migrated = True
         log.info("ledger.open", url=self.path, schema=self.store.version)
         return True
 

@@ -1,11 +1,12 @@
 """The ledger's stores: synchronous SQL on SQLite (standard library) or PostgreSQL (psycopg).
 
-A store is one connection. Call it from one worker thread at a time (the writer holds a lock
-for its stores) or from the CLI. The SQL is shared by both backends; each store
+A store is one connection. Call it from one worker thread at a time (the writer and the reader
+each hold a lock for theirs) or from the CLI. The SQL is shared by both backends; each store
 supplies its connection, placeholder, migrations and the few expressions that differ.
 
-Opened, a store brings the database to the schema this balancer knows: see
-:mod:`trio_balancer.ledger.migrations`.
+Opened for writing (the default), a store brings the database to the schema this balancer
+knows, once, when it is opened: see :mod:`trio_balancer.ledger.migrations`. Opened for reading
+(``migrate=False``) it takes the schema as it finds it; the writer migrated it already.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ def redact_url(url: str) -> str:
     return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
-def open_store(url: str) -> LedgerStore:
+def open_store(url: str, *, migrate: bool = True) -> LedgerStore:
+    """The store at ``url``; ``migrate=False`` opens it for reading only (see the module doc)."""
     if url.startswith("sqlite:///"):
-        return SqliteStore(sqlite_path(url))
+        return SqliteStore(sqlite_path(url), migrate=migrate)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(url)
+        return PostgresStore(url, migrate=migrate)
     raise ValueError(f"unsupported ledger URL {url!r}")
 
 
@@ -108,6 +110,11 @@ class LedgerStore:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    @property
+    def broken(self) -> bool:
+        """The connection is gone (a database server restarted): open another to go on."""
+        return False
 
     def _write_rows(self, sql: str, rows: list[list[Any]]) -> None:
         raise NotImplementedError
@@ -182,7 +189,7 @@ class SqliteStore(LedgerStore):
     a store must use it from one thread at a time (two at once crash the process).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, migrate: bool = True) -> None:
         self.path = path
         self.url = f"sqlite:///{path}"
         if path != ":memory:":
@@ -191,7 +198,8 @@ class SqliteStore(LedgerStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
         self._conn.execute("PRAGMA busy_timeout=5000")
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._conn.execute(sql, args)
@@ -223,7 +231,7 @@ class PostgresStore(LedgerStore):
     insert_verb = "INSERT INTO"
     insert_suffix = " ON CONFLICT (id) DO NOTHING"
 
-    def __init__(self, url: str, *, connect_timeout: float = 3.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 3.0, migrate: bool = True) -> None:
         import psycopg
 
         self.url = url
@@ -236,7 +244,8 @@ class PostgresStore(LedgerStore):
             connect_timeout=max(1, int(connect_timeout)),
             options="-c statement_timeout=30000",
         )
-        self.migrate()
+        if migrate:
+            self.migrate()
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._conn.execute(sql, args)
@@ -266,3 +275,7 @@ class PostgresStore(LedgerStore):
 
     def close(self) -> None:
         self._conn.close()
+
+    @property
+    def broken(self) -> bool:
+        return self._conn.closed  # psycopg: closed includes a connection the server dropped
