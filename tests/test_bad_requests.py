@@ -372,11 +372,11 @@ class TestAppFailure:
         script = textwrap.dedent(
             f"""
             import sys, trio
-            from trio_balancer import ledger
+            from trio_balancer.ledger import writer
             async def dies(self):
                 await trio.sleep(0.5)
                 raise OSError("the ledger's writer died")
-            ledger.Ledger._write_until_closed = dies
+            writer.Ledger._write_until_closed = dies
             from trio_balancer.cli import main
             sys.exit(main(["serve", "--config", {str(config)!r}, "--port", "0"]))
             """

@@ -71,6 +71,15 @@ class TestStore:
         assert row["id"] == "r1" and row["flagged"] is True
         store.close()
 
+    def test_both_dialects_carry_the_same_released_schema(self) -> None:
+        """Written out per dialect, the released migrations still differ only in SQLite's REAL."""
+        from trio_balancer.ledger.migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+
+        assert len(POSTGRES_MIGRATIONS) == len(SQLITE_MIGRATIONS) == len(MIGRATIONS)
+        assert POSTGRES_MIGRATIONS[:3] == tuple(
+            m.replace(" REAL", " DOUBLE PRECISION") for m in SQLITE_MIGRATIONS[:3]
+        )
+
     def test_group_by_is_validated(self, tmp_path: Path) -> None:
         store = LedgerStore(str(tmp_path / "l.sqlite3"))
         with pytest.raises(ValueError, match="cannot group by"):
@@ -276,6 +285,42 @@ class TestReading:
         async with b2.client:
             totals = (await b2.client.get("/usage")).json()["totals"]
         assert totals[0]["requests"] == 3
+
+    async def test_usage_queries_share_one_connection_and_never_migrate(
+        self,
+        tmp_path: Path,
+        upstream: FakeUpstream,
+        balancer_for: BalancerFactory,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """Each /usage query used to open the store and migrate it; now the writer migrates it
+        once at the start and queries read on one connection, opened at the first of them."""
+        from trio_balancer.ledger import store as ledger_store
+
+        opened, migrated = 0, 0
+        real_init, real_migrate = ledger_store.SqliteStore.__init__, ledger_store.SqliteStore.migrate
+
+        def init(store: ledger_store.SqliteStore, path: str, **kwargs: Any) -> None:
+            nonlocal opened
+            opened += 1
+            real_init(store, path, **kwargs)
+
+        def migrate(store: ledger_store.SqliteStore) -> None:
+            nonlocal migrated
+            migrated += 1
+            real_migrate(store)
+
+        monkeypatch.setattr(ledger_store.SqliteStore, "__init__", init)
+        monkeypatch.setattr(ledger_store.SqliteStore, "migrate", migrate)
+        upstream.script(lambda _r: Reply(steps=anthropic_text_events(["counted"])))
+        b = await balancer_for(config=ledger_config(tmp_path, upstream))
+        assert (opened, migrated) == (1, 1)  # the writer's store
+        for n in range(1, 4):
+            await b.client.post("/v1/messages", json=BODY)
+            assert len(await records(b, n)) == n  # each query sees what was written since the last
+            totals = (await b.client.get("/usage", params={"group_by": "model"})).json()["totals"]
+            assert totals[0]["requests"] == n
+        assert (opened, migrated) == (2, 1)  # and the reader's, unmigrated
 
     async def test_cli_and_endpoint_agree_with_records(
         self,

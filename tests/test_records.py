@@ -17,7 +17,8 @@ import trio.testing
 
 from trio_balancer.app.asgi import create_app
 from trio_balancer.config import parse_config
-from trio_balancer.ledger import store as ledger_module
+from trio_balancer.ledger import backlog as ledger_backlog
+from trio_balancer.ledger import store as ledger_store
 
 from .conftest import PROVIDER_KEY, BalancerFactory, start_balancer
 from .fakes import HANG, FakeUpstream, Reply, anthropic_text_events
@@ -39,7 +40,7 @@ def config_for(tmp_path: Path, upstream: FakeUpstream, **server: Any) -> dict[st
 
 
 def stored(tmp_path: Path) -> list[dict[str, Any]]:
-    store = ledger_module.SqliteStore(str(tmp_path / "ledger.sqlite3"))
+    store = ledger_store.SqliteStore(str(tmp_path / "ledger.sqlite3"))
     try:
         return store.records(limit=1000)
     finally:
@@ -138,14 +139,14 @@ class Disk:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.full = False
-        real = ledger_module.SqliteStore.write
+        real = ledger_store.SqliteStore.write
 
-        def write(store: ledger_module.SqliteStore, records: Any) -> None:
+        def write(store: ledger_store.SqliteStore, records: Any) -> None:
             if self.full:
                 raise sqlite3.OperationalError("database or disk is full")
             real(store, records)
 
-        monkeypatch.setattr(ledger_module.SqliteStore, "write", write)
+        monkeypatch.setattr(ledger_store.SqliteStore, "write", write)
 
 
 class TestFullDisk:
@@ -192,7 +193,7 @@ class TestFullDisk:
         monkeypatch: pytest.MonkeyPatch,
         captured: list[dict[str, Any]],
     ) -> None:
-        monkeypatch.setattr(ledger_module, "BACKLOG_MAX", 3)
+        monkeypatch.setattr(ledger_backlog, "BACKLOG_MAX", 3)
         disk = Disk(monkeypatch)
         upstream.script(lambda _r: Reply(steps=anthropic_text_events(["y" * 400])))
         b = await balancer_for(config=config_for(tmp_path, upstream))
@@ -246,14 +247,14 @@ class TestRecordsTheStoreCannotTake:
         monkeypatch: pytest.MonkeyPatch,
         captured: list[dict[str, Any]],
     ) -> None:
-        real = ledger_module.SqliteStore.write
+        real = ledger_store.SqliteStore.write
 
-        def write(store: ledger_module.SqliteStore, records: Any) -> None:
+        def write(store: ledger_store.SqliteStore, records: Any) -> None:
             if any(r.model == "claude-poison" for r in records):
                 raise sqlite3.IntegrityError("this record cannot be stored")
             real(store, records)
 
-        monkeypatch.setattr(ledger_module.SqliteStore, "write", write)
+        monkeypatch.setattr(ledger_store.SqliteStore, "write", write)
         upstream.script(lambda _r: Reply(steps=anthropic_text_events(["ok"])))
         b = await balancer_for(config=config_for(tmp_path, upstream))
         await b.client.post("/v1/messages", json={**BODY, "model": "claude-a"})
@@ -278,7 +279,7 @@ class TestLedgerRefusesWhatCannotWork:
         conn.execute("PRAGMA user_version = 99")
         conn.close()
         with pytest.raises(ValueError, match="schema is version 99, newer than this balancer knows"):
-            ledger_module.SqliteStore(str(path))
+            ledger_store.SqliteStore(str(path))
 
     @pytest.mark.parametrize("url", ["sqlite:///", "sqlite:///:memory:"])
     def test_a_ledger_that_would_vanish_is_a_config_error(self, url: str) -> None:

@@ -253,6 +253,66 @@ async def test_postgres_down_records_spill_and_drain(
     assert sorted(pg_ids(pg)) == sorted(ids)  # none lost, none twice
 
 
+async def test_usage_queries_do_not_take_the_schema_lock(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    """Each /usage query used to migrate, under the schema table's EXCLUSIVE lock: while an
+    instance held it (starting, migrating), every report on every instance waited for it."""
+    import psycopg
+
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    (a,) = await cluster(up, n=1)
+    rid = (await post(a)).headers["x-balancer-request-id"]
+    await a.wait_idle()
+    assert a.app.ledger is not None
+    with trio.fail_after(5):
+        await a.app.ledger.wait_written(1)
+    holder = await trio.to_thread.run_sync(psycopg.connect, pg.url)
+    try:
+        await trio.to_thread.run_sync(holder.execute, "LOCK TABLE trio_balancer_schema IN EXCLUSIVE MODE")
+        with trio.fail_after(10):  # a query that waited for the lock would wait 30 s, then fail
+            for _ in range(3):
+                totals = (await a.client.get("/usage")).json()["totals"]
+                assert totals[0]["requests"] == 1
+                page = (await a.client.get("/usage/requests")).json()["records"]
+                assert [r["id"] for r in page] == [rid]
+    finally:
+        await trio.to_thread.run_sync(holder.rollback)
+        await trio.to_thread.run_sync(holder.close)
+
+
+async def test_usage_queries_outlive_a_postgres_restart(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    """The queries' kept connection dies with the server; the next query opens another."""
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    (a,) = await cluster(up, n=1)
+    await post(a)
+    await a.wait_idle()
+    assert a.app.ledger is not None
+    with trio.fail_after(5):
+        await a.app.ledger.wait_written(1)
+    assert (await a.client.get("/usage")).json()["totals"][0]["requests"] == 1
+    await trio.to_thread.run_sync(pg.stop)
+    await trio.to_thread.run_sync(pg.start)
+    r = await a.client.get("/usage")
+    assert r.status_code == 200 and r.json()["totals"][0]["requests"] == 1
+
+
+async def test_usage_answers_once_postgres_comes_up_after_the_start(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
+) -> None:
+    """Started without its database (spilling), an instance has not migrated it: its first
+    query does, as every query did before, and finds the ledger empty rather than missing."""
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    await trio.to_thread.run_sync(pg.stop)
+    (a,) = await cluster(up, n=1)
+    assert a.app.ledger is not None and a.app.ledger.degraded
+    await trio.to_thread.run_sync(pg.start)
+    r = await a.client.get("/usage")
+    assert r.status_code == 200 and r.json()["totals"][0]["requests"] == 0
+
+
 async def test_cache_shared_across_instances(
     tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer, cluster: Any
 ) -> None:

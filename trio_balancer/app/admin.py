@@ -90,12 +90,12 @@ async def usage_view(view: OperatorView, path: str, query: bytes) -> dict[str, A
                 raise InvalidRequest(
                     f"group_by: cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}"
                 )
-        rows = await ledger.query("summary", since, until, groups)
+        rows = await ledger.reader.summary(since, until, groups)
         return {"since": since, "until": until, "group_by": groups, "totals": rows}
     limit = _int_param(q, "limit", 100, 1, MAX_PAGE)
     offset = _int_param(q, "offset", 0, 0, MAX_OFFSET)
     flagged = _bool_param(q, "flagged")
-    records = await ledger.query("records", since, until, flagged=flagged, limit=limit, offset=offset)
+    records = await ledger.reader.records(since, until, flagged=flagged, limit=limit, offset=offset)
     page: dict[str, Any] = {"records": records, "limit": limit, "offset": offset}
     if len(records) == limit:
         page["next_offset"] = offset + limit
