@@ -1,3 +1,32 @@
-"""trio_balancer: one fast, reliable Anthropic endpoint in front of several LLM providers."""
+"""trio_balancer: one fast, reliable Anthropic endpoint in front of several LLM providers.
+
+The package is a layered house; a module may import its own layer and the layers below it,
+never one above (``tests/test_layers.py`` walks every import to hold this):
+
+    base       errors, logging, redaction      what every layer needs: error shapes, logs, scrubbing
+    protocol/  sse, events, commit, convert/... the wire formats, sans-I/O (no trio, no httpx)
+    config/    schema, spec, parse             the configuration, frozen and strictly parsed
+    policy/    health, failover, routing, ...  decisions without I/O
+    ledger/    record, migrations, store, ...  the usage ledger
+    upstream/  headers, providers              talking to providers: header rules, HTTP clients
+    flight/    hub, attempt, relay, flight     one request's upstream lifetime, fan-out, outcome
+    app/       asgi, messages, writer, ...     the ASGI app: requests, records, operator pages
+    tools/     simulator, claude_code          run beside the balancer, never imported by it
+    cli                                        the command line, on top of everything
+"""
 
 __version__ = "0.1.0"
+
+# Bottom to top; each entry is a layer's modules or packages (see the docstring).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("errors", "logging", "redaction"),
+    ("protocol",),
+    ("config",),
+    ("policy",),
+    ("ledger",),
+    ("upstream",),
+    ("flight",),
+    ("app",),
+    ("tools",),
+    ("cli", "__main__"),
+)

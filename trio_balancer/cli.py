@@ -28,6 +28,24 @@ __all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "claude":
+        return _claude(args)
+    if args.command == "keys":
+        return _keys_new(args.name, admin=args.admin)
+    if args.command == "check-config":
+        return _check_config(args.path)
+    if args.command == "simulate":
+        return _simulate(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "usage":
+        return _usage(args)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Every command and option; one flat list so ``--help`` and this read the same."""
     parser = argparse.ArgumentParser(prog="trio-balancer", description="Anthropic-compatible LLM balancer")
     parser.add_argument("--version", action="version", version=f"trio-balancer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,21 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     check = sub.add_parser("check-config", help="validate a config and print the routes it implies")
     check.add_argument("path")
-
-    args = parser.parse_args(argv)
-    if args.command == "claude":
-        return _claude(args)
-    if args.command == "keys":
-        return _keys_new(args.name, admin=args.admin)
-    if args.command == "check-config":
-        return _check_config(args.path)
-    if args.command == "simulate":
-        return _simulate(args)
-    if args.command == "serve":
-        return _serve(args)
-    if args.command == "usage":
-        return _usage(args)
-    return 2  # pragma: no cover - argparse enforces the choices
+    return parser
 
 
 def _log_args(p: argparse.ArgumentParser) -> None:

@@ -298,18 +298,7 @@ class Flight:
         if len(self._tried) == 1:
             await self._relay_answer(last)  # one provider: its own answer says it best
             return
-        raise self._all_failed()
-
-    def _all_failed(self) -> Overloaded:
-        now = trio.current_time()
-        summary = "; ".join(f"{r.provider}: {r.error}" for r in self._tried)
-        waits = [
-            self._providers[r.provider].health.cooling_until - now
-            for r in self._tried
-            if self._providers[r.provider].health.cooling_until > now
-        ]
-        headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
-        return Overloaded(f"every provider for this model failed ({summary})", headers=headers)
+        raise _all_failed(self._tried, self._providers)
 
     async def _relay_answer(self, failure: AttemptFailed) -> None:
         """Send a provider's error answer to the client as it was sent (or ours, if none).
@@ -338,12 +327,12 @@ class Flight:
             try:
                 await self._try(attempt, runtime)
                 verdict_given = True
-                self._succeeded(runtime)
+                _succeeded(runtime, self._completed, self.observer)
                 self._tried.append(AttemptRecord(runtime.name, attempt.model, None, self._status))
                 return
             except AttemptFailed as failure:
                 verdict_given = True
-                self._failed(runtime, failure)
+                _failed(runtime, failure, self.observer)
                 if failure.connect and retries < runtime.config.max_retries and not self._committed:
                     retries += 1
                     reason = failure.error.message
@@ -358,34 +347,6 @@ class Flight:
                         AttemptRecord(runtime.name, attempt.model, "cancelled: no listener left")
                     )
 
-    def _succeeded(self, runtime: ProviderRuntime) -> None:
-        health = runtime.health
-        if not self._completed:
-            health.abandoned()
-            return
-        recovered = health.state is not State.HEALTHY
-        health.succeeded(trio.current_time())
-        if recovered:
-            self.observer.health_changed(runtime.name, health)
-
-    def _failed(self, runtime: ProviderRuntime, failure: AttemptFailed) -> None:
-        health = runtime.health
-        kind = failure.verdict.kind
-        if kind is None:
-            health.abandoned()
-            return
-        reason = failure.error.message
-        cooldown = health.failed(trio.current_time(), kind, reason, failure.retry_after)
-        self.observer.health_changed(runtime.name, health)
-        level = log.error if kind is FailureKind.AUTH else log.warning
-        level(
-            "provider.cooldown",
-            provider=runtime.name,
-            kind=kind.value,
-            seconds=round(cooldown, 2),
-            reason=reason,
-        )
-
     async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         provider = runtime.config
         self._provider = provider.name
@@ -398,7 +359,7 @@ class Flight:
             await self.commit(Head(200, list(JSON_HEADERS)), estimate)
             self._completed = True
             return
-        secrets = self._secrets(provider)
+        secrets = _secrets(provider, req)
         relay = Relay(
             provider,
             req.payload,
@@ -420,7 +381,7 @@ class Flight:
             runtime,
             upstream_url(provider, req.path, req.query),
             request_headers(req.headers, provider),
-            self._upstream_body(provider, attempt.model),
+            _upstream_body(provider, req, attempt.model),
             secrets,
             relay_response,
             on_headers=self._headers_came,
@@ -429,23 +390,65 @@ class Flight:
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
 
-    def _upstream_body(self, provider: ProviderConfig, model: str) -> bytes:
-        if provider.kind != "openai":
-            return self.request.body_for(model)
-        options = RequestOptions(
-            max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
-        )
-        converted = to_openai(self.request.payload, model=model, options=options)
-        if converted.dropped:
-            log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
-        return events.dumps(converted.body).encode()
 
-    def _secrets(self, provider: ProviderConfig) -> list[str]:
-        """Every credential this request sent upstream: what no relayed text may contain."""
-        sent = [provider.api_key or "", *provider.headers.values()]
-        if provider.passthrough:
-            for name, value in self.request.headers:
-                if name in (b"x-api-key", b"authorization"):
-                    text = value.decode("latin-1")
-                    sent += [text, text.removeprefix("Bearer ").removeprefix("bearer ")]
-        return [s for s in sent if s]
+def _succeeded(runtime: ProviderRuntime, completed: bool, observer: FlightObserver) -> None:
+    """Health after an attempt that raised nothing: a success if the response completed."""
+    health = runtime.health
+    if not completed:
+        health.abandoned()
+        return
+    recovered = health.state is not State.HEALTHY
+    health.succeeded(trio.current_time())
+    if recovered:
+        observer.health_changed(runtime.name, health)
+
+
+def _failed(runtime: ProviderRuntime, failure: AttemptFailed, observer: FlightObserver) -> None:
+    """Health after a failed attempt: a cooldown if the verdict blames the provider."""
+    health = runtime.health
+    kind = failure.verdict.kind
+    if kind is None:
+        health.abandoned()
+        return
+    reason = failure.error.message
+    cooldown = health.failed(trio.current_time(), kind, reason, failure.retry_after)
+    observer.health_changed(runtime.name, health)
+    level = log.error if kind is FailureKind.AUTH else log.warning
+    level(
+        "provider.cooldown", provider=runtime.name, kind=kind.value, seconds=round(cooldown, 2), reason=reason
+    )
+
+
+def _all_failed(tried: list[AttemptRecord], providers: Mapping[str, ProviderRuntime]) -> Overloaded:
+    now = trio.current_time()
+    summary = "; ".join(f"{r.provider}: {r.error}" for r in tried)
+    waits = [
+        providers[r.provider].health.cooling_until - now
+        for r in tried
+        if providers[r.provider].health.cooling_until > now
+    ]
+    headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
+    return Overloaded(f"every provider for this model failed ({summary})", headers=headers)
+
+
+def _upstream_body(provider: ProviderConfig, request: UpstreamRequest, model: str) -> bytes:
+    if provider.kind != "openai":
+        return request.body_for(model)
+    options = RequestOptions(
+        max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
+    )
+    converted = to_openai(request.payload, model=model, options=options)
+    if converted.dropped:
+        log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
+    return events.dumps(converted.body).encode()
+
+
+def _secrets(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:
+    """Every credential this request sent upstream: what no relayed text may contain."""
+    sent = [provider.api_key or "", *provider.headers.values()]
+    if provider.passthrough:
+        for name, value in request.headers:
+            if name in (b"x-api-key", b"authorization"):
+                text = value.decode("latin-1")
+                sent += [text, text.removeprefix("Bearer ").removeprefix("bearer ")]
+    return [s for s in sent if s]

@@ -46,7 +46,7 @@ import attrs
 import h11
 import trio
 
-from trio_balancer.errors import InvalidRequest, error_body
+from trio_balancer.errors import InvalidRequest, error_body, error_type_for_status
 from trio_balancer.logging import get_logger
 from trio_balancer.protocol import events
 from trio_balancer.protocol.sse import encode_event
@@ -236,25 +236,7 @@ class Simulator:
             )
         if opts.status != 200:
             extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
-            if openai:
-                err: dict[str, Any] = {
-                    "error": {
-                        "message": f"simulated HTTP {opts.status}",
-                        "type": "server_error",
-                        "code": str(opts.status),
-                    }
-                }
-            else:
-                from trio_balancer.errors import error_type_for_status
-
-                err = {
-                    "type": "error",
-                    "error": {
-                        "type": error_type_for_status(opts.status),
-                        "message": f"simulated HTTP {opts.status}",
-                    },
-                }
-            return await self._send(conn, stream, opts.status, err, extra)
+            return await self._send(conn, stream, opts.status, _error_answer(opts.status, openai), extra)
         model = str(payload.get("model") or "sim-1")
         input_tokens = estimate_request(payload)
         if not payload.get("stream"):
@@ -272,6 +254,12 @@ class Simulator:
             if openai
             else _anthropic_stream(opts, model, input_tokens)
         )
+        await self._stream(conn, stream, opts, events)
+
+    async def _stream(
+        self, conn: h11.Connection, stream: trio.SocketStream, opts: SimOptions, events: Iterator[Step]
+    ) -> None:
+        """Send an event stream, with the pacing and the faults ``opts`` asks for."""
         await stream.send_all(
             conn.send(
                 h11.Response(
@@ -354,6 +342,14 @@ def _text(opts: SimOptions, i: int) -> str:
         out += _WORDS[k % len(_WORDS)]
         k += 1
     return out[: opts.event_bytes]
+
+
+def _error_answer(status: int, openai: bool) -> dict[str, Any]:
+    """A simulated HTTP error's body, in the provider kind's own shape."""
+    message = f"simulated HTTP {status}"
+    if openai:
+        return {"error": {"message": message, "type": "server_error", "code": str(status)}}
+    return {"type": "error", "error": {"type": error_type_for_status(status), "message": message}}
 
 
 def _delta_text(opts: SimOptions, i: int) -> str:
