@@ -21,6 +21,7 @@ import trio
 from trio_balancer import __version__
 from trio_balancer import logging as blog
 from trio_balancer.config import Config, ConfigError, load_config
+from trio_balancer.errors import leaf_exceptions
 from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
 from trio_balancer.tools.simulator import SimOptions
 
@@ -202,10 +203,7 @@ def _start_problem(exc: BaseException) -> str | None:
     """What stopped the start, for the operator: the app's own reason, or the socket's."""
     from hypercorn.utils import LifespanFailureError
 
-    leaves = list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else [exc]
-    while any(isinstance(e, BaseExceptionGroup) for e in leaves):
-        leaves = [x for e in leaves for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])]
-    for leaf in leaves:
+    for leaf in leaf_exceptions(exc):
         if isinstance(leaf, LifespanFailureError):
             # Hypercorn formats the app's message as: Lifespan failure in startup. '<message>'
             found = re.match(r"Lifespan failure in \w+\. '(.*)'$", str(leaf), re.S)

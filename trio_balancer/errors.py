@@ -34,6 +34,7 @@ __all__ = [
     "UpstreamUnavailable",
     "error_body",
     "error_type_for_status",
+    "leaf_exceptions",
     "status_for_error_type",
 ]
 
@@ -231,3 +232,13 @@ class Overloaded(BalancerError):
 
     status = 529
     error_type = "overloaded_error"
+
+
+def leaf_exceptions(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc``'s nested groups, in order; ``[exc]`` if it is not a group.
+
+    A nursery wraps what its tasks raised; what an operator needs is what was raised.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return [exc]
+    return [leaf for inner in exc.exceptions for leaf in leaf_exceptions(inner)]

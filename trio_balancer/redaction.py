@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "scrub"]
+__all__ = ["REDACTED", "redact_url", "scrub"]
 
 REDACTED = "[redacted]"
 
@@ -36,3 +36,12 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
         if secret and len(secret) >= 6 and secret in text:
             text = text.replace(secret, REDACTED)
     return _KEY_SHAPED.sub(REDACTED, text)
+
+
+def redact_url(url: str) -> str:
+    """A service URL (database, Redis) without its password, for logs, reprs and /status.
+
+    The user part may be empty (``redis://:password@host``), which is how Redis URLs carry a
+    password alone.
+    """
+    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)

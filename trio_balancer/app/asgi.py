@@ -34,6 +34,7 @@ from trio_balancer.errors import (
     NotFound,
     PermissionDenied,
     StartupFailed,
+    leaf_exceptions,
 )
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.outcome import FlightOutcome
@@ -201,8 +202,7 @@ class BalancerApp:
 
     def _close_on_failure(self, exc: BaseException) -> None:
         """The app cannot serve any more: say so everywhere, once."""
-        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]  # the nursery's wrapping says nothing to an operator
+        exc = leaf_exceptions(exc)[0]  # the nursery's wrapping says nothing to an operator
         self.failure = f"{type(exc).__name__}: {exc}"
         log.critical("balancer.failed", error=self.failure, exc_info=exc)
         self.failed.set()

@@ -32,6 +32,7 @@ import trio
 
 from trio_balancer.logging import get_logger
 from trio_balancer.protocol.dedup import CachedResponse
+from trio_balancer.redaction import redact_url
 
 __all__ = ["HEALTH_CHANNEL", "Cluster", "LimitRefused"]
 
@@ -113,7 +114,7 @@ class Cluster:
         try:
             await self._call(self._redis.ping)
         except (redis.RedisError, OSError) as exc:  # start anyway: local state until Redis answers
-            log.error("cluster.degraded", redis=_redact(self.url), error=f"{type(exc).__name__}: {exc}")
+            log.error("cluster.degraded", redis=redact_url(self.url), error=f"{type(exc).__name__}: {exc}")
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
@@ -132,11 +133,13 @@ class Cluster:
             result = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
         except (redis.RedisError, OSError) as exc:
             if not self.degraded:
-                log.error("cluster.degraded", redis=_redact(self.url), error=f"{type(exc).__name__}: {exc}")
+                log.error(
+                    "cluster.degraded", redis=redact_url(self.url), error=f"{type(exc).__name__}: {exc}"
+                )
             self.degraded = True
             raise
         if self.degraded:
-            log.info("cluster.connected", redis=_redact(self.url), instance=self.instance_id)
+            log.info("cluster.connected", redis=redact_url(self.url), instance=self.instance_id)
             self.degraded = False
         return result
 
@@ -298,14 +301,8 @@ class Cluster:
     def view(self) -> dict[str, Any]:
         return {
             "instance": self.instance_id,
-            "redis": _redact(self.url),
+            "redis": redact_url(self.url),
             "degraded": self.degraded,
             "instances": self.instances,
             "health_updates_applied": self.applied,
         }
-
-
-def _redact(url: str) -> str:
-    import re
-
-    return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)

@@ -14,6 +14,7 @@ import attrs
 
 from trio_balancer.config import spec
 from trio_balancer.protocol.pricing import Price, Rates
+from trio_balancer.redaction import redact_url
 
 __all__ = [
     "AUTH_STYLES",
@@ -94,10 +95,6 @@ def _ledger_url(value: str) -> str | None:
 
 def _strip_slash(value: str) -> str:
     return value.rstrip("/")
-
-
-def _redact(url: str) -> str:
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 @attrs.frozen
@@ -274,7 +271,9 @@ class ClusterConfig:
     lease_ttl_s: float = attrs.field(default=30.0, metadata=spec.number(lo=1.0))
 
     def __repr__(self) -> str:
-        return f"ClusterConfig(redis_url={_redact(self.redis_url or '')!r}, instance_id={self.instance_id!r})"
+        return (
+            f"ClusterConfig(redis_url={redact_url(self.redis_url or '')!r}, instance_id={self.instance_id!r})"
+        )
 
 
 @attrs.frozen
@@ -290,7 +289,7 @@ class LedgerConfig:
     )
 
     def __repr__(self) -> str:  # the URL may carry a password
-        return f"LedgerConfig(enabled={self.enabled}, url={_redact(self.url)!r})"
+        return f"LedgerConfig(enabled={self.enabled}, url={redact_url(self.url)!r})"
 
 
 def _five_minute_write(row: PriceRow) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,8 +31,9 @@ from trio_balancer.ledger.record import (
     record_from_row,
     record_row,
 )
+from trio_balancer.redaction import redact_url
 
-__all__ = ["LedgerStore", "PostgresStore", "SqliteStore", "open_store", "redact_url", "sqlite_path"]
+__all__ = ["LedgerStore", "PostgresStore", "SqliteStore", "open_store", "sqlite_path"]
 
 
 def sqlite_path(url: str) -> str:
@@ -41,11 +41,6 @@ def sqlite_path(url: str) -> str:
     if not url.startswith("sqlite:///"):
         raise ValueError(f"not a sqlite URL: {url!r}")
     return os.path.expanduser(url.removeprefix("sqlite:///"))
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for logs and /status."""
-    return re.sub(r"(//[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
 def open_store(url: str, *, migrate: bool = True) -> LedgerStore:

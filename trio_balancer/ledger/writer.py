@@ -22,8 +22,9 @@ from trio_balancer.ledger.backlog import RETRY_FIRST_S, Backlog
 from trio_balancer.ledger.reader import LedgerReader
 from trio_balancer.ledger.record import Record
 from trio_balancer.ledger.sink import RecordSink, short_error
-from trio_balancer.ledger.store import open_store, redact_url, sqlite_path
+from trio_balancer.ledger.store import open_store, sqlite_path
 from trio_balancer.logging import get_logger
+from trio_balancer.redaction import redact_url
 
 __all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "BUFFER", "FINAL_TRIES", "Ledger", "LedgerUnavailable"]
 
