@@ -1,7 +1,7 @@
 """Where the writer's batches go: the primary store, else the spill file, and back again.
 
 With a database server as the primary store (PostgreSQL), a batch it cannot take goes to a
-local SQLite spill file instead of waiting; :meth:`RecordSink.drain_spill` moves spilled
+local SQLite spill file instead of waiting; :meth:`SpillingStore.drain_spill` moves spilled
 records to the primary once it answers again. Every store call runs in a worker thread, one
 at a time. The sink also keeps the counts the writer reports: written, failed, lost.
 """
@@ -20,7 +20,7 @@ from trio_balancer.ledger.record import Record
 from trio_balancer.ledger.store import LedgerStore, SqliteStore, open_store
 from trio_balancer.logging import get_logger
 
-__all__ = ["DRAIN_INTERVAL_S", "REFUSALS_TO_GIVE_UP", "RecordSink", "short_error"]
+__all__ = ["DRAIN_INTERVAL_S", "REFUSALS_TO_GIVE_UP", "SpillingStore", "short_error"]
 
 log = get_logger("trio_balancer.ledger")
 T = TypeVar("T")
@@ -38,7 +38,7 @@ def short_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
 
 
-class RecordSink:
+class SpillingStore:
     """The primary store and the spill file behind it, and what was written, failed or lost.
 
     ``held`` is the writer's backlog: while it holds records, their failures were logged when

@@ -21,7 +21,7 @@ import trio
 from trio_balancer.ledger.backlog import RETRY_FIRST_S, Backlog
 from trio_balancer.ledger.reader import LedgerReader
 from trio_balancer.ledger.record import Record
-from trio_balancer.ledger.sink import RecordSink, short_error
+from trio_balancer.ledger.sink import SpillingStore, short_error
 from trio_balancer.ledger.store import open_store, sqlite_path
 from trio_balancer.logging import get_logger
 from trio_balancer.redaction import redact_url
@@ -66,7 +66,7 @@ class Ledger:
         self._spill_path = os.path.expanduser(spill_path) if spill_path else None
         self._send, self._recv = trio.open_memory_channel[Record](BUFFER)
         self._backlog = Backlog()
-        self._sink = RecordSink(url, self.path, self._spill_path, held=self._backlog)
+        self._sink = SpillingStore(url, self.path, self._spill_path, held=self._backlog)
         self.reader = LedgerReader(url, schema_ready=lambda: self._sink.primary_migrated)
         self._closed = False
         self._flushed = trio.Event()
