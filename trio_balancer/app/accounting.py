@@ -40,7 +40,7 @@ __all__ = [
     "request_record",
 ]
 
-log = get_logger("trio_balancer.asgi")
+log = get_logger("trio_balancer.app.accounting")
 
 
 def new_request_id() -> str:

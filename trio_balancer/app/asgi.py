@@ -49,7 +49,7 @@ __all__ = ["CONFIG_ENV", "BalancerApp", "count_tasks", "create_app"]
 CONFIG_ENV = "TRIO_BALANCER_CONFIG"
 
 
-log = blog.get_logger("trio_balancer.asgi")
+log = blog.get_logger("trio_balancer.app.asgi")
 
 # Each model in GET /v1/models gets this creation date: the config does not know the real one
 # and clients only display it.

@@ -36,7 +36,7 @@ from trio_balancer.redaction import redact_url
 
 __all__ = ["HEALTH_CHANNEL", "Cluster", "LimitRefused"]
 
-log = get_logger("trio_balancer.cluster")
+log = get_logger("trio_balancer.app.cluster")
 
 PREFIX = "trio-balancer"
 HEALTH_CHANNEL = f"{PREFIX}:health"

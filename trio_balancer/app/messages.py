@@ -42,7 +42,7 @@ from trio_balancer.protocol.validation import parse_request_body, validate_messa
 
 __all__ = ["MessagesEndpoint"]
 
-log = get_logger("trio_balancer.asgi")
+log = get_logger("trio_balancer.app.messages")
 
 _Headers = list[tuple[bytes, bytes]]
 

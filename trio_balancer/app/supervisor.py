@@ -23,7 +23,7 @@ from trio_balancer.policy.health import ProviderHealth, State
 
 __all__ = ["FlightReports", "FlightSupervisor", "count_tasks"]
 
-log = get_logger("trio_balancer.asgi")
+log = get_logger("trio_balancer.app.supervisor")
 
 FlightEnded = Callable[[Flight, FlightOutcome, str | None], None]
 

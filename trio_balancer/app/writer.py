@@ -24,7 +24,7 @@ from trio_balancer.protocol.reshape import Form, Passthrough, form_for
 
 __all__ = ["CLIENT_LEFT", "CUT", "DELIVERED", "Delivery", "ResponseWriter", "replay"]
 
-log = get_logger("trio_balancer.asgi")
+log = get_logger("trio_balancer.app.writer")
 
 # How a response ended, from the client's side (the ledger's ``outcome``).
 DELIVERED = "delivered"  # the whole response reached the client (an error answer too)

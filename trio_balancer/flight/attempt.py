@@ -33,7 +33,7 @@ from trio_balancer.upstream.providers import ProviderRuntime
 
 __all__ = ["MAX_ERROR_BODY", "IdleTimer", "UpstreamResponse", "call_provider"]
 
-log = get_logger("trio_balancer.flight")
+log = get_logger("trio_balancer.flight.attempt")
 
 # An error body from a provider is read whole before it is relayed; this bounds it.
 MAX_ERROR_BODY = 256 * 1024

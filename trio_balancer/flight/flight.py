@@ -48,7 +48,7 @@ from trio_balancer.upstream.providers import ProviderRuntime
 
 __all__ = ["Flight", "FlightObserver", "UpstreamRequest"]
 
-log = get_logger("trio_balancer.flight")
+log = get_logger("trio_balancer.flight.flight")
 
 _ONE_LISTENER = SharePolicy()
 _DEFAULT_LIMITS = RelayLimits()

@@ -22,7 +22,7 @@ from trio_balancer.logging import get_logger
 
 __all__ = ["LISTENER_BUFFER_BYTES", "Abort", "Head", "Hub", "Item", "Listener", "SharePolicy", "item_size"]
 
-log = get_logger("trio_balancer.flight")
+log = get_logger("trio_balancer.flight.hub")
 
 # Bytes queued for one listener before the flight waits for it: enough to absorb scheduling
 # jitter, far less than a response.

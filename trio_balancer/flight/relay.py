@@ -46,7 +46,7 @@ from trio_balancer.redaction import scrub
 
 __all__ = ["MAX_HELD_JSON", "PING_INTERVAL_S", "Outlet", "Relay", "RelayLimits"]
 
-log = get_logger("trio_balancer.flight")
+log = get_logger("trio_balancer.flight.relay")
 
 # A JSON (non-stream) answer is held until complete so a cut body can still fail over. Past
 # this size we commit and stream the rest: no real message is that large.

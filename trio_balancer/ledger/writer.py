@@ -28,7 +28,7 @@ from trio_balancer.redaction import redact_url
 
 __all__ = ["BATCH_MAX", "BATCH_WINDOW_S", "BUFFER", "FINAL_TRIES", "Ledger", "LedgerUnavailable"]
 
-log = get_logger("trio_balancer.ledger")
+log = get_logger("trio_balancer.ledger.writer")
 
 # Records waiting for the writer. Far above any burst a process sees; when it is full anyway
 # (a stalled disk), the handler waits for room (shielded) rather than drop a record.

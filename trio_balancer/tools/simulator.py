@@ -57,7 +57,7 @@ __all__ = ["STAMP_DIGITS", "SimOptions", "Simulator", "serve"]
 
 STAMP_DIGITS = 19
 _WORDS = ("stream ", "event ", "balancer ", "trio ", "nursery ", "channel ", "latency ", "provider ")
-log = get_logger("trio_balancer.simulator")
+log = get_logger("trio_balancer.tools.simulator")
 _CJK = "流式响应实时转发每个事件到达客户端保持顺序不丢数据"
 
 
