@@ -189,3 +189,23 @@ class TestEverySplit:
         run(gate, decoded(b"".join(kept), cuts))
         assert gate.committed and gate.ending() is Ending.NO_STOP
         assert gate.published_bytes == len(b"".join(kept))
+
+
+class TestBareErrorsAfterCommit:
+    def test_a_bare_data_error_after_the_commit_point_is_an_error_too(self) -> None:
+        """It reaches the client through ``relay_error`` (scrubbed) and ends the stream as one."""
+        bare = b"data: " + error_body("overloaded_error", "sk-ant-api03-leakedleakedleaked") + b"\n\n"
+        relayed: list[SSEEvent] = []
+
+        def relay(event: SSEEvent) -> SSEEvent:
+            relayed.append(event)
+            return SSEEvent(raw=b"event: error\ndata: {}\n\n", event="error", data=b"{}")
+
+        gate = CommitGate(relay)
+        out = b"".join(run(gate, decoded(START + delta("a") + bare, [])))
+        assert relayed and b"leaked" not in out and gate.ending() is Ending.ERROR
+
+    def test_problems_are_handed_over_once(self) -> None:
+        gate = CommitGate()
+        run(gate, decoded(START + delta("a") + b"event: x\ndata: nope\n\n", []))
+        assert len(gate.take_malformed()) == 1 and gate.take_malformed() == []

@@ -43,6 +43,7 @@ from trio_balancer.policy.auth import ClientKey, check_browser_reach, is_loopbac
 from trio_balancer.policy.routing import listed_models
 from trio_balancer.protocol.dedup import ResponseCache
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
+from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "count_tasks", "create_app"]
 
@@ -69,6 +70,7 @@ class BalancerApp:
         self.failure: str | None = None
         self.serving = trio.Event()  # startup completed
         self._shutdown_asked = False  # lifespan.shutdown received
+        self._services: trio.Nursery | None = None  # the lifespan's: cluster, ledger, housekeeping
 
     # The app's state under the names tests and embedders use.
     @property
@@ -146,7 +148,6 @@ class BalancerApp:
             elif not self._shutdown_asked:
                 await receive()  # serve saw `failed` and is shutting down: finish the protocol
         finally:
-            self.supervisor.nursery = None
             await self._close_registry()
         if cannot_start is not None:
             log.error("balancer.start_failed", reason=cannot_start)
@@ -156,10 +157,10 @@ class BalancerApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _serve_until_shutdown(self, services: trio.Nursery, receive: Receive, send: Send) -> None:
+        self._services = services
         try:
-            async with trio.open_nursery() as nursery:
-                self.supervisor.nursery = nursery
-                nursery.start_soon(self._reload_on_sighup)
+            async with self.supervisor.running():
+                services.start_soon(self._reload_on_sighup)
                 log.info(
                     "balancer.start",
                     config=self.config.source,
@@ -170,10 +171,9 @@ class BalancerApp:
                 self.serving.set()
                 await receive()  # lifespan.shutdown, after Hypercorn's grace period
                 self._shutdown_asked = True
-                # Flights still running here have no listener left that Hypercorn waits for.
-                nursery.cancel_scope.cancel()
+                # Flights still running here have no listener left that Hypercorn waits for:
+                # leaving `running` cancels them.
         finally:
-            self.supervisor.nursery = None
             # Every flight has ended and queued its record: write them all, then stop the
             # services (cluster loops run until cancelled).
             if self.ledger is not None:
@@ -229,11 +229,10 @@ class BalancerApp:
         if self.config.path is None:
             raise ConfigError("this balancer runs on a built-in config; there is no file to reload")
         new = await trio.to_thread.run_sync(load_config, self.config.path)
-        nursery = self.supervisor.nursery
-        assert nursery is not None
+        assert self._services is not None
         retired = self.state.apply(new)
         for runtime in retired:
-            nursery.start_soon(_close_when_unused, runtime)
+            self._services.start_soon(_close_when_unused, runtime)
         changed = sorted(r.name for r in retired)
         log.info(
             "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
@@ -303,8 +302,8 @@ class BalancerApp:
         )
         return None
 
-    def _flight_ended(self, flight: Flight, outcome: FlightOutcome, key: str | None) -> None:
-        self._messages.flight_ended(flight, outcome, key)
+    def _flight_ended(self, request: UpstreamRequest, outcome: FlightOutcome, key: str | None) -> None:
+        self._messages.flight_ended(request, outcome, key)
 
     def _apply_remote_health(self, message: dict[str, Any]) -> None:
         runtime = self.registry.runtimes.get(str(message.get("provider"))) if self.registry else None

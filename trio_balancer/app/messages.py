@@ -31,7 +31,7 @@ from trio_balancer.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
-from trio_balancer.flight.flight import Flight, UpstreamRequest
+from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, SharePolicy
 from trio_balancer.flight.outcome import FlightOutcome
 from trio_balancer.flight.relay import RelayLimits
@@ -39,6 +39,7 @@ from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]
 
@@ -258,22 +259,22 @@ class MessagesEndpoint:
             include_max_tokens=dedup.include_max_tokens,
         )
 
-    def flight_ended(self, flight: Flight, outcome: FlightOutcome, key: str | None) -> None:
+    def flight_ended(self, request: UpstreamRequest, outcome: FlightOutcome, key: str | None) -> None:
         """A flight is over: cache what may be reused, and remember the session's provider."""
         if key is not None:
-            self._maybe_cache(key, flight, outcome)
-        session = flight.request.session
+            self._maybe_cache(key, outcome)
+        session = request.session
         if session is not None and outcome.completed and outcome.provider is not None:
             self._state.router.remember(session, outcome.provider, trio.current_time())
 
-    def _maybe_cache(self, key: str, flight: Flight, outcome: FlightOutcome) -> None:
+    def _maybe_cache(self, key: str, outcome: FlightOutcome) -> None:
         """Keep a complete, successful response for identical requests; never errors or cuts."""
-        history = flight.history
-        if not (outcome.completed and outcome.status == 200 and history and isinstance(history[0], Head)):
+        replay = outcome.replay
+        if not (outcome.completed and outcome.status == 200 and replay and isinstance(replay[0], Head)):
             return
         state = self._state
-        head = history[0]
-        chunks = [item for item in history[1:] if type(item) is bytes]
+        head = replay[0]
+        chunks = [item for item in replay[1:] if type(item) is bytes]
         state.cache.put(
             key,
             trio.current_time(),
@@ -288,14 +289,14 @@ class MessagesEndpoint:
         if state.cluster is not None and ttl > 0:
             body = b"".join(chunks)
             entry = CachedResponse(
-                head.status,
-                head.headers,
-                (body,),
-                outcome.sse,
-                len(body),
-                0.0,
-                outcome.provider,
-                outcome.upstream_model,
+                status=head.status,
+                headers=head.headers,
+                chunks=(body,),
+                sse=outcome.sse,
+                size=len(body),
+                expires=0.0,  # the cluster sets its own expiry (ttl)
+                provider=outcome.provider,
+                upstream_model=outcome.upstream_model,
             )
             state.cluster.cache_put(key, entry, ttl)
 

@@ -9,7 +9,8 @@ outcome to whoever asked (the cache, sticky sessions) and to its request's recor
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 
 import attrs
 import trio
@@ -20,12 +21,13 @@ from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.outcome import FlightOutcome
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.health import ProviderHealth, State
+from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = ["FlightReports", "FlightSupervisor", "count_tasks"]
 
 log = get_logger("trio_balancer.app.supervisor")
 
-FlightEnded = Callable[[Flight, FlightOutcome, str | None], None]
+FlightEnded = Callable[[UpstreamRequest, FlightOutcome, str | None], None]
 
 
 class FlightSupervisor:
@@ -35,12 +37,24 @@ class FlightSupervisor:
         self._sink = sink
         self._flight_ended = flight_ended
         self._on_count = on_count  # the number of live flights changed (a gauge)
-        self.nursery: trio.Nursery | None = None  # while serving
+        self.nursery: trio.Nursery | None = None  # inside running()
         self.flights: set[Flight] = set()  # live flights, for shutdown, status and tests
         self.shared: dict[str, Flight] = {}  # signature -> live flight others may join
         self._handlers = 0  # /v1/messages handlers not yet recorded
         self._idle = trio.Event()
         self._idle.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Flights may start while inside; leaving cancels those still running and waits for
+        them to end (each records its request on the way out)."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+        self.nursery = None
 
     @property
     def serving(self) -> bool:
@@ -92,16 +106,18 @@ class FlightSupervisor:
 
     async def _run(self, flight: Flight, ctx: RequestContext, key: str | None) -> None:
         """The flight's task in the app nursery: nothing it raises may reach that nursery."""
+        outcome: FlightOutcome | None = None
         crashed = False
         try:
-            await flight.run()
+            outcome = await flight.run()
         except Exception:  # Flight.run answers its own errors; this is a bug in that answer
             log.exception("flight.crash", request_id=ctx.id, provider=flight.provider)
             crashed = True
         finally:
             with trio.CancelScope(shield=True):
-                outcome = flight.outcome
-                assert outcome is not None  # made in Flight.run's finally
+                if outcome is None:  # raised or cancelled: what run's own finally concluded
+                    assert flight.outcome is not None
+                    outcome = flight.outcome
                 if crashed:
                     outcome = attrs.evolve(outcome, error=outcome.error or "api_error")
                 self._ended(flight, outcome, ctx, key)
@@ -116,7 +132,7 @@ class FlightSupervisor:
         self._update_idle()
         try:
             self._on_count(len(self.flights))
-            self._flight_ended(flight, outcome, key)
+            self._flight_ended(flight.request, outcome, key)
         except Exception:
             log.exception("flight.bookkeeping_failed", request_id=ctx.id)
 

@@ -3,7 +3,7 @@
 May import base, protocol, config, policy, upstream; never the app, which owns flights.
 """
 
-from trio_balancer.flight.flight import Flight, FlightObserver, UpstreamRequest
+from trio_balancer.flight.flight import Flight, FlightObserver
 from trio_balancer.flight.hub import (
     LISTENER_BUFFER_BYTES,
     Abort,
@@ -14,6 +14,7 @@ from trio_balancer.flight.hub import (
     item_size,
 )
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightView
+from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = [
     "LISTENER_BUFFER_BYTES",

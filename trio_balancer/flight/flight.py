@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-import attrs
 import trio
 
-from trio_balancer.config import ProviderConfig
 from trio_balancer.errors import (
     JSON_HEADERS,
     BalancerError,
@@ -40,11 +38,11 @@ from trio_balancer.logging import debug_enabled, get_logger
 from trio_balancer.policy.health import FailureKind, ProviderHealth, State
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
-from trio_balancer.protocol.convert import RequestOptions, to_openai
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.headers import request_headers, upstream_url
 from trio_balancer.upstream.providers import ProviderRuntime
+from trio_balancer.upstream.request import UpstreamRequest, secrets_sent, upstream_body
 
 __all__ = ["Flight", "FlightObserver", "UpstreamRequest"]
 
@@ -54,31 +52,6 @@ _ONE_LISTENER = SharePolicy()
 _DEFAULT_LIMITS = RelayLimits()
 # Backoff before retrying the same provider after a connect error (doubles each time).
 _RETRY_BACKOFF_S = 0.2
-
-
-@attrs.frozen
-class UpstreamRequest:
-    """What the client asked for, ready to be sent to any provider."""
-
-    path: str
-    query: bytes
-    headers: tuple[tuple[bytes, bytes], ...]
-    body: bytes
-    payload: Mapping[str, Any]
-    model: str
-    stream: bool
-
-    def body_for(self, model: str) -> bytes:
-        """The body to send upstream: the client's own bytes unless the model is renamed."""
-        if model == self.model:
-            return self.body
-        return json.dumps({**self.payload, "model": model}, ensure_ascii=False).encode()
-
-    @property
-    def session(self) -> str | None:
-        metadata = self.payload.get("metadata")
-        user = metadata.get("user_id") if isinstance(metadata, dict) else None
-        return user if isinstance(user, str) and user else None
 
 
 class FlightObserver(Protocol):
@@ -101,6 +74,11 @@ class _Unobserved:
 
 
 class Flight:
+    """One request's upstream lifetime: the plan's attempts in turn, listeners fed through a hub.
+
+    Mutable while it runs (the progress below); :meth:`run` returns the frozen outcome.
+    """
+
     def __init__(
         self,
         request: UpstreamRequest,
@@ -119,8 +97,7 @@ class Flight:
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.cancel_scope = trio.CancelScope()
         self.hub = Hub(share, deserted=self.cancel_scope.cancel)
-        self.done = trio.Event()
-        self.outcome: FlightOutcome | None = None  # once done
+        self.outcome: FlightOutcome | None = None  # once run has ended, however it ended
         # Progress while running; the outcome is made of it at the end.
         self._tried: list[AttemptRecord] = []
         self._provider: str | None = None
@@ -202,8 +179,8 @@ class Flight:
 
     # -- lifetime ----------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> FlightOutcome:
-        task_status.started()
+    async def run(self) -> FlightOutcome:
+        """Serve the request; whatever happens, listeners get an answer and this its outcome."""
         held = {self._providers[a.provider.name] for a in self.attempts}
         for runtime in held:
             runtime.acquire()
@@ -221,7 +198,6 @@ class Flight:
                 runtime.release()
             self.hub.close()
             self.outcome = self._conclude()
-            self.done.set()
         return self.outcome
 
     def _conclude(self) -> FlightOutcome:
@@ -248,6 +224,7 @@ class Flight:
             usage=usage,
             usage_unknown=usage_unknown,
             tried=tuple(self._tried),
+            replay=tuple(self.hub.history),
         )
 
     def _usage(self) -> Usage | None:
@@ -359,7 +336,7 @@ class Flight:
             await self.commit(Head(200, list(JSON_HEADERS)), estimate)
             self._completed = True
             return
-        secrets = _secrets(provider, req)
+        secrets = secrets_sent(provider, req)
         relay = Relay(
             provider,
             req.payload,
@@ -381,7 +358,7 @@ class Flight:
             runtime,
             upstream_url(provider, req.path, req.query),
             request_headers(req.headers, provider),
-            _upstream_body(provider, req, attempt.model),
+            upstream_body(provider, req, attempt.model),
             secrets,
             relay_response,
             on_headers=self._headers_came,
@@ -429,26 +406,3 @@ def _all_failed(tried: list[AttemptRecord], providers: Mapping[str, ProviderRunt
     ]
     headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
     return Overloaded(f"every provider for this model failed ({summary})", headers=headers)
-
-
-def _upstream_body(provider: ProviderConfig, request: UpstreamRequest, model: str) -> bytes:
-    if provider.kind != "openai":
-        return request.body_for(model)
-    options = RequestOptions(
-        max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
-    )
-    converted = to_openai(request.payload, model=model, options=options)
-    if converted.dropped:
-        log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
-    return events.dumps(converted.body).encode()
-
-
-def _secrets(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:
-    """Every credential this request sent upstream: what no relayed text may contain."""
-    sent = [provider.api_key or "", *provider.headers.values()]
-    if provider.passthrough:
-        for name, value in request.headers:
-            if name in (b"x-api-key", b"authorization"):
-                text = value.decode("latin-1")
-                sent += [text, text.removeprefix("Bearer ").removeprefix("bearer ")]
-    return [s for s in sent if s]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from trio_balancer.flight.hub import Item
 from trio_balancer.protocol.usage import Usage
 
 __all__ = ["AttemptRecord", "FlightOutcome", "FlightView"]
@@ -45,6 +46,9 @@ class FlightOutcome:
     usage: Usage | None  # what the response used; None when no provider produced one
     usage_unknown: bool = False  # computing the usage failed (a bug): the record is flagged
     tried: tuple[AttemptRecord, ...] = ()
+    # The response as listeners got it (head first), when the share policy kept it whole for
+    # late listeners and the cache; empty otherwise.
+    replay: tuple[Item, ...] = ()
 
 
 @attrs.frozen

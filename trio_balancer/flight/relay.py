@@ -23,6 +23,7 @@ from trio_balancer.flight.attempt import UpstreamResponse
 from trio_balancer.flight.failures import AttemptFailed, broken, provider_error, unavailable
 from trio_balancer.flight.hub import Head, Item
 from trio_balancer.logging import get_logger
+from trio_balancer.policy.failover import classify_error_type
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.protocol import events as anthropic
 from trio_balancer.protocol.commit import CommitGate, Ending, ErrorBeforeCommit
@@ -171,7 +172,7 @@ class Relay:
         else:
             last = []
         if last:
-            await self._take(head, gate, last, check_shape=False)
+            await self._take(head, gate, last)
         self._judge(gate)
 
     def _forwarded(self, received: float, count: int) -> None:
@@ -186,22 +187,19 @@ class Relay:
                 forward_us=round((handed - received) * 1e6, 1),
             )
 
-    async def _take(
-        self, head: Head, gate: CommitGate, decoded: list[SSEEvent], *, check_shape: bool = True
-    ) -> bool:
+    async def _take(self, head: Head, gate: CommitGate, decoded: list[SSEEvent]) -> bool:
         """Feed events through the gate and publish what it lets out; True if it did."""
         observe = self.tracker.observe
         for event in decoded:
             observe(event)
         committed = gate.committed
         try:
-            out = gate.feed(decoded, check_shape=check_shape)
+            out = gate.feed(decoded)
         except ErrorBeforeCommit as exc:
             raise self._error_before_commit(exc.event) from None
         if gate.malformed:
-            for problem in gate.malformed:
+            for problem in gate.take_malformed():
                 log.warning("upstream.malformed_event", provider=self.provider.name, problem=problem)
-            gate.malformed.clear()
         if out is None:
             return False
         self.events, self.bytes = gate.published_events, gate.published_bytes
@@ -262,7 +260,8 @@ class Relay:
     def _relayable_error(self, event: SSEEvent) -> SSEEvent:
         """A provider's error event as the client may see it: scrubbed, and never an auth
         error of the balancer's own key (that is a provider failure to the client)."""
-        if self._error_after_commit(event).verdict.kind is FailureKind.AUTH:
+        error_type, _ = parse_error_event(event)
+        if classify_error_type(error_type, passthrough=self.provider.passthrough).kind is FailureKind.AUTH:
             text = f"provider {self.provider.name!r} rejected the balancer's credentials mid-stream"
             data = error_body("api_error", text)
             return SSEEvent(raw=anthropic.error_event("api_error", text), event="error", data=data)

@@ -101,12 +101,12 @@ class CommitGate:
         self.published_bytes = 0
         self.malformed: list[str] = []
 
-    def feed(self, events: Sequence[SSEEvent], *, check_shape: bool = True) -> bytes | None:
+    def feed(self, events: Sequence[SSEEvent]) -> bytes | None:
         """The bytes to publish for ``events``: None while held, the held ones too on commit.
 
         Raises :class:`ErrorBeforeCommit` for an error before the commit point.
         """
-        check = check_shape and self._check_shape
+        check = self._check_shape
         if not self.committed:
             at = self._find_commit(events, check)
             if at is None:
@@ -118,7 +118,7 @@ class CommitGate:
             kind = event.event
             if kind == "message_stop":
                 self.saw_stop = True
-            elif kind == "error":
+            elif kind == "error" or (kind is None and is_error_data(event.data)):
                 self.error_after_commit = event
                 out_events[i] = self._relay_error(event)
             elif check and event.data is not None:
@@ -134,6 +134,11 @@ class CommitGate:
         self.published_events += count
         self.published_bytes += len(out)
         return out
+
+    def take_malformed(self) -> list[str]:
+        """The shape problems found since the last call (for the caller to log)."""
+        problems, self.malformed = self.malformed, []
+        return problems
 
     def _find_commit(self, events: Sequence[SSEEvent], check: bool) -> int | None:
         """Index of the first event at or after which the stream is committed; None: hold all."""

@@ -1,0 +1,72 @@
+"""What a client asked for, ready for any provider: the body each provider kind is sent.
+
+The client's own bytes go to an Anthropic-format provider unless the model is renamed; an
+OpenAI-compatible one gets the request converted. The credentials a request carries upstream
+are listed here too, since no text relayed back may contain them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from trio_balancer.config import ProviderConfig
+from trio_balancer.logging import get_logger
+from trio_balancer.protocol.convert import RequestOptions, to_openai
+from trio_balancer.protocol.events import dumps
+
+__all__ = ["UpstreamRequest", "secrets_sent", "upstream_body"]
+
+log = get_logger("trio_balancer.upstream.request")
+
+
+@attrs.frozen
+class UpstreamRequest:
+    """What the client asked for, ready to be sent to any provider."""
+
+    path: str
+    query: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    payload: Mapping[str, Any]
+    model: str
+    stream: bool
+
+    def body_for(self, model: str) -> bytes:
+        """The body to send upstream: the client's own bytes unless the model is renamed."""
+        if model == self.model:
+            return self.body
+        return json.dumps({**self.payload, "model": model}, ensure_ascii=False).encode()
+
+    @property
+    def session(self) -> str | None:
+        metadata = self.payload.get("metadata")
+        user = metadata.get("user_id") if isinstance(metadata, dict) else None
+        return user if isinstance(user, str) and user else None
+
+
+def upstream_body(provider: ProviderConfig, request: UpstreamRequest, model: str) -> bytes:
+    """The body to send ``provider`` for ``request``, asking for ``model``."""
+    if provider.kind != "openai":
+        return request.body_for(model)
+    options = RequestOptions(
+        max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
+    )
+    converted = to_openai(request.payload, model=model, options=options)
+    if converted.dropped:
+        log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
+    return dumps(converted.body).encode()
+
+
+def secrets_sent(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:
+    """Every credential this request sends ``provider``: what no relayed text may contain."""
+    sent = [provider.api_key or "", *provider.headers.values()]
+    if provider.passthrough:
+        for name, value in request.headers:
+            if name in (b"x-api-key", b"authorization"):
+                text = value.decode("latin-1")
+                sent += [text, text.removeprefix("Bearer ").removeprefix("bearer ")]
+    return [s for s in sent if s]
