@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from trio_balancer.app import accounting, messages
+from trio_balancer.app import accounting, messages, records
 from trio_balancer.flight.relay import Relay
 from trio_balancer.protocol.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
 
@@ -249,7 +249,7 @@ class TestCrashContainment:
         """The issue's scenario: a flight's accounting raises after the provider answered."""
         real = accounting.request_record
 
-        def boom(ctx: accounting.RequestContext, prices: Any) -> Any:
+        def boom(ctx: records.RequestContext, prices: Any) -> Any:
             if ctx.model == "claude-boom":
                 raise TypeError("'int' object is not iterable")  # what the token estimate raised
             return real(ctx, prices)

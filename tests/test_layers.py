@@ -137,3 +137,38 @@ def oversized(path: Path) -> list[str]:
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_class_or_function_outgrows_a_read(path: Path) -> None:
     assert oversized(path) == []
+
+
+SANS_IO = ("protocol", "policy")
+# (socket is not listed: policy/auth parses address spellings with socket.inet_aton, no I/O.)
+IO_LIBRARIES = ("trio", "httpx", "hypercorn", "h11", "sqlite3", "psycopg", "redis", "prometheus_client")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in MODULES if p.relative_to(PACKAGE).parts[0] in SANS_IO],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_sans_io_layers_import_no_io_library(path: Path) -> None:
+    """protocol/ and policy/ take bytes, events and a clock; they never reach for a socket."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom) and not node.level
+            else []
+        )
+        found += [n for n in names if n.split(".")[0] in IO_LIBRARIES]
+    assert found == []
+
+
+def test_tools_are_imported_by_the_cli_only() -> None:
+    importers = {
+        module_name(p)
+        for p in MODULES
+        for _line, target in imports_of(p)
+        if target.startswith("trio_balancer.tools") and not module_name(p).startswith("trio_balancer.tools")
+    }
+    assert importers <= {"trio_balancer.cli"}

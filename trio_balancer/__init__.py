@@ -5,13 +5,13 @@ never one above (``tests/test_layers.py`` walks every import to hold this):
 
     base       errors, logging, redaction      what every layer needs: error shapes, logs, scrubbing
     protocol/  sse, events, commit, convert/... the wire formats, sans-I/O (no trio, no httpx)
+    tools/     simulator, claude_code          run beside the balancer; only cli imports them
     config/    schema, spec, parse             the configuration, frozen and strictly parsed
     policy/    health, failover, routing, ...  decisions without I/O
     ledger/    record, migrations, store, ...  the usage ledger
     upstream/  headers, providers              talking to providers: header rules, HTTP clients
     flight/    hub, attempt, relay, flight     one request's upstream lifetime, fan-out, outcome
     app/       asgi, messages, writer, ...     the ASGI app: requests, records, operator pages
-    tools/     simulator, claude_code          run beside the balancer, never imported by it
     cli                                        the command line, on top of everything
 """
 
@@ -21,12 +21,12 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "logging", "redaction"),
     ("protocol",),
+    ("tools",),
     ("config",),
     ("policy",),
     ("ledger",),
     ("upstream",),
     ("flight",),
     ("app",),
-    ("tools",),
     ("cli", "__main__"),
 )

@@ -12,6 +12,7 @@ import json
 __all__ = [
     "ERROR_TYPE_BY_STATUS",
     "JSON_HEADERS",
+    "STATUS_BY_ERROR_TYPE",
     "AuthenticationFailed",
     "BalancerError",
     "ClientGone",

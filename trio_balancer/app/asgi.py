@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
+from functools import partial
 from typing import Any
 
 import structlog
@@ -22,10 +22,12 @@ from trio_balancer import logging as blog
 from trio_balancer.app import admin, hypercorn_fix
 from trio_balancer.app.accounting import RecordSink
 from trio_balancer.app.cluster import Cluster
+from trio_balancer.app.flight_reports import FlightReports, apply_remote_health
 from trio_balancer.app.messages import MessagesEndpoint
+from trio_balancer.app.models import model_object, models_page
 from trio_balancer.app.respond import Receive, Scope, Send, require_method, send_error, send_json
 from trio_balancer.app.state import AppState
-from trio_balancer.app.supervisor import FlightReports, FlightSupervisor, count_tasks
+from trio_balancer.app.supervisor import FlightSupervisor, count_tasks
 from trio_balancer.app.view import OperatorView
 from trio_balancer.config import Config, ConfigError, load_config
 from trio_balancer.errors import (
@@ -40,7 +42,6 @@ from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.outcome import FlightOutcome
 from trio_balancer.ledger import Ledger, LedgerUnavailable
 from trio_balancer.policy.auth import ClientKey, check_browser_reach, is_loopback
-from trio_balancer.policy.routing import listed_models
 from trio_balancer.protocol.dedup import ResponseCache
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
 from trio_balancer.upstream.request import UpstreamRequest
@@ -52,12 +53,10 @@ CONFIG_ENV = "TRIO_BALANCER_CONFIG"
 
 log = blog.get_logger("trio_balancer.app.asgi")
 
-# Each model in GET /v1/models gets this creation date: the config does not know the real one
-# and clients only display it.
-_MODELS_EPOCH = "2025-01-01T00:00:00Z"
-
 
 class BalancerApp:
+    """The ASGI app: ``create_app(config)`` makes one; Hypercorn runs its lifespan and requests."""
+
     def __init__(self, config: Config) -> None:
         self.state = state = AppState.from_config(config)
         sink = RecordSink(state)
@@ -70,7 +69,6 @@ class BalancerApp:
         self.failure: str | None = None
         self.serving = trio.Event()  # startup completed
         self._shutdown_asked = False  # lifespan.shutdown received
-        self._services: trio.Nursery | None = None  # the lifespan's: cluster, ledger, housekeeping
 
     # The app's state under the names tests and embedders use.
     @property
@@ -157,10 +155,9 @@ class BalancerApp:
         await send({"type": "lifespan.shutdown.complete"})
 
     async def _serve_until_shutdown(self, services: trio.Nursery, receive: Receive, send: Send) -> None:
-        self._services = services
         try:
-            async with self.supervisor.running():
-                services.start_soon(self._reload_on_sighup)
+            async with self.supervisor.running() as nursery:
+                nursery.start_soon(self._reload_on_sighup)
                 log.info(
                     "balancer.start",
                     config=self.config.source,
@@ -188,7 +185,7 @@ class BalancerApp:
                 cc.redis_url,
                 instance_id=cc.instance_id,
                 lease_ttl_s=cc.lease_ttl_s,
-                apply_health=self._apply_remote_health,
+                apply_health=partial(apply_remote_health, self.state),
                 status=self._cluster_status,
             )
             await services.start(cluster.run)
@@ -229,10 +226,11 @@ class BalancerApp:
         if self.config.path is None:
             raise ConfigError("this balancer runs on a built-in config; there is no file to reload")
         new = await trio.to_thread.run_sync(load_config, self.config.path)
-        assert self._services is not None
+        nursery = self.supervisor.nursery
+        assert nursery is not None
         retired = self.state.apply(new)
         for runtime in retired:
-            self._services.start_soon(_close_when_unused, runtime)
+            nursery.start_soon(_close_when_unused, runtime)
         changed = sorted(r.name for r in retired)
         log.info(
             "config.reloaded", config=new.source, providers=[p.name for p in new.providers], replaced=changed
@@ -252,11 +250,11 @@ class BalancerApp:
             elif path == "/v1/models":
                 require_method(method, "GET")
                 self._authenticate(scope)
-                await send_json(send, 200, self._models_page(scope))
+                await send_json(send, 200, models_page(self.config))
             elif path.startswith("/v1/models/"):
                 require_method(method, "GET")
                 self._authenticate(scope)
-                await send_json(send, 200, self._model(path.removeprefix("/v1/models/")))
+                await send_json(send, 200, model_object(self.config, path.removeprefix("/v1/models/")))
             elif path == "/health":
                 await send_json(send, *self._health())
             elif admin.handles(path):
@@ -305,42 +303,8 @@ class BalancerApp:
     def _flight_ended(self, request: UpstreamRequest, outcome: FlightOutcome, key: str | None) -> None:
         self._messages.flight_ended(request, outcome, key)
 
-    def _apply_remote_health(self, message: dict[str, Any]) -> None:
-        runtime = self.registry.runtimes.get(str(message.get("provider"))) if self.registry else None
-        if runtime is None:
-            return
-        now = trio.current_time()
-        runtime.health.apply_remote(
-            now,
-            cooling=message.get("state") == "cooling",
-            cooling_until=now + (float(message.get("until", 0)) - time.time()),
-            message=f"{message.get('message')} (on instance {message.get('instance')})",
-        )
-        log.info(
-            "cluster.health_applied",
-            provider=runtime.name,
-            state=message.get("state"),
-            instance=message.get("instance"),
-        )
-
     def _cluster_status(self) -> dict[str, Any]:
         return {"flights": len(self.supervisor.flights), "version": __version__}
-
-    # -- /v1/models --------------------------------------------------------------------------
-
-    def _models_page(self, scope: Scope) -> dict[str, Any]:
-        data = [_model_object(m) for m in listed_models(self.config)]
-        return {
-            "data": data,
-            "has_more": False,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-
-    def _model(self, model_id: str) -> dict[str, Any]:
-        if model_id in listed_models(self.config):
-            return _model_object(model_id)
-        raise NotFound(f"model {model_id!r} not found")
 
 
 async def _close_when_unused(runtime: ProviderRuntime) -> None:
@@ -351,12 +315,8 @@ async def _close_when_unused(runtime: ProviderRuntime) -> None:
         log.exception("provider.close_failed", provider=runtime.name)
 
 
-def _model_object(model_id: str) -> dict[str, Any]:
-    return {"type": "model", "id": model_id, "display_name": model_id, "created_at": _MODELS_EPOCH}
-
-
 def create_app(config: Config | None = None) -> BalancerApp:
-    """The app factory; ``hypercorn --worker-class trio 'trio_balancer.asgi:create_app()'``."""
+    """The app factory; ``hypercorn --worker-class trio 'trio_balancer.app.asgi:create_app()'``."""
     hypercorn_fix.install()  # keep-alive connections close when their clients do
     if config is None:
         config = load_config(os.environ.get(CONFIG_ENV) or None)

@@ -14,11 +14,13 @@ from fnmatch import fnmatchcase
 import structlog
 import trio
 
-from trio_balancer.app.accounting import RecordSink, RequestContext, client_identity, new_request_id
+from trio_balancer.app.accounting import RecordSink
 from trio_balancer.app.cluster import LimitRefused
+from trio_balancer.app.flight_reports import FlightReports
+from trio_balancer.app.records import RequestContext, client_identity, new_request_id
 from trio_balancer.app.respond import Receive, Scope, Send
 from trio_balancer.app.state import AppState
-from trio_balancer.app.supervisor import FlightReports, FlightSupervisor
+from trio_balancer.app.supervisor import FlightSupervisor
 from trio_balancer.app.writer import Delivery, ResponseWriter, replay
 from trio_balancer.errors import (
     BalancerError,
@@ -49,6 +51,8 @@ _Headers = list[tuple[bytes, bytes]]
 
 
 class MessagesEndpoint:
+    """Answers ``/v1/messages*`` requests; one per app, stateless between requests."""
+
     def __init__(
         self, state: AppState, supervisor: FlightSupervisor, sink: RecordSink, observer: FlightReports
     ) -> None:
@@ -224,16 +228,8 @@ class MessagesEndpoint:
             # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
             need_tokens=len(request.body) // 4,
         )
-        server, d = state.config.server, state.config.dedup
-        share = SharePolicy(
-            keep_history=dedup_key is not None,
-            max_lag_events=d.max_lag_events,
-            max_lag_bytes=d.max_lag_bytes,
-            max_lag_s=d.max_lag_s,
-            finish_orphans=d.finish_orphans and dedup_key is not None,
-            max_shared_bytes=d.max_shared_bytes,
-        )
-        limits = RelayLimits(server.max_upstream_response_bytes, server.max_upstream_event_bytes)
+        share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
+        limits = RelayLimits.for_server(state.config.server)
         flight = Flight(request, attempts, providers, share, observer=self._observer, limits=limits)
         listener = flight.subscribe()
         self._supervisor.start(flight, ctx, dedup_key)

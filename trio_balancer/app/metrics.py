@@ -68,6 +68,8 @@ class _Live(Collector):
 
 
 class Metrics:
+    """The app's Prometheus registry and every counter and histogram in it."""
+
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(

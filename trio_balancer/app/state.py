@@ -25,6 +25,8 @@ __all__ = ["AppState"]
 
 @attrs.define(eq=False)
 class AppState:
+    """The config, what is derived from it, and the services; replaced together on reload."""
+
     config: Config
     router: Router
     prices: PriceTable

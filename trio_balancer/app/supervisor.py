@@ -8,22 +8,20 @@ outcome to whoever asked (the cache, sticky sessions) and to its request's recor
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 
 import attrs
 import trio
 
-from trio_balancer.app.accounting import RecordSink, RequestContext
-from trio_balancer.app.state import AppState
+from trio_balancer.app.accounting import RecordSink
+from trio_balancer.app.records import RequestContext
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.outcome import FlightOutcome
 from trio_balancer.logging import get_logger
-from trio_balancer.policy.health import ProviderHealth, State
 from trio_balancer.upstream.request import UpstreamRequest
 
-__all__ = ["FlightReports", "FlightSupervisor", "count_tasks"]
+__all__ = ["FlightSupervisor", "count_tasks"]
 
 log = get_logger("trio_balancer.app.supervisor")
 
@@ -31,7 +29,7 @@ FlightEnded = Callable[[UpstreamRequest, FlightOutcome, str | None], None]
 
 
 class FlightSupervisor:
-    """``flight_ended(flight, outcome, key)`` runs as each flight ends (bugs in it are logged)."""
+    """Owns the running flights; ``flight_ended(request, outcome, key)`` runs as each ends."""
 
     def __init__(self, sink: RecordSink, flight_ended: FlightEnded, on_count: Callable[[int], None]) -> None:
         self._sink = sink
@@ -45,16 +43,22 @@ class FlightSupervisor:
         self._idle.set()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
+    async def running(self) -> AsyncIterator[trio.Nursery]:
         """Flights may start while inside; leaving cancels those still running and waits for
-        them to end (each records its request on the way out)."""
-        async with trio.open_nursery() as nursery:
-            self.nursery = nursery
-            try:
-                yield
-            finally:
-                nursery.cancel_scope.cancel()
-        self.nursery = None
+        them to end (each records its request on the way out).
+
+        The nursery is also where the app's other request-time tasks run (the SIGHUP reload
+        listener, closing retired providers): they live exactly as long as serving does.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                try:
+                    yield nursery
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.nursery = None  # however it ended: no flight may start in a closed nursery
 
     @property
     def serving(self) -> bool:
@@ -135,36 +139,6 @@ class FlightSupervisor:
             self._flight_ended(flight.request, outcome, key)
         except Exception:
             log.exception("flight.bookkeeping_failed", request_id=ctx.id)
-
-
-class FlightReports:
-    """What flights report as they go, to the metrics, the status page and the other instances."""
-
-    def __init__(self, state: AppState) -> None:
-        self._state = state
-
-    def forward(self, seconds: float) -> None:
-        self._state.metrics.forward.observe(seconds)
-        self._state.stats.forward(time.time(), seconds)
-
-    def failover(self, provider: str, reason: str) -> None:
-        self._state.metrics.failovers.labels(provider, reason).inc()
-
-    def health_changed(self, provider: str, health: ProviderHealth) -> None:
-        """A cooldown started or ended here: tell the other instances."""
-        cluster = self._state.cluster
-        if cluster is None:
-            return
-        now = trio.current_time()
-        cooling = health.state is not State.HEALTHY
-        cluster.publish_health(
-            {
-                "provider": provider,
-                "state": "cooling" if cooling else "healthy",
-                "until": time.time() + max(0.0, health.cooling_until - now),
-                "message": health.last_error,
-            }
-        )
 
 
 def count_tasks(tasks: Iterable[trio.lowlevel.Task]) -> int:

@@ -22,6 +22,8 @@ __all__ = ["OperatorView"]
 
 
 class OperatorView:
+    """What status, admin and the live gauges read: state, flights' views, two actions."""
+
     def __init__(
         self,
         state: AppState,

@@ -14,6 +14,7 @@ import attrs
 
 from trio_balancer.config import spec
 from trio_balancer.protocol.pricing import Price, Rates
+from trio_balancer.protocol.sse import DEFAULT_MAX_EVENT_BYTES
 from trio_balancer.redaction import redact_url
 
 __all__ = [
@@ -238,7 +239,9 @@ class ServerConfig:
     max_concurrent: int | None = attrs.field(default=2000, metadata=spec.integer(lo=0, zero_is_none=True))
     # What one upstream may send: a response, and one SSE event. Past these it is cut off.
     max_upstream_response_bytes: int = attrs.field(default=256 * 1024 * 1024, metadata=spec.integer(lo=1024))
-    max_upstream_event_bytes: int = attrs.field(default=8 * 1024 * 1024, metadata=spec.integer(lo=1024))
+    max_upstream_event_bytes: int = attrs.field(
+        default=DEFAULT_MAX_EVENT_BYTES, metadata=spec.integer(lo=1024)
+    )
     # Without client keys, a request's Host must be a loopback name or address, or one of
     # these (a name of this machine that clients use), so DNS rebinding cannot reach us.
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings(clean=str.lower))

@@ -72,7 +72,7 @@ class UpstreamResponse:
     idle: IdleTimer
 
 
-Relay = Callable[[UpstreamResponse], Awaitable[None]]
+RelayFn = Callable[[UpstreamResponse], Awaitable[None]]  # what consumes a 200 response
 
 
 async def call_provider(
@@ -81,7 +81,7 @@ async def call_provider(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     secrets: Sequence[str],
-    relay: Relay,
+    relay: RelayFn,
     *,
     on_headers: Callable[[float], None],
 ) -> None:
@@ -121,7 +121,7 @@ async def _answer(
     response: httpx.Response,
     idle: IdleTimer,
     secrets: Sequence[str],
-    relay: Relay,
+    relay: RelayFn,
 ) -> None:
     """Read the provider's rate-limit headers, then relay a 200 or fail with its error answer."""
     provider = runtime.config
@@ -135,7 +135,8 @@ async def _answer(
     headers = response_headers(response.headers.raw, decoded_body=decoded)
     if response.status_code != 200:
         body = await _read_bounded(response, MAX_ERROR_BODY)
-        raise _error_answer(provider, response, headers, body, secrets, wall)
+        retry_after = retry_after_seconds(text_headers, wall)
+        raise _error_answer(provider, response, headers, body, secrets, retry_after)
     sse = response.headers.get("content-type", "").startswith("text/event-stream")
     if provider.kind == "openai":
         headers = _openai_headers(
@@ -155,7 +156,7 @@ def _error_answer(
     headers: list[tuple[bytes, bytes]],
     body: bytes,
     secrets: Sequence[str],
-    wall: float,
+    retry_after: float | None,
 ) -> AttemptFailed:
     """A provider's HTTP error answer as a failure, with the answer to relay if it is final."""
     status = response.status_code
@@ -182,14 +183,13 @@ def _error_answer(
             headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
         else:
             body = scrub_error_body(body, secrets)
-    text_headers = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in response.headers.raw]
     return AttemptFailed(
         verdict,
         ProviderError(
             status, f"provider {provider.name!r}: HTTP {status} {error_type}", error_type=error_type
         ),
         answer=ErrorAnswer(status, headers, body),
-        retry_after=retry_after_seconds(text_headers, wall) if verdict.kind else None,
+        retry_after=retry_after if verdict.kind else None,
     )
 
 

@@ -30,6 +30,8 @@ T = TypeVar("T")
 
 
 class ByteQueue(Generic[T]):
+    """A queue bounded in bytes (``size_of`` each item), not in items; one item always fits."""
+
     def __init__(self, max_bytes: int, size_of: Callable[[T], int]) -> None:
         self.max_bytes = max_bytes
         self._size_of = size_of

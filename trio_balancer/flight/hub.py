@@ -13,14 +13,26 @@ waits for a slow one until it is past the lag bounds; one that stays past them i
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
 
+from trio_balancer.config import DedupConfig
 from trio_balancer.flight.byte_queue import ByteQueue
 from trio_balancer.logging import get_logger
 
-__all__ = ["LISTENER_BUFFER_BYTES", "Abort", "Head", "Hub", "Item", "Listener", "SharePolicy", "item_size"]
+__all__ = [
+    "LISTENER_BUFFER_BYTES",
+    "Abort",
+    "Head",
+    "Hub",
+    "Item",
+    "Listener",
+    "SharePolicy",
+    "item_size",
+    "new_listener",
+]
 
 log = get_logger("trio_balancer.flight.hub")
 
@@ -33,12 +45,16 @@ _MARKER_BYTES = 64
 
 @attrs.frozen
 class Head:
+    """The response's status and headers: the first item every listener gets."""
+
     status: int
     headers: list[tuple[bytes, bytes]]
 
 
 @attrs.frozen
 class Abort:
+    """In place of the end: the body is broken, the client's connection must be dropped."""
+
     reason: str
 
 
@@ -56,23 +72,44 @@ def item_size(item: Item) -> int:
 
 
 def new_listener() -> Listener:
+    """An empty listener queue, bounded at :data:`LISTENER_BUFFER_BYTES`."""
     return ByteQueue(LISTENER_BUFFER_BYTES, item_size)
+
+
+def _dedup_default(name: str) -> Any:
+    """The ``[dedup]`` key's default: the config schema says it once."""
+    return attrs.fields_dict(DedupConfig)[name].default
 
 
 @attrs.frozen
 class SharePolicy:
-    """How a flight treats several listeners (dedup); the defaults are one listener's."""
+    """How a flight treats several listeners (dedup); without keep_history, one listener's.
+
+    The lag bounds and the history bound are the ``[dedup]`` keys of the same names.
+    """
 
     keep_history: bool = False  # replay for late joiners and the cache
     # With several listeners, how far one may fall behind the flight (events and bytes queued
     # for it) before the flight waits for it, and how long it waits before cutting it off.
-    max_lag_events: int = 1024
-    max_lag_bytes: int = 1024 * 1024
-    max_lag_s: float = 10.0
+    max_lag_events: int = _dedup_default("max_lag_events")
+    max_lag_bytes: int = _dedup_default("max_lag_bytes")
+    max_lag_s: float = _dedup_default("max_lag_s")
     finish_orphans: bool = False  # keep streaming into the cache after the last listener left
     # A response whose history passes this is no longer shared with late joiners nor cached,
     # and its history is let go: a shared flight never holds more than this for replay.
-    max_shared_bytes: int = 4 * 1024 * 1024
+    max_shared_bytes: int = _dedup_default("max_shared_bytes")
+
+    @classmethod
+    def for_dedup(cls, dedup: DedupConfig, *, shared: bool) -> SharePolicy:
+        """The policy of a flight others may join (``shared``) under ``[dedup]``."""
+        return cls(
+            keep_history=shared,
+            max_lag_events=dedup.max_lag_events,
+            max_lag_bytes=dedup.max_lag_bytes,
+            max_lag_s=dedup.max_lag_s,
+            finish_orphans=dedup.finish_orphans and shared,
+            max_shared_bytes=dedup.max_shared_bytes,
+        )
 
 
 class Hub:

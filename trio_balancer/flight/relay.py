@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from trio_balancer.config import ProviderConfig
+from trio_balancer.config import ProviderConfig, ServerConfig
 from trio_balancer.errors import error_body, status_for_error_type
 from trio_balancer.flight.attempt import UpstreamResponse
 from trio_balancer.flight.failures import AttemptFailed, broken, provider_error, unavailable
@@ -35,7 +35,7 @@ from trio_balancer.protocol.convert import (
     openai_error_type,
     to_anthropic_message,
 )
-from trio_balancer.protocol.sse import DEFAULT_MAX_EVENT_BYTES, EventTooLarge, SSEDecoder, SSEEvent
+from trio_balancer.protocol.sse import EventTooLarge, SSEDecoder, SSEEvent
 from trio_balancer.protocol.upstream_errors import (
     error_type_of,
     parse_error_event,
@@ -66,10 +66,21 @@ class Outlet(Protocol):
     async def publish(self, item: Item) -> None: ...
 
 
+def _server_default(name: str) -> Any:
+    return attrs.fields_dict(ServerConfig)[name].default
+
+
 @attrs.frozen
 class RelayLimits:
-    max_response_bytes: int = 256 * 1024 * 1024
-    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    """How much a provider may send: ``[server] max_upstream_response_bytes`` and
+    ``max_upstream_event_bytes`` (their defaults are the config's)."""
+
+    max_response_bytes: int = _server_default("max_upstream_response_bytes")
+    max_event_bytes: int = _server_default("max_upstream_event_bytes")
+
+    @classmethod
+    def for_server(cls, server: ServerConfig) -> RelayLimits:
+        return cls(server.max_upstream_response_bytes, server.max_upstream_event_bytes)
 
 
 class Relay:
@@ -263,8 +274,7 @@ class Relay:
         error_type, _ = parse_error_event(event)
         if classify_error_type(error_type, passthrough=self.provider.passthrough).kind is FailureKind.AUTH:
             text = f"provider {self.provider.name!r} rejected the balancer's credentials mid-stream"
-            data = error_body("api_error", text)
-            return SSEEvent(raw=anthropic.error_event("api_error", text), event="error", data=data)
+            return anthropic.error_sse_event(error_body("api_error", text))
         return scrub_error_event(event, self._secrets)
 
     # -- JSON --------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ May import the base modules only; it knows records, not requests or flights.
 - :mod:`~trio_balancer.ledger.migrations`: the schema, per database, and its version check;
 - :mod:`~trio_balancer.ledger.store`: SQLite and PostgreSQL stores (synchronous, one connection);
 - :mod:`~trio_balancer.ledger.writer`: :class:`Ledger`, the task that writes records, with
-  :mod:`~trio_balancer.ledger.sink` (primary store, spill file) and
+  :mod:`~trio_balancer.ledger.spill` (primary store, spill file) and
   :mod:`~trio_balancer.ledger.backlog` (what no store takes, retried);
 - :mod:`~trio_balancer.ledger.reader`: the running ledger's queries, for /usage.
 """

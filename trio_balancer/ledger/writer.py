@@ -7,7 +7,7 @@ path waits for the disk. The writer gathers records for at most 100 ms after the
 one transaction, so a crash loses at most the last fraction of a second. On
 graceful shutdown the channel is closed after the last flight ended and the writer drains it.
 
-Where a batch goes (the primary store, else a spill file) is :mod:`trio_balancer.ledger.sink`;
+Where a batch goes (the primary store, else a spill file) is :mod:`trio_balancer.ledger.spill`;
 what no store takes waits in a :class:`~trio_balancer.ledger.backlog.Backlog`. Queries go
 through :attr:`Ledger.reader`, on a connection of their own.
 """
@@ -21,7 +21,7 @@ import trio
 from trio_balancer.ledger.backlog import RETRY_FIRST_S, Backlog
 from trio_balancer.ledger.reader import LedgerReader
 from trio_balancer.ledger.record import Record
-from trio_balancer.ledger.sink import SpillingStore, short_error
+from trio_balancer.ledger.spill import SpillingStore, short_error
 from trio_balancer.ledger.store import open_store, sqlite_path
 from trio_balancer.logging import get_logger
 from trio_balancer.redaction import redact_url

@@ -23,6 +23,7 @@ __all__ = [
     "dumps",
     "encode",
     "error_event",
+    "error_sse_event",
     "message_delta",
     "message_start",
     "message_stop",
@@ -50,6 +51,11 @@ def sse_event(payload: Mapping[str, Any]) -> SSEEvent:
 def error_event(error_type: str, message: str) -> bytes:
     """An error after the response was committed: the SSE form of the Anthropic error body."""
     return encode_event("error", error_body(error_type, message).decode())
+
+
+def error_sse_event(body: bytes) -> SSEEvent:
+    """An Anthropic error body as a decoded ``event: error``."""
+    return SSEEvent(raw=encode_event("error", body.decode()), event="error", data=body)
 
 
 def message_start(message: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trio_balancer.errors import error_body
 from trio_balancer.protocol import events
 from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 
@@ -208,14 +209,10 @@ class SSEToJson(_Buffered):
                 assembler.feed(tail)
             message = assembler.message()
         except (AssemblyError, KeyError, TypeError) as exc:
-            error = assembler.error or {
-                "type": "error",
-                "error": {"type": "api_error", "message": f"upstream stream incomplete: {exc}"},
-            }
-            return (502, self._headers + _JSON), json.dumps(error, ensure_ascii=False).encode()
-        return (200, self._headers + _JSON), json.dumps(
-            message, ensure_ascii=False, separators=(",", ":")
-        ).encode()
+            if assembler.error is not None:
+                return (502, self._headers + _JSON), events.dumps(assembler.error).encode()
+            return (502, self._headers + _JSON), error_body("api_error", f"upstream stream incomplete: {exc}")
+        return (200, self._headers + _JSON), events.dumps(message).encode()
 
 
 class JsonToSSE(_Buffered):
@@ -228,13 +225,7 @@ class JsonToSSE(_Buffered):
             message = json.loads(self._body)
             events = message_to_events(message)
         except (ValueError, AttributeError, TypeError):
-            body = json.dumps(
-                {
-                    "type": "error",
-                    "error": {"type": "api_error", "message": "upstream answer is not a message"},
-                }
-            )
-            return (502, self._headers + _JSON), body.encode()
+            return (502, self._headers + _JSON), error_body("api_error", "upstream answer is not a message")
         return (200, self._headers + _SSE), b"".join(events)
 
 

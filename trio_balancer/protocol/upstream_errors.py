@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from trio_balancer.protocol.events import dumps
-from trio_balancer.protocol.sse import MalformedEventData, SSEEvent, encode_event
+from trio_balancer.protocol.events import dumps, error_sse_event
+from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
 from trio_balancer.redaction import scrub
 
 __all__ = ["error_type_of", "is_error_data", "parse_error_event", "scrub_error_body", "scrub_error_event"]
@@ -72,4 +72,4 @@ def scrub_error_event(event: SSEEvent, secrets: Sequence[str]) -> SSEEvent:
     clean = scrub_error_body(event.data, secrets)
     if clean is event.data:
         return event
-    return SSEEvent(raw=encode_event("error", clean.decode()), event="error", data=clean)
+    return error_sse_event(clean)

@@ -22,7 +22,7 @@ from trio_balancer.logging import get_logger
 
 __all__ = ["DRAIN_INTERVAL_S", "REFUSALS_TO_GIVE_UP", "SpillingStore", "short_error"]
 
-log = get_logger("trio_balancer.ledger.sink")
+log = get_logger("trio_balancer.ledger.spill")
 T = TypeVar("T")
 
 # Rounds in which the store took other records but refused this one, before it is given up.

@@ -1,0 +1,71 @@
+"""Health and progress between flights and everything that watches them.
+
+Out: what a flight reports as it goes (forward latency, failovers, a provider's health
+changing) to the metrics, the status page's stats and, through Redis, the other instances.
+In: another instance's health news applied to this one's providers.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import trio
+
+from trio_balancer.app.state import AppState
+from trio_balancer.logging import get_logger
+from trio_balancer.policy.health import ProviderHealth, State
+
+__all__ = ["FlightReports", "apply_remote_health"]
+
+log = get_logger("trio_balancer.app.flight_reports")
+
+
+class FlightReports:
+    """What flights report as they go, to the metrics, the status page and the other instances."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    def forward(self, seconds: float) -> None:
+        self._state.metrics.forward.observe(seconds)
+        self._state.stats.forward(time.time(), seconds)
+
+    def failover(self, provider: str, reason: str) -> None:
+        self._state.metrics.failovers.labels(provider, reason).inc()
+
+    def health_changed(self, provider: str, health: ProviderHealth) -> None:
+        """A cooldown started or ended here: tell the other instances."""
+        cluster = self._state.cluster
+        if cluster is None:
+            return
+        now = trio.current_time()
+        cooling = health.state is not State.HEALTHY
+        cluster.publish_health(
+            {
+                "provider": provider,
+                "state": "cooling" if cooling else "healthy",
+                "until": time.time() + max(0.0, health.cooling_until - now),
+                "message": health.last_error,
+            }
+        )
+
+
+def apply_remote_health(state: AppState, message: dict[str, Any]) -> None:
+    """Another instance saw a provider cool down or recover: apply it to this one's health."""
+    runtime = state.registry.runtimes.get(str(message.get("provider"))) if state.registry else None
+    if runtime is None:
+        return
+    now = trio.current_time()
+    runtime.health.apply_remote(
+        now,
+        cooling=message.get("state") == "cooling",
+        cooling_until=now + (float(message.get("until", 0)) - time.time()),
+        message=f"{message.get('message')} (on instance {message.get('instance')})",
+    )
+    log.info(
+        "cluster.health_applied",
+        provider=runtime.name,
+        state=message.get("state"),
+        instance=message.get("instance"),
+    )
