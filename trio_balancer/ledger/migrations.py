@@ -13,6 +13,21 @@ from __future__ import annotations
 
 __all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "check_known_version"]
 
+# Migrations 2 on use the same SQL on both databases.
+_BOTH: tuple[str, ...] = (
+    # 2: listing flagged records quickly
+    """
+    ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
+    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
+    CREATE INDEX requests_flagged ON requests (flagged, started_at);
+    """,
+    # 3: how each response ended for its client
+    """
+    ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered';
+    UPDATE requests SET outcome = 'client_left' WHERE disconnected = 1;
+    """,
+)
+
 SQLITE_MIGRATIONS: tuple[str, ...] = (
     # 1: the requests table
     """
@@ -45,17 +60,7 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX requests_started_at ON requests (started_at);
     """,
-    # 2: listing flagged records quickly
-    """
-    ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
-    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
-    CREATE INDEX requests_flagged ON requests (flagged, started_at);
-    """,
-    # 3: how each response ended for its client
-    """
-    ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered';
-    UPDATE requests SET outcome = 'client_left' WHERE disconnected = 1;
-    """,
+    *_BOTH,
 )
 
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -90,17 +95,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX requests_started_at ON requests (started_at);
     """,
-    # 2: listing flagged records quickly
-    """
-    ALTER TABLE requests ADD COLUMN flagged INTEGER NOT NULL DEFAULT 0;
-    UPDATE requests SET flagged = CASE WHEN usage_source IN ('partial', 'estimated') OR priced = 0 THEN 1 ELSE 0 END;
-    CREATE INDEX requests_flagged ON requests (flagged, started_at);
-    """,
-    # 3: how each response ended for its client
-    """
-    ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered';
-    UPDATE requests SET outcome = 'client_left' WHERE disconnected = 1;
-    """,
+    *_BOTH,
 )
 
 # The name the ledger has always exported (SQLite's, the default backend's).
