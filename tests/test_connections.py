@@ -4,7 +4,6 @@ sent whole is recorded as delivered, whoever listened to it."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,32 +14,8 @@ import trio.testing
 
 from trio_balancer.config import parse_config
 
-from .conftest import Balancer, BalancerFactory, provider_config, start_balancer
 from .fakes import FakeUpstream, Reply, anthropic_text_events
-
-BODY = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-
-
-def port_of(b: Balancer) -> int:
-    return int(b.url.rsplit(":", 1)[1])
-
-
-def request_bytes(port: int, body: dict[str, Any], *, version: bytes = b"1.1", close: bool = False) -> bytes:
-    payload = json.dumps(body).encode()
-    head = [
-        f"POST /v1/messages HTTP/{version.decode()}",
-        f"host: 127.0.0.1:{port}",
-        "content-type: application/json",
-        f"content-length: {len(payload)}",
-    ]
-    if close:
-        head.append("connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+from .helpers import BODY, Balancer, BalancerFactory, provider_config, raw_request, start_balancer
 
 
 async def read_until_eof(stream: trio.SocketStream) -> bytes:
@@ -104,8 +79,8 @@ class TestConnectionClose:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one", " two"])))
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(balancer))
-        await stream.send_all(request_bytes(port_of(balancer), BODY, version=b"1.0"))
+        stream = await trio.open_tcp_stream("127.0.0.1", balancer.port)
+        await stream.send_all(raw_request(balancer.port, BODY, version=b"1.0"))
         with trio.fail_after(5):  # before the fix: the body arrived, then the socket stayed open
             raw = await read_until_eof(stream)
         assert b"200" in raw.split(b"\r\n", 1)[0] and b"message_stop" in raw
@@ -115,8 +90,8 @@ class TestConnectionClose:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(balancer))
-        await stream.send_all(request_bytes(port_of(balancer), {**BODY, "stream": False}, close=True))
+        stream = await trio.open_tcp_stream("127.0.0.1", balancer.port)
+        await stream.send_all(raw_request(balancer.port, {**BODY, "stream": False}, close=True))
         with trio.fail_after(5):
             raw = await read_until_eof(stream)
         assert raw.startswith(b"HTTP/1.1 200") and b'"type":"message"' in raw
@@ -127,8 +102,8 @@ class TestConnectionClose:
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
         b = await start_balancer(nursery, parse_config(provider_config(upstream)), keep_alive_timeout=0.5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(b))
-        await stream.send_all(request_bytes(port_of(b), BODY))
+        stream = await trio.open_tcp_stream("127.0.0.1", b.port)
+        await stream.send_all(raw_request(b.port, BODY))
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
         start = trio.current_time()
@@ -145,9 +120,9 @@ async def test_descriptors_return_to_baseline(nursery: trio.Nursery, upstream: F
     descriptor comes back (the issue saw 25 of 25 still open after the timeout)."""
     upstream.script(lambda _r: Reply(steps=anthropic_text_events(["x"])))
     b = await start_balancer(nursery, parse_config(provider_config(upstream)), keep_alive_timeout=1.0)
-    port = port_of(b)
+    port = b.port
     warm = await trio.open_tcp_stream("127.0.0.1", port)  # first request: pools, ledger, imports
-    await warm.send_all(request_bytes(port, {**BODY, "messages": [{"role": "user", "content": "warm"}]}))
+    await warm.send_all(raw_request(port, {**BODY, "messages": [{"role": "user", "content": "warm"}]}))
     await read_one_response(warm)
     await warm.aclose()
     await b.wait_idle()
@@ -157,9 +132,7 @@ async def test_descriptors_return_to_baseline(nursery: trio.Nursery, upstream: F
     streams = []
     for i in range(25):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(
-            request_bytes(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]})
-        )
+        await stream.send_all(raw_request(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]}))
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
         streams.append(stream)
@@ -207,9 +180,6 @@ async def test_whole_responses_are_recorded_as_delivered(
         results.append(await r.aread())  # from the cache
     assert len(upstream.received) == 1 and all(b"message_stop" in r for r in results)
     await b.wait_idle()
-    assert b.app.ledger is not None
-    with trio.fail_after(10):
-        await b.app.ledger.wait_written(3)
-    rows = (await b.client.get("/usage/requests")).json()["records"]
+    rows = await b.ledger_rows(3)
     assert sorted(r["dedup_role"] for r in rows) == ["cache", "follower", "leader"]
     assert all(r["outcome"] == "delivered" and not r["disconnected"] for r in rows), rows

@@ -19,16 +19,18 @@ from trio_balancer.protocol.dedup import ResponseCache, signature
 from trio_balancer.protocol.reshape import MessageAssembler, message_to_events
 from trio_balancer.protocol.sse import SSEDecoder
 
-from .conftest import CLIENT_KEY, Balancer, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave, sse
-from .test_flight_clock import Events, make
+from .fakes import (
+    FakeUpstream,
+    PacedStream,
+    Reply,
+    anthropic_text_events,
+    error_reply,
+    interleave,
+    mock_providers,
+    sse,
+)
+from .helpers import BODY, CLIENT_KEY, Balancer, BalancerFactory
 
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
 EVENTS = anthropic_text_events([f"w{i} " for i in range(20)])
 WIRE = b"".join(EVENTS)
 
@@ -150,11 +152,7 @@ class TestSharing:
     ) -> None:
         upstream.script(
             [
-                Reply(
-                    status=529,
-                    headers=[("content-type", "application/json")],
-                    steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"x"}}'],
-                ),
+                error_reply(529, "overloaded_error"),
                 Reply(steps=[*EVENTS[:6]]),  # ends without message_stop
                 Reply(steps=EVENTS),
             ]
@@ -204,10 +202,7 @@ class TestSharing:
                 n.start_soon(read_all, balancer)
         await balancer.wait_idle()
         await read_all(balancer)
-        assert balancer.app.ledger is not None
-        with trio.fail_after(5):
-            await balancer.app.ledger.wait_written(4)
-        rows = (await balancer.client.get("/usage/requests")).json()["records"]
+        rows = await balancer.ledger_rows(4)
         by_role = {r["dedup_role"]: r for r in rows}
         assert sorted(r["dedup_role"] for r in rows) == ["cache", "follower", "follower", "leader"]
         assert by_role["leader"]["output_tokens"] > 0 and by_role["leader"]["cost_usd"] > 0
@@ -397,10 +392,10 @@ async def test_stalled_listener_is_dropped_and_others_finish_on_time(
 
     async def handler(_r: httpx.Request) -> httpx.Response:
         return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, gap=0.1)
+            200, headers={"content-type": "text/event-stream"}, stream=PacedStream(chunks, gap=0.1)
         )  # type: ignore[arg-type]
 
-    _, registry, router = make({"a": handler})
+    _, registry, router = mock_providers({"a": handler})
     flight = Flight(
         REQUEST,
         router.plan("m", registry.runtimes, now=0.0),
@@ -442,10 +437,10 @@ def test_random_join_leave_schedules(schedule: list[tuple[int, int | None]]) -> 
     async def main() -> None:
         async def handler(_r: httpx.Request) -> httpx.Response:
             return httpx.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, gap=1.0)
+                200, headers={"content-type": "text/event-stream"}, stream=PacedStream(chunks, gap=1.0)
             )  # type: ignore[arg-type]
 
-        _, registry, router = make({"a": handler})
+        _, registry, router = mock_providers({"a": handler})
         flight = Flight(
             REQUEST,
             router.plan("m", registry.runtimes, now=0.0),

@@ -11,28 +11,22 @@ import pytest
 import structlog
 import trio
 
-from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
-from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_text_events, interleave, sse
+from .fakes import (
+    CUT,
+    HANG,
+    FakeUpstream,
+    Reply,
+    anthropic_error,
+    anthropic_text_events,
+    error_payload,
+    error_reply,
+    interleave,
+    sse,
+)
+from .helpers import NO_DEDUP, PROVIDER_KEY, SONNET, Balancer, BalancerFactory, message_body, start_balancer
 
-BODY = {
-    "model": "claude-sonnet-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+BODY = message_body(model=SONNET, stream=True)
 GOOD = anthropic_text_events(["served ", "by ", "the ", "backup"], message_id="msg_backup")
-
-
-def error_json(error_type: str, message: str = "nope") -> bytes:
-    return json.dumps({"type": "error", "error": {"type": error_type, "message": message}}).encode()
-
-
-def http_error(status: int, error_type: str, **headers: str) -> Reply:
-    return Reply(
-        status=status,
-        headers=[("content-type", "application/json"), *headers.items()],
-        steps=[error_json(error_type)],
-    )
 
 
 async def two(
@@ -41,11 +35,6 @@ async def two(
     a = await FakeUpstream(first).start(nursery)
     b = await FakeUpstream(Reply(steps=GOOD)).start(nursery)
     return await balancer_for(a, b, **extra), a, b
-
-
-# These tests are about providers' health: every request must reach a provider, so none may be
-# answered from a shared flight or the response cache (tests/test_dedup.py covers those).
-NO_DEDUP = {"x-balancer-no-dedup": "1"}
 
 
 async def stream_body(b: Balancer, body: dict[str, Any] | None = None) -> tuple[httpx.Response, bytes]:
@@ -59,26 +48,24 @@ async def provider_state(b: Balancer, name: str) -> dict[str, Any]:
 
 
 BEFORE_COMMIT = {
-    "http_408": http_error(408, "timeout_error"),
-    "http_409": http_error(409, "api_error"),
-    "http_429": http_error(429, "rate_limit_error", **{"retry-after": "30"}),
-    "http_500": http_error(500, "api_error"),
+    "http_408": error_reply(408, "timeout_error"),
+    "http_409": error_reply(409, "api_error"),
+    "http_429": error_reply(429, "rate_limit_error", **{"retry-after": "30"}),
+    "http_500": error_reply(500, "api_error"),
     "http_502_html": Reply(
         status=502, headers=[("content-type", "text/html")], steps=[b"<h1>bad gateway</h1>"]
     ),
-    "http_503": http_error(503, "api_error"),
-    "http_529": http_error(529, "overloaded_error"),
-    "http_401_provider_key": http_error(401, "authentication_error"),
-    "http_403_provider_key": http_error(403, "permission_error"),
+    "http_503": error_reply(503, "api_error"),
+    "http_529": error_reply(529, "overloaded_error"),
+    "http_401_provider_key": error_reply(401, "authentication_error"),
+    "http_403_provider_key": error_reply(403, "permission_error"),
     "sse_overloaded_error": Reply(
         steps=[
             GOOD[0],
-            sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+            sse("error", error_payload("overloaded_error", "Overloaded")),
         ]
     ),
-    "sse_api_error_after_ping": Reply(
-        steps=[*GOOD[:3], sse("error", {"type": "error", "error": {"type": "api_error", "message": "x"}})]
-    ),
+    "sse_api_error_after_ping": Reply(steps=[*GOOD[:3], sse("error", error_payload("api_error", "x"))]),
     "ends_before_content": Reply(steps=GOOD[:3]),
     "cut_before_content": Reply(steps=[GOOD[0], CUT]),
     "cut_before_headers": Reply(steps=[CUT]),
@@ -124,7 +111,7 @@ class TestBeforeCommit:
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
         payload = json.dumps({"id": "msg_2", "type": "message", "content": []}).encode()
-        a = await FakeUpstream(http_error(529, "overloaded_error")).start(nursery)
+        a = await FakeUpstream(error_reply(529, "overloaded_error")).start(nursery)
         backup = await FakeUpstream(
             Reply(headers=[("content-type", "application/json")], steps=[payload])
         ).start(nursery)
@@ -135,7 +122,7 @@ class TestBeforeCommit:
     async def test_cooling_provider_is_skipped_next_time(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        b, a, backup = await two(nursery, balancer_for, http_error(529, "overloaded_error"))
+        b, a, backup = await two(nursery, balancer_for, error_reply(529, "overloaded_error"))
         backup.script(lambda _r: Reply(steps=GOOD))
         for _ in range(3):
             _, body = await stream_body(b)
@@ -147,7 +134,7 @@ class TestBeforeCommit:
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
         b, _, _ = await two(
-            nursery, balancer_for, http_error(429, "rate_limit_error", **{"retry-after": "42"})
+            nursery, balancer_for, error_reply(429, "rate_limit_error", **{"retry-after": "42"})
         )
         await stream_body(b)
         state = await provider_state(b, "p0")
@@ -158,20 +145,17 @@ class TestBeforeCommit:
     async def test_client_errors_are_relayed_without_failover(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory, status: int
     ) -> None:
-        b, _a, backup = await two(nursery, balancer_for, http_error(status, "invalid_request_error"))
+        b, _a, backup = await two(nursery, balancer_for, error_reply(status, "invalid_request_error"))
         r, body = await stream_body(b)
         assert r.status_code == status
-        assert body == error_json("invalid_request_error")
+        assert body == anthropic_error("invalid_request_error", "x")
         assert backup.received == []
         assert (await provider_state(b, "p0"))["state"] == "healthy"
 
-    async def test_sse_invalid_request_error_relayed_as_http_error(
+    async def test_sse_invalid_request_error_relayed_as_error_reply(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        event = sse(
-            "error",
-            {"type": "error", "error": {"type": "invalid_request_error", "message": "prompt too long"}},
-        )
+        event = sse("error", error_payload("invalid_request_error", "prompt too long"))
         b, _, backup = await two(nursery, balancer_for, Reply(steps=[GOOD[0], event]))
         r, body = await stream_body(b)
         assert r.status_code == 400
@@ -181,7 +165,7 @@ class TestBeforeCommit:
     async def test_passthrough_401_is_the_clients_problem(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        a = await FakeUpstream(http_error(401, "authentication_error")).start(nursery)
+        a = await FakeUpstream(error_reply(401, "authentication_error")).start(nursery)
         backup = await FakeUpstream(Reply(steps=GOOD)).start(nursery)
         config = {
             "providers": [
@@ -232,8 +216,8 @@ class TestAllDown:
     async def test_every_provider_failing_gives_529_without_secrets(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        a = await FakeUpstream(http_error(529, "overloaded_error")).start(nursery)
-        c = await FakeUpstream(http_error(500, "api_error")).start(nursery)
+        a = await FakeUpstream(error_reply(529, "overloaded_error")).start(nursery)
+        c = await FakeUpstream(error_reply(500, "api_error")).start(nursery)
         b = await balancer_for(a, c)
         r = await b.client.post("/v1/messages", json=BODY)
         assert r.status_code == 529
@@ -247,9 +231,9 @@ class TestAllDown:
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
         a = await FakeUpstream(
-            [http_error(429, "rate_limit_error", **{"retry-after": "60"}), Reply(steps=GOOD)]
+            [error_reply(429, "rate_limit_error", **{"retry-after": "60"}), Reply(steps=GOOD)]
         ).start(nursery)
-        c = await FakeUpstream(http_error(429, "rate_limit_error", **{"retry-after": "120"})).start(nursery)
+        c = await FakeUpstream(error_reply(429, "rate_limit_error", **{"retry-after": "120"})).start(nursery)
         b = await balancer_for(a, c)
         r1 = await b.client.post("/v1/messages", json=BODY)
         assert r1.status_code == 529
@@ -260,9 +244,9 @@ class TestAllDown:
     async def test_single_provider_error_relayed_as_sent(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        upstream.script(http_error(529, "overloaded_error"))
+        upstream.script(error_reply(529, "overloaded_error"))
         r = await balancer.client.post("/v1/messages", json=BODY)
-        assert r.status_code == 529 and r.content == error_json("overloaded_error")
+        assert r.status_code == 529 and r.content == anthropic_error("overloaded_error", "x")
 
 
 class TestAfterCommit:
@@ -293,7 +277,7 @@ class TestAfterCommit:
     async def test_providers_error_event_after_content_is_relayed_once(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        err = sse("error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+        err = sse("error", error_payload("overloaded_error", "Overloaded"))
         b, _, _ = await two(nursery, balancer_for, Reply(steps=[*GOOD[:5], err]))
         _, body = await stream_body(b)
         assert body == b"".join(GOOD[:5]) + err
@@ -309,7 +293,7 @@ class TestAfterCommit:
 
 class TestOperators:
     async def test_reset_clears_cooldown(self, nursery: trio.Nursery, balancer_for: BalancerFactory) -> None:
-        b, _, _ = await two(nursery, balancer_for, http_error(500, "api_error"))
+        b, _, _ = await two(nursery, balancer_for, error_reply(500, "api_error"))
         await stream_body(b)
         assert (await provider_state(b, "p0"))["state"] == "cooling"
         r = await b.client.post("/providers/p0/reset")
@@ -323,9 +307,7 @@ class TestOperators:
     ) -> None:
         from trio_balancer.config import load_config
 
-        from .conftest import start_balancer
-
-        a = await FakeUpstream(http_error(500, "api_error")).start(nursery)
+        a = await FakeUpstream(error_reply(500, "api_error")).start(nursery)
         c = await FakeUpstream(Reply(steps=GOOD)).start(nursery)
         d = await FakeUpstream(Reply(steps=GOOD)).start(nursery)
         path = tmp_path / "b.toml"
@@ -370,8 +352,6 @@ async def test_stream_in_flight_survives_reload_that_removes_its_provider(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     from trio_balancer.config import load_config
-
-    from .conftest import start_balancer
 
     slow_events = anthropic_text_events([f"w{i} " for i in range(10)])
     old = await FakeUpstream(Reply(steps=interleave(slow_events, 0.05))).start(nursery)

@@ -10,16 +10,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from trio_balancer import logging as blog
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, SECRETS, SESSION_LOG, Balancer, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
-
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-NO_DEDUP = {"x-balancer-no-dedup": "1"}
+from .fakes import FakeUpstream, Reply, anthropic_text_events, error_reply, interleave
+from .helpers import BODY, CLIENT_KEY, NO_DEDUP, PROVIDER_KEY, SECRETS, Balancer, BalancerFactory
 
 
 async def metrics(b: Balancer) -> dict[str, float]:
@@ -37,13 +29,7 @@ class TestLogs:
     async def test_every_line_of_a_request_carries_its_id(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory, captured: list[dict[str, Any]]
     ) -> None:
-        bad = await FakeUpstream(
-            Reply(
-                status=500,
-                headers=[("content-type", "application/json")],
-                steps=[b'{"type":"error","error":{"type":"api_error","message":"x"}}'],
-            )
-        ).start(nursery)
+        bad = await FakeUpstream(error_reply(500, "api_error")).start(nursery)
         good = await FakeUpstream(Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
         b = await balancer_for(bad, good)
         async with b.client.stream("POST", "/v1/messages", json=BODY, headers={"x-api-key": CLIENT_KEY}) as r:
@@ -122,17 +108,17 @@ class TestLogs:
             == blog.REDACTED
         )
 
-    def test_real_log_output_is_redacted(self) -> None:
+    def test_real_log_output_is_redacted(self, session_log: list[str]) -> None:
         """Through the configured pipeline (not a capture): the line is written, the key is not.
         The conftest also scans the whole session's log output for every test key at the end."""
-        start = len(SESSION_LOG.lines)
+        start = len(session_log)
         blog.get_logger("probe").warning(
             "probe.secret", detail=f"x-api-key: {PROVIDER_KEY}", authorization=CLIENT_KEY
         )
-        written = "".join(SESSION_LOG.lines[start:])
+        written = "".join(session_log[start:])
         assert "probe.secret" in written and blog.REDACTED in written
         assert [s for s in SECRETS if s in written] == []
-        assert [s for s in SECRETS if s in "".join(SESSION_LOG.lines)] == []
+        assert [s for s in SECRETS if s in "".join(session_log)] == []
 
 
 class TestMetrics:

@@ -11,7 +11,6 @@ import trio
 
 from trio_balancer.flight import flight
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import (
     CUT,
     FakeUpstream,
@@ -21,6 +20,7 @@ from .fakes import (
     openai_text_stream,
     openai_tool_stream,
 )
+from .helpers import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 
 TOOLS: list[Any] = [
     {

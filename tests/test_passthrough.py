@@ -10,15 +10,10 @@ import httpx
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, count_tasks
 from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_message, anthropic_text_events, interleave
+from .helpers import CLIENT_KEY, PROVIDER_KEY, SONNET, Balancer, BalancerFactory, count_tasks, message_body
 
-BODY = {
-    "model": "claude-sonnet-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+BODY = message_body(model=SONNET, stream=True)
 HEADERS = {
     "x-api-key": CLIENT_KEY,
     "anthropic-version": "2023-06-01",

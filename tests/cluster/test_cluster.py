@@ -16,19 +16,13 @@ from trio_balancer.config import parse_config
 from trio_balancer.ledger import open_store
 from trio_balancer.policy.auth import new_key
 
-from ..conftest import Balancer, start_balancer
-from ..fakes import FakeUpstream, Reply, anthropic_text_events, interleave
-from .conftest import PgServer, RedisServer
+from ..fakes import FakeUpstream, Reply, anthropic_text_events, error_reply, interleave
+from ..helpers import Balancer, message_body, start_balancer
+from .servers import PgServer, RedisServer
 
 KEY, KEY_SHA = new_key()
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 16,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-OVERLOADED = Reply(status=529, headers=[("content-type", "application/json"), ("retry-after", "60")],
-                   steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'])  # fmt: skip
+BODY = message_body(max_tokens=16, stream=True)
+OVERLOADED = error_reply(529, "overloaded_error", "Overloaded", **{"retry-after": "60"})
 
 
 def cluster_config(

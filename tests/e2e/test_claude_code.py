@@ -20,17 +20,18 @@ import trio
 
 from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, install
 
-from ..conftest import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from ..fakes import (
     FakeUpstream,
     Received,
     Reply,
     anthropic_text_events,
+    error_reply,
     interleave,
     oai_chunk,
     openai_text_stream,
     sse,
 )
+from ..helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
 SECRET = "PURPLE-ELEPHANT-4242"
@@ -243,13 +244,7 @@ class TestClaudeCode:
     async def test_failover_claude_code_never_notices(
         self, claude_bin: Path, workdir: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        overloaded = await FakeUpstream(
-            Reply(
-                status=529,
-                headers=[("content-type", "application/json")],
-                steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'],
-            )
-        ).start(nursery)
+        overloaded = await FakeUpstream(error_reply(529, "overloaded_error", "Overloaded")).start(nursery)
         good = await FakeUpstream(
             Reply(steps=anthropic_text_events(["Served ", "by ", "the ", "backup."]))
         ).start(nursery)
