@@ -23,6 +23,7 @@ from .browser import dump_dom, require_chromium
 from .fakes import (
     JSON_HEADERS,
     FakeUpstream,
+    Pause,
     Reply,
     anthropic_error,
     anthropic_text_events,
@@ -162,9 +163,9 @@ class TestLimits:
     async def test_concurrent_streams_per_client(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
-        upstream.script(
-            lambda r: Reply(steps=interleave(anthropic_text_events([f"w{i}" for i in range(10)]), 0.05))
-        )
+        events = anthropic_text_events([f"w{i}" for i in range(10)])
+        hold = Pause()  # the streams that got a slot stay open until the others were answered
+        upstream.script(lambda r: Reply(steps=[*events[:4], hold, *events[4:]]))
         b = await balancer_for(config=keyed(upstream))
         statuses: list[int] = []
 
@@ -178,9 +179,12 @@ class TestLimits:
                 assert r.headers["retry-after"] == "1"
 
         async with trio.open_nursery() as n:
-            for i in range(4):
+            for i in range(2):
                 n.start_soon(one, i + 1)
-                await trio.sleep(0.02)
+                await upstream.wait_received(i + 1)  # it holds one of alice's two slots
+            for i in range(2, 4):
+                await one(i + 1)  # refused at once
+            hold.release()
         assert sorted(statuses) == [200, 200, 429, 429]
         assert (
             await b.client.post("/v1/messages", json=BODY, headers={"x-api-key": ALICE})
@@ -211,7 +215,9 @@ class TestLimits:
         lim.acquire("c", 20.0, max_concurrent=None, per_minute=3)
 
     async def test_total_concurrency(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
-        upstream.script(lambda r: Reply(steps=interleave(anthropic_text_events(["a", "b"]), 0.2)))
+        events = anthropic_text_events(["a", "b"])
+        hold = Pause()
+        upstream.script(lambda r: Reply(steps=[*events[:4], hold, *events[4:]]))
         b = await balancer_for(
             config={
                 "server": {"max_concurrent": 1},
@@ -225,8 +231,9 @@ class TestLimits:
 
         async with trio.open_nursery() as n:
             n.start_soon(one, 1)
-            await trio.sleep(0.05)
-            n.start_soon(one, 2)
+            await upstream.wait_received(1)  # it holds the one slot
+            await one(2)
+            hold.release()
         assert sorted(codes) == [200, 429]
 
     async def test_header_size(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
