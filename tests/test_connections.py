@@ -14,8 +14,16 @@ import trio.testing
 
 from trio_balancer.config import parse_config
 
-from .fakes import FakeUpstream, Reply, anthropic_text_events
-from .helpers import BODY, Balancer, BalancerFactory, provider_config, raw_request, start_balancer
+from .fakes import FakeUpstream, Pause, Reply, anthropic_text_events
+from .helpers import (
+    BODY,
+    Balancer,
+    BalancerFactory,
+    provider_config,
+    raw_request,
+    start_balancer,
+    wait_for_listeners,
+)
 
 
 async def read_until_eof(stream: trio.SocketStream) -> bytes:
@@ -103,10 +111,12 @@ class TestConnectionClose:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
         b = await start_balancer(nursery, parse_config(provider_config(upstream)), keep_alive_timeout=0.5)
         stream = await trio.open_tcp_stream("127.0.0.1", b.port)
+        # Taken before the request, so surely before the server's idle timer starts (after its
+        # response): however late this task reads the response, the bound below holds.
+        start = trio.current_time()
         await stream.send_all(raw_request(b.port, BODY))
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
-        start = trio.current_time()
         with trio.fail_after(5):  # before the fix: never closed
             assert await stream.receive_some(65536) == b""
         assert trio.current_time() - start >= 0.4  # the keep-alive timeout, not at once
@@ -158,10 +168,9 @@ async def test_whole_responses_are_recorded_as_delivered(
     upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Any
 ) -> None:
     """Leader, follower and cache hit all got their whole answer: none is 'disconnected'."""
-    gate = trio.Event()
     events = anthropic_text_events(["shared", " answer"])
-
-    upstream.script(Reply(steps=[*events[:4], 0.3, *events[4:]]))  # a pause after the commit point
+    hold = Pause()
+    upstream.script(Reply(steps=[*events[:4], hold, *events[4:]]))  # a pause after the commit point
     b = await balancer_for(
         upstream, config={**provider_config(upstream), "ledger": {"url": f"sqlite:///{tmp_path}/l.sqlite3"}}
     )
@@ -169,13 +178,14 @@ async def test_whole_responses_are_recorded_as_delivered(
 
     async def one() -> None:
         async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
-            gate.set()
             results.append(await r.aread())
 
     async with trio.open_nursery() as n:
         n.start_soon(one)
-        await gate.wait()
+        await hold.wait_reached()
         n.start_soon(one)  # joins the live flight
+        await wait_for_listeners(b.app, 2)
+        hold.release()
     async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
         results.append(await r.aread())  # from the cache
     assert len(upstream.received) == 1 and all(b"message_stop" in r for r in results)

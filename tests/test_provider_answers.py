@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
-import trio.testing
 
 from trio_balancer.protocol.convert import (
     StreamConverter,
@@ -28,6 +27,7 @@ from .fakes import (
     JSON_HEADERS,
     OAI_DONE,
     FakeUpstream,
+    Pause,
     Reply,
     anthropic_error,
     anthropic_text_events,
@@ -35,7 +35,7 @@ from .fakes import (
     oai_chunk,
     sse,
 )
-from .helpers import JSON_BODY, PROVIDER_KEY, Balancer, BalancerFactory, assert_error
+from .helpers import JSON_BODY, PROVIDER_KEY, Balancer, BalancerFactory, assert_error, wait_for_listeners
 
 
 def convert(chunks: list[bytes]) -> dict[str, Any]:
@@ -148,7 +148,8 @@ class TestUsageRead:
     ) -> None:
         """The leader's JSON usage is exact; a follower and a cache hit cost nothing upstream."""
         whole = anthropic_json(self.USAGE)
-        upstream.script(Reply(headers=JSON_HEADERS, steps=[whole[:20], 0.3, whole[20:]]))
+        hold = Pause()
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[whole[:20], hold, whole[20:]]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
 
         async def post() -> None:
@@ -156,10 +157,10 @@ class TestUsageRead:
 
         async with trio.open_nursery() as n:
             n.start_soon(post)
-            with trio.fail_after(5):
-                while not b.app.shared:  # the leader's flight is live and joinable
-                    await trio.testing.wait_all_tasks_blocked(0.01)
+            await hold.wait_reached()  # the leader's answer is half sent
             n.start_soon(post)  # joins the flight
+            await wait_for_listeners(b.app, 2)
+            hold.release()
         await b.client.post("/v1/messages", json=JSON_BODY)  # from the cache
         rows = {r["dedup_role"]: r for r in await b.ledger_rows(3)}
         assert len(upstream.received) == 1 and set(rows) == {"leader", "follower", "cache"}
