@@ -24,7 +24,7 @@ from trio_balancer.app import accounting, asgi
 from trio_balancer.flight.flight import Flight
 from trio_balancer.protocol.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
 
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
+from .fakes import FakeUpstream, Pause, Reply, anthropic_text_events
 from .helpers import JSON_BODY, PROVIDER_KEY, Balancer, BalancerFactory, assert_error
 
 # (body fields, the message the client must see)
@@ -241,10 +241,12 @@ class TestCrashContainment:
             return real(ctx, prices)
 
         monkeypatch.setattr(asgi, "request_record", boom)
-        slow = interleave(anthropic_text_events([f"w{i}" for i in range(8)]), 0.05)
+        events = anthropic_text_events([f"w{i}" for i in range(8)])
+        mid_answer = Pause()  # the bystanders' streams run until the crash was answered
+        bystanding = [*events[:4], mid_answer, *events[4:]]
         upstream.script(
             lambda r: Reply(
-                steps=slow if r.json()["model"] != "claude-boom" else anthropic_text_events(["x"])
+                steps=bystanding if r.json()["model"] != "claude-boom" else anthropic_text_events(["x"])
             )
         )
         b = await balancer_for(
@@ -256,19 +258,18 @@ class TestCrashContainment:
             }
         )
         bystanders: list[bytes] = []
-        started = trio.Event()
 
         async def bystander(i: int) -> None:
             body = {**JSON_BODY, "stream": True, "messages": [{"role": "user", "content": f"b{i}"}]}
             async with b.client.stream("POST", "/v1/messages", json=body) as r:
-                started.set()
                 bystanders.append(await r.aread())
 
         async with trio.open_nursery() as n:
             for i in range(3):
                 n.start_soon(bystander, i)
-            await started.wait()
+            await upstream.wait_received(3)
             crash = await b.client.post("/v1/messages", json={**JSON_BODY, "model": "claude-boom"})
+            mid_answer.release()
         assert crash.status_code == 200  # the answer was complete before the accounting ran
         assert len(bystanders) == 3
         assert all(body.count(b"event: message_stop") == 1 for body in bystanders), bystanders

@@ -20,7 +20,7 @@ from trio_balancer.config import parse_config
 from trio_balancer.ledger import MIGRATIONS, Record
 from trio_balancer.ledger import SqliteStore as LedgerStore
 
-from .fakes import CUT, FakeUpstream, Reply, anthropic_text_events, error_reply, interleave
+from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_text_events, error_reply, interleave
 from .helpers import BODY, CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, start_balancer
 
 CORPUS = [
@@ -120,9 +120,8 @@ class TestEveryRequestRecorded:
         self, tmp_path: Path, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
-        upstream.script(
-            Reply(steps=interleave(anthropic_text_events([f"word{i} " for i in range(40)]), 0.05))
-        )
+        events = anthropic_text_events([f"word{i} " for i in range(40)])
+        upstream.script(Reply(steps=[*events[:7], HANG]))  # to "word3 ", then silent: the client leaves
         async with b.client.stream("POST", "/v1/messages", json=BODY) as r, aclosing(r.aiter_raw()) as it:
             async for chunk in it:
                 if b"word3" in chunk:

@@ -271,15 +271,15 @@ class TestClaudeCode:
         home = tmp_path / "shared-home"
         outs: list[str] = []
 
-        async def one(delay: float) -> None:
-            await trio.sleep(delay)
+        async def one() -> None:
             outs.append(
                 await run_claude(claude_bin, b.url, workdir, "tell me a story", "--max-turns", "1", home=home)
             )
 
         async with trio.open_nursery() as n:
-            n.start_soon(one, 0.0)
-            n.start_soon(one, 0.5)
+            n.start_soon(one)
+            await upstream.wait_received(1, limit=60)  # the first run's request is being answered
+            n.start_soon(one)
         expected = "".join(f"part{i} " for i in range(20)).strip()
         assert outs == [expected, expected]
         assert len(upstream.received) == 1
