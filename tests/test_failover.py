@@ -139,7 +139,12 @@ class TestBeforeCommit:
         )
         await stream_body(b)
         state = await provider_state(b, "p0")
-        assert 40 < state["cooldown_remaining_s"] <= 42
+        # 42 s from the failure: measured from it, not from whenever /providers is read.
+        assert 0 < state["cooldown_remaining_s"] <= 42
+        assert b.app.registry is not None
+        health = b.app.registry.runtimes["p0"].health
+        assert health.last_error_at is not None
+        assert health.cooling_until - health.last_error_at == pytest.approx(42)
         assert state["counters"]["rate_limited"] == 1
 
     @pytest.mark.parametrize("status", [400, 404, 413, 422])
