@@ -55,11 +55,14 @@ class Pause:
 
 Step = bytes | float | Pause | object
 
+SSE_HEADERS = [("content-type", "text/event-stream")]
+JSON_HEADERS = [("content-type", "application/json")]
+
 
 @attrs.define
 class Reply:
     status: int = 200
-    headers: list[tuple[str, str]] = attrs.Factory(lambda: [("content-type", "text/event-stream")])
+    headers: list[tuple[str, str]] = attrs.Factory(lambda: list(SSE_HEADERS))
     steps: Sequence[Step] = ()
     hang_before_headers: bool = False
 
@@ -298,9 +301,6 @@ def anthropic_message(text: str, *, model: str = "claude-sonnet-4-6") -> dict[st
     }
 
 
-JSON_HEADERS = [("content-type", "application/json")]
-
-
 def error_payload(error_type: str, message: str) -> dict[str, Any]:
     """Anthropic's error body: what a provider answers, and what the balancer answers with."""
     return {"type": "error", "error": {"type": error_type, "message": message}}
@@ -443,7 +443,7 @@ class BigAnswers:
                 break
         slot = len(self.sent)
         self.sent.append(0)
-        head = conn.send(h11.Response(status_code=200, headers=[("content-type", "text/event-stream")]))
+        head = conn.send(h11.Response(status_code=200, headers=SSE_HEADERS))
         events = anthropic_text_events([])
         try:
             await stream.send_all(head + conn.send(h11.Data(data=b"".join(events[:2]))))

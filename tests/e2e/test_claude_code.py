@@ -21,6 +21,7 @@ import trio
 from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, install
 
 from ..fakes import (
+    SSE_HEADERS,
     FakeUpstream,
     Received,
     Reply,
@@ -35,7 +36,6 @@ from ..helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
 SECRET = "PURPLE-ELEPHANT-4242"
-SSE_HEADERS = [("content-type", "text/event-stream")]
 
 
 @pytest.fixture(scope="session")
