@@ -15,7 +15,7 @@ in-memory providers (``httpx.MockTransport``) for flights on trio's MockClock.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -461,7 +461,7 @@ class BigAnswers:
 
 # -- in-memory providers (httpx.MockTransport), for flights on the MockClock --------------------
 
-MockHandler = Callable[[httpx.Request], Awaitable[httpx.Response]]
+MockHandler = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
 
 
 class PacedStream(httpx.AsyncByteStream):

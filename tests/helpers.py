@@ -152,7 +152,9 @@ async def start_balancer(
 
 def count_tasks() -> int:
     """Every task alive in this trio run: the fixtures', Hypercorn's, the app's and ours."""
-    return asgi.count_tasks([trio.lowlevel.current_root_task()])
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    return asgi.count_tasks([root])
 
 
 # -- waiting without sleeps --------------------------------------------------------------------
