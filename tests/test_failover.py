@@ -158,7 +158,7 @@ class TestBeforeCommit:
         assert backup.received == []
         assert (await provider_state(b, "p0"))["state"] == "healthy"
 
-    async def test_sse_invalid_request_error_relayed_as_error_reply(
+    async def test_sse_invalid_request_error_relayed_as_http_error(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
         event = sse("error", error_payload("invalid_request_error", "prompt too long"))
