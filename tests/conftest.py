@@ -1,35 +1,27 @@
-"""Fixtures: a fake upstream and a real Hypercorn serving the balancer, both on 127.0.0.1."""
+"""Fixtures: a fake upstream and a real Hypercorn serving the balancer, both on 127.0.0.1; and
+the session's log output, checked at the end for every secret a test handed the balancer.
+
+What tests import lives in ``tests/helpers.py`` and ``tests/fakes.py``, not here."""
 
 from __future__ import annotations
 
 import io
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import structlog
 import trio
 
 from trio_balancer import logging as blog
-from trio_balancer.app import asgi
-from trio_balancer.app.asgi import BalancerApp, create_app
-from trio_balancer.app.server import hypercorn_config, serve
-from trio_balancer.config import Config, parse_config
+from trio_balancer.config import parse_config
 from trio_balancer.tools import simulator
 
 from .fakes import FakeUpstream
-
-PROVIDER_KEY = "sk-test-provider-key-0123456789"
-CLIENT_KEY = "sk-ant-client-key-abcdefghijkl"
-
-# Every secret any test hands the balancer. The whole session's log output is kept and checked
-# at the end: if one of these appears anywhere, the run fails (tests/test_observability.py).
-SECRETS = [PROVIDER_KEY, CLIENT_KEY, "sk-secret-value-123456", "sk-cli-test-key", "sk-hidden-1", "sk-backup",
-           "sk-ant-someone-else-1234567", "sk-ant-example"]  # fmt: skip
+from .helpers import SECRETS, Balancer, BalancerFactory, provider_config, start_balancer
 
 
 class _Tee(io.TextIOBase):
@@ -49,6 +41,12 @@ class _Tee(io.TextIOBase):
 
 SESSION_LOG = _Tee()
 blog.configure("debug", "console", stream=SESSION_LOG)
+
+
+@pytest.fixture
+def session_log() -> list[str]:
+    """Every log line written so far this session, as rendered (the list keeps growing)."""
+    return SESSION_LOG.lines
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -71,49 +69,6 @@ def _private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     return home
-
-
-def count_tasks() -> int:
-    """Every task alive in this trio run: the fixtures', Hypercorn's, the app's and ours."""
-    return asgi.count_tasks([trio.lowlevel.current_root_task()])
-
-
-class Balancer:
-    def __init__(self, app: BalancerApp, url: str) -> None:
-        self.app = app
-        self.url = url
-        self.client = httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(30.0), trust_env=False)
-
-    async def wait_idle(self) -> None:
-        """Wait (bounded) until no flight is running in the app."""
-        with trio.fail_after(5):
-            await self.app.wait_idle()
-
-
-def provider_config(*upstreams: FakeUpstream, **extra: Any) -> dict[str, Any]:
-    return {
-        "providers": [
-            {"name": f"p{i}", "kind": "anthropic", "base_url": u.url, "api_key": PROVIDER_KEY, **extra}
-            for i, u in enumerate(upstreams)
-        ]
-    }
-
-
-async def start_balancer(
-    nursery: trio.Nursery,
-    config: Config,
-    shutdown: Callable[[], Awaitable[None]] | None = None,
-    **hypercorn_options: Any,
-) -> Balancer:
-    """The app behind Hypercorn on a free port, set up as ``trio-balancer serve`` sets it up."""
-    app = create_app(config)
-    hc = hypercorn_config(config, "127.0.0.1", 0)
-    hc.errorlog = None
-    hc.graceful_timeout = 0.5
-    for name, value in hypercorn_options.items():
-        setattr(hc, name, value)
-    binds = await nursery.start(partial(serve, app, hc, shutdown_trigger=shutdown))
-    return Balancer(app, binds[0])
 
 
 @pytest.fixture
@@ -141,9 +96,6 @@ def captured() -> Iterator[list[dict[str, Any]]]:
 @pytest.fixture
 async def upstream(nursery: trio.Nursery) -> FakeUpstream:
     return await FakeUpstream().start(nursery)
-
-
-BalancerFactory = Callable[..., Awaitable[Balancer]]
 
 
 @pytest.fixture

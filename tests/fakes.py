@@ -1,32 +1,68 @@
-"""A scripted fake provider on 127.0.0.1, written on h11 + trio for byte-level control.
+"""Fake providers, and what real ones send.
 
-Each test scripts the replies: status, headers, and a list of steps (bytes to send as one
-chunk, a float to sleep, ``CUT`` to drop the connection mid-body, ``HANG`` to never answer).
-The fake records every request it received and notices at once when the balancer closes the
-connection, so tests can assert that a cancelled stream really released its upstream.
+``FakeUpstream`` is a scripted provider on 127.0.0.1, written on h11 + trio for byte-level
+control. Each test scripts the replies: status, headers, and a list of steps (bytes to send as
+one chunk, a float to sleep, ``CUT`` to drop the connection mid-body, ``HANG`` to never answer,
+a ``Pause`` to wait until the test lets it go on). The fake records every request it received
+and notices at once when the balancer closes the connection, so tests can assert that a
+cancelled stream really released its upstream. Tests order themselves on what the fake saw
+(``wait_received``, ``Pause.wait_reached``), never on a sleep.
+
+``BigAnswers`` streams answers too big to hold; ``PacedStream`` and ``mock_providers`` are
+in-memory providers (``httpx.MockTransport``) for flights on trio's MockClock.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from functools import partial
 from typing import Any
 
 import attrs
 import h11
+import httpx
 import trio
+
+from trio_balancer.config import Config, parse_config
+from trio_balancer.policy.routing import Router
+from trio_balancer.upstream.providers import Registry
 
 CUT = object()  # close the socket mid-response, without ending the chunked body
 HANG = object()  # never send anything more (until the peer leaves)
 
-Step = bytes | float | object
+
+@attrs.define(eq=False)
+class Pause:
+    """A reply step: the fake stops there until the test calls ``release()``.
+
+    ``reached`` is set when a reply gets to the step, so the test knows the provider is mid-
+    answer, with everything before the pause on the wire, without guessing with a sleep. One
+    Pause may sit in several replies: the first to get there sets ``reached``, one release lets
+    them all go on. A Pause never released is a ``HANG`` the test can watch.
+    """
+
+    reached: trio.Event = attrs.Factory(trio.Event)
+    released: trio.Event = attrs.Factory(trio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def wait_reached(self, limit: float = 5) -> None:
+        with trio.fail_after(limit):
+            await self.reached.wait()
+
+
+Step = bytes | float | Pause | object
+
+SSE_HEADERS = [("content-type", "text/event-stream")]
+JSON_HEADERS = [("content-type", "application/json")]
 
 
 @attrs.define
 class Reply:
     status: int = 200
-    headers: list[tuple[str, str]] = attrs.Factory(lambda: [("content-type", "text/event-stream")])
+    headers: list[tuple[str, str]] = attrs.Factory(lambda: list(SSE_HEADERS))
     steps: Sequence[Step] = ()
     hang_before_headers: bool = False
 
@@ -56,6 +92,7 @@ class FakeUpstream:
         if replies is not None:
             self.script(replies)
         self.received: list[Received] = []
+        self._arrived = trio.Event()  # set (and replaced) each time a request arrives
         self.open_connections = 0
         self._no_connections = trio.Event()
         self._no_connections.set()
@@ -79,6 +116,12 @@ class FakeUpstream:
         self.port = listeners[0].socket.getsockname()[1]
         return self
 
+    async def wait_received(self, count: int, limit: float = 5) -> None:
+        """Return once ``count`` requests in all have reached us (each read to its end)."""
+        with trio.fail_after(limit):
+            while len(self.received) < count:
+                await self._arrived.wait()
+
     async def wait_no_connections(self) -> None:
         """Return once every connection the balancer opened to us is closed."""
         with trio.fail_after(5):
@@ -96,6 +139,8 @@ class FakeUpstream:
                 if received is None:
                     return
                 self.received.append(received)
+                self._arrived.set()
+                self._arrived = trio.Event()
                 reply = self._script(received)
                 keep = await self._respond(conn, stream, received, reply)
                 if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -164,6 +209,9 @@ class FakeUpstream:
                 await stream.send_all(conn.send(h11.Data(data=step)))
             elif isinstance(step, float | int):
                 await trio.sleep(step)
+            elif isinstance(step, Pause):
+                step.reached.set()
+                await step.released.wait()
             elif step is CUT:
                 return False
             elif step is HANG:
@@ -251,6 +299,23 @@ def anthropic_message(text: str, *, model: str = "claude-sonnet-4-6") -> dict[st
         "stop_sequence": None,
         "usage": {"input_tokens": 10, "output_tokens": max(1, len(text) // 4)},
     }
+
+
+def error_payload(error_type: str, message: str) -> dict[str, Any]:
+    """Anthropic's error body: what a provider answers, and what the balancer answers with."""
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+def anthropic_error(error_type: str, message: str) -> bytes:
+    """The error body as Anthropic writes it on the wire (compact JSON)."""
+    return json.dumps(error_payload(error_type, message), separators=(",", ":")).encode()
+
+
+def error_reply(status: int, error_type: str, message: str = "x", **headers: str) -> Reply:
+    """A provider refusing with an Anthropic error body; ``headers`` adds e.g. retry-after."""
+    return Reply(
+        status=status, headers=[*JSON_HEADERS, *headers.items()], steps=[anthropic_error(error_type, message)]
+    )
 
 
 def interleave(events: Sequence[bytes], gap: float) -> list[Step]:
@@ -344,3 +409,86 @@ def openai_tool_stream(
     out.append(oai_chunk(usage={"prompt_tokens": 50, "completion_tokens": 20, "total_tokens": 70}))
     out.append(OAI_DONE)
     return out
+
+
+# -- a provider with answers too big to hold ----------------------------------------------------
+
+ANSWER_BYTES = 8 * 1024 * 1024
+DELTA_TEXT = "x" * 8000
+
+
+class BigAnswers:
+    """An upstream that streams an ~8 MB answer per request, made as it goes (never held),
+    counting what each response got onto the wire."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+        self.port = 0
+
+    async def start(self, nursery: trio.Nursery) -> BigAnswers:
+        listeners = await nursery.start(trio.serve_tcp, self._handle, 0)
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                conn.receive_data(data)
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        slot = len(self.sent)
+        self.sent.append(0)
+        head = conn.send(h11.Response(status_code=200, headers=SSE_HEADERS))
+        events = anthropic_text_events([])
+        try:
+            await stream.send_all(head + conn.send(h11.Data(data=b"".join(events[:2]))))
+            delta = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                                "delta": {"type": "text_delta", "text": DELTA_TEXT}})  # fmt: skip
+            while self.sent[slot] < ANSWER_BYTES:
+                await stream.send_all(conn.send(h11.Data(data=delta)))
+                self.sent[slot] += len(delta)
+            await stream.send_all(
+                conn.send(h11.Data(data=b"".join(events[-3:]))) + conn.send(h11.EndOfMessage())
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+
+# -- in-memory providers (httpx.MockTransport), for flights on the MockClock --------------------
+
+MockHandler = Callable[[httpx.Request], Coroutine[Any, Any, httpx.Response]]
+
+
+class PacedStream(httpx.AsyncByteStream):
+    """A response body of ``chunks``, each after ``gap`` seconds (virtual ones on the MockClock)."""
+
+    def __init__(self, chunks: list[bytes], gap: float = 0.0, then_hang: bool = False) -> None:
+        self.chunks, self.gap, self.then_hang = chunks, gap, then_hang
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for c in self.chunks:
+            await trio.sleep(self.gap)
+            yield c
+        if self.then_hang:
+            await trio.sleep_forever()
+
+
+def mock_providers(handlers: dict[str, MockHandler], **provider: object) -> tuple[Config, Registry, Router]:
+    """One provider per handler, named as in ``handlers``, each answered in memory by it."""
+    config = parse_config(
+        {
+            "providers": [
+                {"name": n, "kind": "anthropic", "base_url": f"http://{n}.test", "api_key": "k", **provider}
+                for n in handlers
+            ]
+        }
+    )
+    registry = Registry(config)
+    for name, handler in handlers.items():
+        registry.runtimes[name].client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return config, registry, Router(config)

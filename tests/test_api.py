@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 import anthropic
 import pytest
 import trio
 
-from .conftest import CLIENT_KEY, Balancer, BalancerFactory
-from .fakes import CUT, FakeUpstream, Reply, anthropic_text_events
+from .fakes import CUT, FakeUpstream, Reply, anthropic_error, anthropic_text_events, error_reply
+from .helpers import CLIENT_KEY, SONNET, Balancer, BalancerFactory, assert_error, message_body
 
-BODY = {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def assert_error(r, status: int, error_type: str) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["type"] == "error"
-    assert body["error"]["type"] == error_type
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
-    return body
+BODY = message_body(model=SONNET)
 
 
 class TestClientErrors:
@@ -72,16 +61,8 @@ class TestUpstreamErrors:
     async def test_anthropic_error_relayed_as_sent(
         self, upstream: FakeUpstream, balancer: Balancer, status: int
     ) -> None:
-        body = json.dumps(
-            {"type": "error", "error": {"type": "whatever_error", "message": "from the provider"}}
-        ).encode()
-        upstream.script(
-            Reply(
-                status=status,
-                headers=[("content-type", "application/json"), ("retry-after", "7")],
-                steps=[body],
-            )
-        )
+        body = anthropic_error("whatever_error", "from the provider")
+        upstream.script(error_reply(status, "whatever_error", "from the provider", **{"retry-after": "7"}))
         r = await balancer.client.post("/v1/messages", json=BODY)
         if status in (401, 403):  # the provider refused the balancer's own key: a provider failure
             assert_error(r, 502, "api_error")
@@ -221,12 +202,7 @@ class TestOfficialSDK:
         assert final.usage.output_tokens == max(1, sum(len(t) for t in texts) // 4)
 
     async def test_sdk_sees_anthropic_errors(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        body = json.dumps(
-            {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too big"}}
-        )
-        upstream.script(
-            Reply(status=400, headers=[("content-type", "application/json")], steps=[body.encode()])
-        )
+        upstream.script(error_reply(400, "invalid_request_error", "max_tokens: too big"))
         async with anthropic.AsyncAnthropic(
             base_url=balancer.url, api_key=CLIENT_KEY, max_retries=0
         ) as client:

@@ -8,11 +8,9 @@ Shared flights bound each listener's lag in bytes as well as events, and keep at
 
 from __future__ import annotations
 
-import json
 import socket
 from pathlib import Path
 
-import h11
 import httpx
 import trio
 import trio.testing
@@ -21,54 +19,8 @@ from trio_balancer.config import parse_config
 from trio_balancer.flight import Flight, Head, SharePolicy, UpstreamRequest
 from trio_balancer.flight.byte_queue import ByteQueue
 
-from .conftest import PROVIDER_KEY, start_balancer
-from .fakes import anthropic_text_events, sse
-from .test_flight_clock import Events, make
-
-ANSWER_BYTES = 8 * 1024 * 1024
-DELTA_TEXT = "x" * 8000
-
-
-class BigAnswers:
-    """An upstream that streams an ~8 MB answer per request, made as it goes (never held),
-    counting what each response got onto the wire."""
-
-    def __init__(self) -> None:
-        self.sent: list[int] = []
-        self.port = 0
-
-    async def start(self, nursery: trio.Nursery) -> BigAnswers:
-        listeners = await nursery.start(trio.serve_tcp, self._handle, 0)
-        self.port = listeners[0].socket.getsockname()[1]
-        return self
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-            elif isinstance(event, h11.EndOfMessage):
-                break
-        slot = len(self.sent)
-        self.sent.append(0)
-        head = conn.send(h11.Response(status_code=200, headers=[("content-type", "text/event-stream")]))
-        events = anthropic_text_events([])
-        try:
-            await stream.send_all(head + conn.send(h11.Data(data=b"".join(events[:2]))))
-            delta = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                                "delta": {"type": "text_delta", "text": DELTA_TEXT}})  # fmt: skip
-            while self.sent[slot] < ANSWER_BYTES:
-                await stream.send_all(conn.send(h11.Data(data=delta)))
-                self.sent[slot] += len(delta)
-            await stream.send_all(
-                conn.send(h11.Data(data=b"".join(events[-3:]))) + conn.send(h11.EndOfMessage())
-            )
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+from .fakes import ANSWER_BYTES, BigAnswers, PacedStream, anthropic_text_events, mock_providers
+from .helpers import PROVIDER_KEY, big_answer_request, start_balancer
 
 
 def rss_bytes() -> int:
@@ -76,15 +28,6 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-def request(port: int, i: int) -> bytes:
-    body = json.dumps({"model": "claude-opus-4-6", "max_tokens": 64000, "stream": True,
-                       "messages": [{"role": "user", "content": f"write a lot {i}"}]}).encode()  # fmt: skip
-    return (
-        f"POST /v1/messages HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 async def test_twenty_stalled_clients_hold_little_memory(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -99,7 +42,7 @@ async def test_twenty_stalled_clients_hold_little_memory(nursery: trio.Nursery, 
         }
     )  # fmt: skip  # dedup is on (the default): shared flights keep history too
     b = await start_balancer(nursery, config)
-    port = int(b.url.rsplit(":", 1)[1])
+    port = b.port
     clients = []
     await trio.testing.wait_all_tasks_blocked(0.05)
     before = rss_bytes()
@@ -108,7 +51,7 @@ async def test_twenty_stalled_clients_hold_little_memory(nursery: trio.Nursery, 
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a small window, then none
         await sock.connect(("127.0.0.1", port))
         client = trio.SocketStream(sock)
-        await client.send_all(request(port, i))
+        await client.send_all(big_answer_request(port, i))
         clients.append(client)
     with trio.fail_after(30):  # (before the fix the answers streamed into memory instead)
         while len(upstream.sent) < 20:  # every request reached the upstream
@@ -137,9 +80,11 @@ async def test_shared_flight_bounds_a_stalled_listener_in_bytes(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async def handler(_r: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Events(BIG, gap=0.1))  # type: ignore[arg-type]
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=PacedStream(BIG, gap=0.1)
+        )  # type: ignore[arg-type]
 
-    _, registry, router = make({"a": handler})
+    _, registry, router = mock_providers({"a": handler})
     share = SharePolicy(keep_history=True, max_lag_events=1000, max_lag_bytes=64 * 1024, max_lag_s=2.0)
     flight = Flight(REQUEST, router.plan("m", registry.runtimes, now=0.0), registry.runtimes, share)
     fast = flight.subscribe()
@@ -160,9 +105,11 @@ async def test_shared_flight_bounds_a_stalled_listener_in_bytes(
 
 async def test_history_past_the_bound_is_let_go(autojump_clock: trio.testing.MockClock) -> None:
     async def handler(_r: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Events(BIG, gap=0.1))  # type: ignore[arg-type]
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=PacedStream(BIG, gap=0.1)
+        )  # type: ignore[arg-type]
 
-    _, registry, router = make({"a": handler})
+    _, registry, router = mock_providers({"a": handler})
     share = SharePolicy(keep_history=True, max_shared_bytes=100_000)
     flight = Flight(REQUEST, router.plan("m", registry.runtimes, now=0.0), registry.runtimes, share)
     listener = flight.subscribe()

@@ -24,14 +24,8 @@ from trio_balancer.app import accounting, messages, records
 from trio_balancer.flight.relay import Relay
 from trio_balancer.protocol.validation import MAX_JSON_DEPTH, nests_deeper_than, parse_request_body
 
-from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
-
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+from .fakes import FakeUpstream, Pause, Reply, anthropic_text_events
+from .helpers import JSON_BODY, PROVIDER_KEY, Balancer, BalancerFactory, assert_error
 
 # (body fields, the message the client must see)
 WRONG_SHAPES = [
@@ -105,28 +99,20 @@ def nested_tool_results(levels: int) -> bytes:
 JSON = {"content-type": "application/json"}
 
 
-async def ledger_rows(b: Balancer, count: int) -> list[dict[str, Any]]:
-    await b.wait_idle()
-    assert b.app.ledger is not None
-    with trio.fail_after(10):
-        await b.app.ledger.wait_written(count)
-    return (await b.client.get("/usage/requests", params={"limit": 1000})).json()["records"]  # type: ignore[no-any-return]
-
-
 class TestShapes:
     @pytest.mark.parametrize(("fields", "message"), WRONG_SHAPES, ids=[m for _, m in WRONG_SHAPES])
     async def test_wrong_shape_is_a_400_naming_the_field(
         self, upstream: FakeUpstream, balancer: Balancer, fields: dict[str, Any], message: str
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["never"])))
-        r = await balancer.client.post("/v1/messages", json={**BODY, **fields})
+        r = await balancer.client.post("/v1/messages", json={**JSON_BODY, **fields})
         assert r.status_code == 400, r.text
         error = r.json()["error"]
         assert error["type"] == "invalid_request_error" and error["message"].startswith(message), error
         assert upstream.received == []  # refused before any upstream call
 
     async def test_count_tokens_is_checked_too(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        r = await balancer.client.post("/v1/messages/count_tokens", json={**BODY, "messages": 5})
+        r = await balancer.client.post("/v1/messages/count_tokens", json={**JSON_BODY, "messages": 5})
         assert r.status_code == 400 and r.json()["error"]["message"] == "messages: must be a list"
         assert upstream.received == []
 
@@ -136,7 +122,7 @@ class TestShapes:
         """Unknown fields, a mid-conversation system message, block types we do not know."""
         upstream.script(Reply(steps=anthropic_text_events(["ok"])))
         body = {
-            **BODY,
+            **JSON_BODY,
             "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
             "output_config": {"effort": "high"},
             "messages": [
@@ -165,11 +151,11 @@ class TestShapes:
             }
         )
         for fields, _ in WRONG_SHAPES[:3]:
-            assert (await b.client.post("/v1/messages", json={**BODY, **fields})).status_code == 400
+            assert (await b.client.post("/v1/messages", json={**JSON_BODY, **fields})).status_code == 400
         assert (
             await b.client.post("/v1/messages", content=nested_tool_results(490), headers=JSON)
         ).status_code == 400
-        rows = await ledger_rows(b, 4)
+        rows = await b.ledger_rows(4)
         assert [(r["status"], r["error_type"]) for r in rows] == [(400, "invalid_request_error")] * 4
 
 
@@ -223,7 +209,7 @@ class TestDepth:
         for _ in range(60):  # two levels each: the object and its properties
             schema = {"type": "object", "properties": {"x": schema}}
         r = await balancer.client.post(
-            "/v1/messages", json={**BODY, "tools": [{"name": "t", "input_schema": schema}]}
+            "/v1/messages", json={**JSON_BODY, "tools": [{"name": "t", "input_schema": schema}]}
         )
         assert r.status_code == 200, r.text
 
@@ -255,10 +241,12 @@ class TestCrashContainment:
             return real(ctx, prices)
 
         monkeypatch.setattr(accounting, "request_record", boom)
-        slow = interleave(anthropic_text_events([f"w{i}" for i in range(8)]), 0.05)
+        events = anthropic_text_events([f"w{i}" for i in range(8)])
+        mid_answer = Pause()  # the bystanders' streams run until the crash was answered
+        bystanding = [*events[:4], mid_answer, *events[4:]]
         upstream.script(
             lambda r: Reply(
-                steps=slow if r.json()["model"] != "claude-boom" else anthropic_text_events(["x"])
+                steps=bystanding if r.json()["model"] != "claude-boom" else anthropic_text_events(["x"])
             )
         )
         b = await balancer_for(
@@ -270,28 +258,27 @@ class TestCrashContainment:
             }
         )
         bystanders: list[bytes] = []
-        started = trio.Event()
 
         async def bystander(i: int) -> None:
-            body = {**BODY, "stream": True, "messages": [{"role": "user", "content": f"b{i}"}]}
+            body = {**JSON_BODY, "stream": True, "messages": [{"role": "user", "content": f"b{i}"}]}
             async with b.client.stream("POST", "/v1/messages", json=body) as r:
-                started.set()
                 bystanders.append(await r.aread())
 
         async with trio.open_nursery() as n:
             for i in range(3):
                 n.start_soon(bystander, i)
-            await started.wait()
-            crash = await b.client.post("/v1/messages", json={**BODY, "model": "claude-boom"})
+            await upstream.wait_received(3)
+            crash = await b.client.post("/v1/messages", json={**JSON_BODY, "model": "claude-boom"})
+            mid_answer.release()
         assert crash.status_code == 200  # the answer was complete before the accounting ran
         assert len(bystanders) == 3
         assert all(body.count(b"event: message_stop") == 1 for body in bystanders), bystanders
         after = await b.client.post(
-            "/v1/messages", json={**BODY, "messages": [{"role": "user", "content": "later"}]}
+            "/v1/messages", json={**JSON_BODY, "messages": [{"role": "user", "content": "later"}]}
         )
         assert after.status_code == 200
         assert (await b.client.get("/health")).status_code == 200
-        rows = await ledger_rows(b, 5)
+        rows = await b.ledger_rows(5)
         crashed = next(r for r in rows if r["model"] == "claude-boom")
         assert crashed["error_type"] == "api_error" and crashed["priced"] is False  # flagged for a look
 
@@ -307,9 +294,9 @@ class TestCrashContainment:
 
         monkeypatch.setattr(Relay, "run", broken)
         upstream.script(lambda _r: Reply(steps=anthropic_text_events(["ok"])))
-        r = await balancer.client.post("/v1/messages", json={**BODY, "model": "claude-boom"})
+        r = await balancer.client.post("/v1/messages", json={**JSON_BODY, "model": "claude-boom"})
         assert r.status_code >= 500 and r.json()["error"]["type"] == "api_error"
-        assert (await balancer.client.post("/v1/messages", json=BODY)).status_code == 200
+        assert (await balancer.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
 
     async def test_handler_crash_is_an_api_error(
         self, upstream: FakeUpstream, balancer: Balancer, monkeypatch: pytest.MonkeyPatch
@@ -318,14 +305,14 @@ class TestCrashContainment:
             raise RuntimeError("bug in the dedup signature")
 
         monkeypatch.setattr(messages, "signature", broken)
-        r = await balancer.client.post("/v1/messages", json=BODY)
+        r = await balancer.client.post("/v1/messages", json=JSON_BODY)
         assert r.status_code == 500 and r.json()["error"] == {
             "type": "api_error",
             "message": "internal error in the balancer",
         }
         monkeypatch.undo()
         upstream.script(Reply(steps=anthropic_text_events(["ok"])))
-        assert (await balancer.client.post("/v1/messages", json=BODY)).status_code == 200
+        assert (await balancer.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
 
 
 class TestAppFailure:
@@ -360,8 +347,8 @@ class TestAppFailure:
             await b.app.failed.wait()
         health = await b.client.get("/health")
         assert health.status_code == 503 and "the ledger's writer died" in health.json()["error"]
-        r = await b.client.post("/v1/messages", json=BODY)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "api_error"
+        r = await b.client.post("/v1/messages", json=JSON_BODY)
+        assert_error(r, 503, "api_error")
 
     def test_serve_exits_non_zero_when_the_app_fails(self, tmp_path: Path) -> None:
         config = tmp_path / "c.toml"
@@ -399,5 +386,5 @@ async def test_simulator_survives_bad_bodies(sim: str) -> None:
             assert r.status_code == 400, (body[:40], r.text)
         r = await client.post("/v1/chat/completions", content=b'{"model": "m", "messages": "hi"}')
         assert r.status_code == 400
-        ok = await client.post("/v1/messages", json={**BODY, "stream": False})
+        ok = await client.post("/v1/messages", json={**JSON_BODY, "stream": False})
         assert ok.status_code == 200 and ok.json()["type"] == "message"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import socket
 import subprocess
@@ -17,13 +15,9 @@ import trio
 from trio_balancer.cli import main
 
 from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
+from .helpers import SONNET, env, message_body, read_until
 
-BODY = {
-    "model": "claude-sonnet-4-6",
-    "max_tokens": 8,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+BODY = message_body(model=SONNET, max_tokens=8, stream=True)
 
 
 def write_config(tmp_path: Path, upstream: FakeUpstream, grace: float = 10.0) -> Path:
@@ -43,22 +37,6 @@ api_key = "sk-cli-test-key"
 """
     )
     return path
-
-
-async def read_until(
-    stream: trio.abc.ReceiveStream, pattern: bytes, limit: float = 20.0
-) -> tuple[re.Match[bytes], bytes]:
-    seen = b""
-    with trio.fail_after(limit):
-        while (m := re.search(pattern, seen)) is None:
-            chunk = await stream.receive_some(4096)
-            assert chunk, f"process closed stderr; output so far: {seen!r}"
-            seen += chunk
-    return m, seen
-
-
-def env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 async def test_serve_streams_and_drains_on_sigterm(tmp_path: Path, upstream: FakeUpstream) -> None:

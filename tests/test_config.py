@@ -11,7 +11,7 @@ import pytest
 from trio_balancer.config import ConfigError, Timeouts, default_config, load_config, parse_config
 from trio_balancer.policy.routing import Router, listed_models
 
-from .test_routing import views
+from .helpers import views
 
 EXAMPLE = """
 [server]

@@ -4,7 +4,6 @@ sent whole is recorded as delivered, whoever listened to it."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -15,32 +14,16 @@ import trio.testing
 
 from trio_balancer.config import parse_config
 
-from .conftest import Balancer, BalancerFactory, provider_config, start_balancer
-from .fakes import FakeUpstream, Reply, anthropic_text_events
-
-BODY = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-
-
-def port_of(b: Balancer) -> int:
-    return int(b.url.rsplit(":", 1)[1])
-
-
-def request_bytes(port: int, body: dict[str, Any], *, version: bytes = b"1.1", close: bool = False) -> bytes:
-    payload = json.dumps(body).encode()
-    head = [
-        f"POST /v1/messages HTTP/{version.decode()}",
-        f"host: 127.0.0.1:{port}",
-        "content-type: application/json",
-        f"content-length: {len(payload)}",
-    ]
-    if close:
-        head.append("connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+from .fakes import FakeUpstream, Pause, Reply, anthropic_text_events
+from .helpers import (
+    BODY,
+    Balancer,
+    BalancerFactory,
+    provider_config,
+    raw_request,
+    start_balancer,
+    wait_for_listeners,
+)
 
 
 async def read_until_eof(stream: trio.SocketStream) -> bytes:
@@ -104,8 +87,8 @@ class TestConnectionClose:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one", " two"])))
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(balancer))
-        await stream.send_all(request_bytes(port_of(balancer), BODY, version=b"1.0"))
+        stream = await trio.open_tcp_stream("127.0.0.1", balancer.port)
+        await stream.send_all(raw_request(balancer.port, BODY, version=b"1.0"))
         with trio.fail_after(5):  # before the fix: the body arrived, then the socket stayed open
             raw = await read_until_eof(stream)
         assert b"200" in raw.split(b"\r\n", 1)[0] and b"message_stop" in raw
@@ -115,8 +98,8 @@ class TestConnectionClose:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(balancer))
-        await stream.send_all(request_bytes(port_of(balancer), {**BODY, "stream": False}, close=True))
+        stream = await trio.open_tcp_stream("127.0.0.1", balancer.port)
+        await stream.send_all(raw_request(balancer.port, {**BODY, "stream": False}, close=True))
         with trio.fail_after(5):
             raw = await read_until_eof(stream)
         assert raw.startswith(b"HTTP/1.1 200") and b'"type":"message"' in raw
@@ -127,11 +110,13 @@ class TestConnectionClose:
     ) -> None:
         upstream.script(Reply(steps=anthropic_text_events(["one"])))
         b = await start_balancer(nursery, parse_config(provider_config(upstream)), keep_alive_timeout=0.5)
-        stream = await trio.open_tcp_stream("127.0.0.1", port_of(b))
-        await stream.send_all(request_bytes(port_of(b), BODY))
+        stream = await trio.open_tcp_stream("127.0.0.1", b.port)
+        # Taken before the request, so surely before the server's idle timer starts (after its
+        # response): however late this task reads the response, the bound below holds.
+        start = trio.current_time()
+        await stream.send_all(raw_request(b.port, BODY))
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
-        start = trio.current_time()
         with trio.fail_after(5):  # before the fix: never closed
             assert await stream.receive_some(65536) == b""
         assert trio.current_time() - start >= 0.4  # the keep-alive timeout, not at once
@@ -145,9 +130,9 @@ async def test_descriptors_return_to_baseline(nursery: trio.Nursery, upstream: F
     descriptor comes back (the issue saw 25 of 25 still open after the timeout)."""
     upstream.script(lambda _r: Reply(steps=anthropic_text_events(["x"])))
     b = await start_balancer(nursery, parse_config(provider_config(upstream)), keep_alive_timeout=1.0)
-    port = port_of(b)
+    port = b.port
     warm = await trio.open_tcp_stream("127.0.0.1", port)  # first request: pools, ledger, imports
-    await warm.send_all(request_bytes(port, {**BODY, "messages": [{"role": "user", "content": "warm"}]}))
+    await warm.send_all(raw_request(port, {**BODY, "messages": [{"role": "user", "content": "warm"}]}))
     await read_one_response(warm)
     await warm.aclose()
     await b.wait_idle()
@@ -157,9 +142,7 @@ async def test_descriptors_return_to_baseline(nursery: trio.Nursery, upstream: F
     streams = []
     for i in range(25):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
-        await stream.send_all(
-            request_bytes(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]})
-        )
+        await stream.send_all(raw_request(port, {**BODY, "messages": [{"role": "user", "content": f"c{i}"}]}))
         status, body = await read_one_response(stream)
         assert status == 200 and b"message_stop" in body
         streams.append(stream)
@@ -185,10 +168,9 @@ async def test_whole_responses_are_recorded_as_delivered(
     upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Any
 ) -> None:
     """Leader, follower and cache hit all got their whole answer: none is 'disconnected'."""
-    gate = trio.Event()
     events = anthropic_text_events(["shared", " answer"])
-
-    upstream.script(Reply(steps=[*events[:4], 0.3, *events[4:]]))  # a pause after the commit point
+    hold = Pause()
+    upstream.script(Reply(steps=[*events[:4], hold, *events[4:]]))  # a pause after the commit point
     b = await balancer_for(
         upstream, config={**provider_config(upstream), "ledger": {"url": f"sqlite:///{tmp_path}/l.sqlite3"}}
     )
@@ -196,20 +178,18 @@ async def test_whole_responses_are_recorded_as_delivered(
 
     async def one() -> None:
         async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
-            gate.set()
             results.append(await r.aread())
 
     async with trio.open_nursery() as n:
         n.start_soon(one)
-        await gate.wait()
+        await hold.wait_reached()
         n.start_soon(one)  # joins the live flight
+        await wait_for_listeners(b.app, 2)
+        hold.release()
     async with b.client.stream("POST", "/v1/messages", json=BODY) as r:
         results.append(await r.aread())  # from the cache
     assert len(upstream.received) == 1 and all(b"message_stop" in r for r in results)
     await b.wait_idle()
-    assert b.app.ledger is not None
-    with trio.fail_after(10):
-        await b.app.ledger.wait_written(3)
-    rows = (await b.client.get("/usage/requests")).json()["records"]
+    rows = await b.ledger_rows(3)
     assert sorted(r["dedup_role"] for r in rows) == ["cache", "follower", "leader"]
     assert all(r["outcome"] == "delivered" and not r["disconnected"] for r in rows), rows

@@ -19,16 +19,24 @@ from trio_balancer.protocol.dedup import ResponseCache, signature
 from trio_balancer.protocol.reshape import MessageAssembler, message_to_events
 from trio_balancer.protocol.sse import SSEDecoder
 
-from .conftest import CLIENT_KEY, Balancer, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave, sse
-from .test_flight_clock import Events, make
+from .fakes import (
+    HANG,
+    JSON_HEADERS,
+    FakeUpstream,
+    PacedStream,
+    Pause,
+    Reply,
+    anthropic_text_events,
+    error_reply,
+    interleave,
+    mock_providers,
+    sse,
+)
+from .helpers import BODY, CLIENT_KEY, Balancer, BalancerFactory, wait_for_listeners
 
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+# 0 message_start, 1 content_block_start, 2 ping, 3 + i the delta "w{i} ", then the three closing
+# events. Where a test needs a client to join or leave mid-answer, a Pause holds the provider
+# there until it has.
 EVENTS = anthropic_text_events([f"w{i} " for i in range(20)])
 WIRE = b"".join(EVENTS)
 
@@ -44,7 +52,8 @@ class TestSharing:
     async def test_ten_identical_requests_one_upstream(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        upstream.script(Reply(steps=interleave(EVENTS, 0.02)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*EVENTS[:4], hold, *EVENTS[4:]]))
         results: list[tuple[str, bytes]] = []
 
         async def one() -> None:
@@ -54,22 +63,32 @@ class TestSharing:
         async with trio.open_nursery() as n:
             for _ in range(10):
                 n.start_soon(one)
+            await wait_for_listeners(balancer.app, 10)  # all ten arrived while it was answering
+            hold.release()
         assert len(upstream.received) == 1
         assert [body for _, body in results] == [WIRE] * 10
         roles = sorted(role for role, _ in results)
         assert roles.count("leader") == 1 and roles.count("follower") == 9
 
     async def test_late_follower_gets_every_event(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        upstream.script(Reply(steps=interleave(EVENTS, 0.03)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*EVENTS[:13], hold, *EVENTS[13:]]))
+        leader: list[bytes] = []
+        follower: list[tuple[httpx.Response, bytes]] = []
         async with trio.open_nursery() as n:
-            leader: list[bytes] = []
 
             async def lead() -> None:
                 leader.append((await read_all(balancer))[1])
 
+            async def follow() -> None:
+                follower.append(await read_all(balancer))
+
             n.start_soon(lead)
-            await trio.sleep(0.3)  # about half the events are out
-            r, body = await read_all(balancer)
+            await hold.wait_reached()  # half the events are out
+            n.start_soon(follow)
+            await wait_for_listeners(balancer.app, 2)
+            hold.release()
+        ((r, body),) = follower
         assert r.headers["x-balancer-dedup"] == "follower"
         assert body == WIRE == leader[0]
         assert len(upstream.received) == 1
@@ -77,27 +96,33 @@ class TestSharing:
     async def test_leader_leaving_keeps_followers_streaming(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        upstream.script(Reply(steps=interleave(EVENTS, 0.03)))
+        joined, left = Pause(), Pause()
+        upstream.script(Reply(steps=[*EVENTS[:5], joined, *EVENTS[5:9], left, *EVENTS[9:]]))
         follower: list[bytes] = []
-        async with (
-            trio.open_nursery() as n,
-            balancer.client.stream("POST", "/v1/messages", json=BODY) as r,
-            aclosing(r.aiter_raw()) as it,
-        ):
-            assert r.headers["x-balancer-dedup"] == "leader"
+        async with trio.open_nursery() as n:
+            async with (
+                balancer.client.stream("POST", "/v1/messages", json=BODY) as r,
+                aclosing(r.aiter_raw()) as it,
+            ):
+                assert r.headers["x-balancer-dedup"] == "leader"
 
-            async def follow() -> None:
-                follower.append((await read_all(balancer))[1])
+                async def follow() -> None:
+                    follower.append((await read_all(balancer))[1])
 
-            n.start_soon(follow)
-            async for chunk in it:
-                if b"w5" in chunk:
-                    break  # the leader leaves
+                n.start_soon(follow)
+                await wait_for_listeners(balancer.app, 2)
+                joined.release()
+                async for chunk in it:
+                    if b"w5" in chunk:
+                        break  # the leader leaves
+            await wait_for_listeners(balancer.app, 1)  # it has left, the provider mid-answer
+            left.release()
         assert follower == [WIRE]
         assert upstream.received[0].finished.is_set() and not upstream.received[0].disconnected.is_set()
 
     async def test_all_leaving_closes_the_upstream(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        upstream.script(Reply(steps=interleave(EVENTS, 0.05)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*EVENTS[:4], hold, *EVENTS[4:6], HANG]))  # up to "w2 ", then no more
 
         async def leave_early() -> None:
             async with (
@@ -111,6 +136,8 @@ class TestSharing:
         async with trio.open_nursery() as n:
             for _ in range(3):
                 n.start_soon(leave_early)
+            await wait_for_listeners(balancer.app, 3)  # all three on the one flight
+            hold.release()
         with trio.fail_after(2):
             await upstream.received[0].disconnected.wait()
         await balancer.wait_idle()
@@ -125,10 +152,13 @@ class TestSharing:
                 "providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url, "api_key": "k"}],
             }
         )
-        upstream.script(Reply(steps=interleave(EVENTS, 0.01)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*EVENTS[:4], hold, *EVENTS[4:]]))
         async with b.client.stream("POST", "/v1/messages", json=BODY) as r, aclosing(r.aiter_raw()) as it:
             async for _ in it:
                 break
+        await wait_for_listeners(b.app, 0)  # the client left mid-answer
+        hold.release()
         await b.wait_idle()
         assert upstream.received[0].finished.is_set()
         r, body = await read_all(b)
@@ -150,11 +180,7 @@ class TestSharing:
     ) -> None:
         upstream.script(
             [
-                Reply(
-                    status=529,
-                    headers=[("content-type", "application/json")],
-                    steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"x"}}'],
-                ),
+                error_reply(529, "overloaded_error"),
                 Reply(steps=[*EVENTS[:6]]),  # ends without message_stop
                 Reply(steps=EVENTS),
             ]
@@ -198,16 +224,16 @@ class TestSharing:
         assert len(upstream.received) == 1
 
     async def test_ledger_roles(self, upstream: FakeUpstream, balancer: Balancer) -> None:
-        upstream.script(Reply(steps=interleave(EVENTS, 0.01)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*EVENTS[:4], hold, *EVENTS[4:]]))
         async with trio.open_nursery() as n:
             for _ in range(3):
                 n.start_soon(read_all, balancer)
+            await wait_for_listeners(balancer.app, 3)  # a leader and two followers
+            hold.release()
         await balancer.wait_idle()
         await read_all(balancer)
-        assert balancer.app.ledger is not None
-        with trio.fail_after(5):
-            await balancer.app.ledger.wait_written(4)
-        rows = (await balancer.client.get("/usage/requests")).json()["records"]
+        rows = await balancer.ledger_rows(4)
         by_role = {r["dedup_role"]: r for r in rows}
         assert sorted(r["dedup_role"] for r in rows) == ["cache", "follower", "follower", "leader"]
         assert by_role["leader"]["output_tokens"] > 0 and by_role["leader"]["cost_usd"] > 0
@@ -305,16 +331,22 @@ class TestForms:
     async def test_non_stream_duplicate_gets_json_with_thinking_and_tool_use(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        upstream.script(Reply(steps=interleave(THINKING_TOOL, 0.05)))
+        hold = Pause()
+        upstream.script(Reply(steps=[*THINKING_TOOL[:3], hold, *THINKING_TOOL[3:]]))
         out: dict[str, Any] = {}
 
+        async def as_sse() -> None:
+            out["sse"] = (await read_all(balancer))[1]
+
         async def as_json() -> None:
-            await trio.sleep(0.1)
             out["json"] = await balancer.client.post("/v1/messages", json={**BODY, "stream": False})
 
         async with trio.open_nursery() as n:
+            n.start_soon(as_sse)
+            await hold.wait_reached()  # the stream is under way
             n.start_soon(as_json)
-            out["sse"] = (await read_all(balancer))[1]
+            await wait_for_listeners(balancer.app, 2)
+            hold.release()
         r = out["json"]
         assert r.headers["x-balancer-dedup"] == "follower" and r.headers["content-type"] == "application/json"
         assert r.json() == EXPECTED_MESSAGE
@@ -323,16 +355,18 @@ class TestForms:
     async def test_stream_duplicate_of_a_json_flight_gets_events(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        upstream.script(
-            Reply(
-                headers=[("content-type", "application/json")],
-                steps=[0.1, json.dumps(EXPECTED_MESSAGE).encode()],
-            )
-        )
+        hold = Pause()
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[hold, json.dumps(EXPECTED_MESSAGE).encode()]))
         out: dict[str, Any] = {}
 
+        async def as_json() -> None:
+            # Both through the SDK: it sends its anthropic-version, which is part of the signature.
+            async with anthropic.AsyncAnthropic(base_url=balancer.url, api_key="x", max_retries=0) as client:
+                out["json"] = await client.messages.create(
+                    model=BODY["model"], max_tokens=64, messages=BODY["messages"]
+                )
+
         async def as_stream() -> None:
-            await trio.sleep(0.05)
             async with (
                 anthropic.AsyncAnthropic(base_url=balancer.url, api_key="x", max_retries=0) as client,
                 client.messages.stream(model=BODY["model"], max_tokens=64, messages=BODY["messages"]) as s,
@@ -340,12 +374,11 @@ class TestForms:
                 out["final"] = await s.get_final_message()
 
         async with trio.open_nursery() as n:
+            n.start_soon(as_json)
+            await hold.wait_reached()  # the JSON answer is under way
             n.start_soon(as_stream)
-            # Both through the SDK: it sends its anthropic-version, which is part of the signature.
-            async with anthropic.AsyncAnthropic(base_url=balancer.url, api_key="x", max_retries=0) as client:
-                out["json"] = await client.messages.create(
-                    model=BODY["model"], max_tokens=64, messages=BODY["messages"]
-                )
+            await wait_for_listeners(balancer.app, 2)
+            hold.release()
         assert out["json"].model_dump(exclude_none=True)["content"] == EXPECTED_MESSAGE["content"]
         assert out["final"].model_dump(exclude_none=True)["content"] == EXPECTED_MESSAGE["content"]
         assert len(upstream.received) == 1
@@ -397,10 +430,10 @@ async def test_stalled_listener_is_dropped_and_others_finish_on_time(
 
     async def handler(_r: httpx.Request) -> httpx.Response:
         return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, gap=0.1)
+            200, headers={"content-type": "text/event-stream"}, stream=PacedStream(chunks, gap=0.1)
         )  # type: ignore[arg-type]
 
-    _, registry, router = make({"a": handler})
+    _, registry, router = mock_providers({"a": handler})
     flight = Flight(
         REQUEST,
         router.plan("m", registry.runtimes, now=0.0),
@@ -442,10 +475,10 @@ def test_random_join_leave_schedules(schedule: list[tuple[int, int | None]]) -> 
     async def main() -> None:
         async def handler(_r: httpx.Request) -> httpx.Response:
             return httpx.Response(
-                200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, gap=1.0)
+                200, headers={"content-type": "text/event-stream"}, stream=PacedStream(chunks, gap=1.0)
             )  # type: ignore[arg-type]
 
-        _, registry, router = make({"a": handler})
+        _, registry, router = mock_providers({"a": handler})
         flight = Flight(
             REQUEST,
             router.plan("m", registry.runtimes, now=0.0),

@@ -8,53 +8,25 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 import trio
 import trio.testing
 
-from trio_balancer.config import Config, parse_config
 from trio_balancer.flight import Flight, Head, UpstreamRequest
 from trio_balancer.policy.routing import Router
 from trio_balancer.upstream.providers import Registry
 
-from .fakes import anthropic_text_events
+from .fakes import PacedStream, anthropic_text_events, error_payload, mock_providers
 
-Handler = Callable[[httpx.Request], Awaitable[httpx.Response]]
 GOOD = anthropic_text_events(["ok"])
 
 
-class Events(httpx.AsyncByteStream):
-    def __init__(self, chunks: list[bytes], gap: float = 0.0, then_hang: bool = False) -> None:
-        self.chunks, self.gap, self.then_hang = chunks, gap, then_hang
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for c in self.chunks:
-            await trio.sleep(self.gap)
-            yield c
-        if self.then_hang:
-            await trio.sleep_forever()
-
-
 def sse_response(chunks: list[bytes], **kw: object) -> httpx.Response:
-    return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=Events(chunks, **kw))  # type: ignore[arg-type]
-
-
-def make(handlers: dict[str, Handler], **provider: object) -> tuple[Config, Registry, Router]:
-    config = parse_config(
-        {
-            "providers": [
-                {"name": n, "kind": "anthropic", "base_url": f"http://{n}.test", "api_key": "k", **provider}
-                for n in handlers
-            ]
-        }
-    )
-    registry = Registry(config)
-    for name, handler in handlers.items():
-        registry.runtimes[name].client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return config, registry, Router(config)
+    return httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, stream=PacedStream(chunks, **kw)
+    )  # type: ignore[arg-type]
 
 
 REQUEST = UpstreamRequest(
@@ -87,7 +59,7 @@ async def hang(_r: httpx.Request) -> httpx.Response:
 
 
 async def test_default_first_byte_timeout_fails_over(autojump_clock: trio.testing.MockClock) -> None:
-    _, registry, router = make({"a": hang, "b": ok})
+    _, registry, router = mock_providers({"a": hang, "b": ok})
     start = trio.current_time()
     flight, status, body = await run_flight(registry, router)
     assert (status, body) == (200, b"".join(GOOD))
@@ -100,7 +72,7 @@ async def test_idle_timeout_before_commit_fails_over(autojump_clock: trio.testin
     async def silent_after_start(_r: httpx.Request) -> httpx.Response:
         return sse_response(GOOD[:1], then_hang=True)
 
-    _, registry, router = make({"a": silent_after_start, "b": ok}, timeouts={"idle": 45})
+    _, registry, router = mock_providers({"a": silent_after_start, "b": ok}, timeouts={"idle": 45})
     start = trio.current_time()
     _, status, body = await run_flight(registry, router)
     assert (status, body) == (200, b"".join(GOOD))
@@ -113,7 +85,7 @@ async def test_idle_deadline_slides_with_traffic(autojump_clock: trio.testing.Mo
     async def slow(_r: httpx.Request) -> httpx.Response:
         return sse_response(anthropic_text_events([f"t{i}" for i in range(30)]), gap=20.0)
 
-    _, registry, router = make({"a": slow}, timeouts={"idle": 30})
+    _, registry, router = mock_providers({"a": slow}, timeouts={"idle": 30})
     flight, status, _ = await run_flight(registry, router)
     assert status == 200 and flight.completed
 
@@ -126,7 +98,7 @@ async def test_short_idle_bound_does_not_fire_on_a_live_stream(
     async def steady(_r: httpx.Request) -> httpx.Response:
         return sse_response(anthropic_text_events([f"t{i}" for i in range(40)]), gap=0.1)
 
-    _, registry, router = make({"a": steady}, timeouts={"idle": 0.5})
+    _, registry, router = mock_providers({"a": steady}, timeouts={"idle": 0.5})
     flight, status, _ = await run_flight(registry, router)
     assert status == 200 and flight.completed
 
@@ -139,10 +111,10 @@ async def test_slow_json_body_is_not_idle(autojump_clock: trio.testing.MockClock
     async def trickle(_r: httpx.Request) -> httpx.Response:
         chunks = [body[i : i + 8] for i in range(0, len(body), 8)]
         return httpx.Response(
-            200, headers={"content-type": "application/json"}, stream=Events(chunks, gap=0.3)
+            200, headers={"content-type": "application/json"}, stream=PacedStream(chunks, gap=0.3)
         )
 
-    _, registry, router = make({"a": trickle}, timeouts={"idle": 1.0})
+    _, registry, router = mock_providers({"a": trickle}, timeouts={"idle": 1.0})
     _flight, status, out = await run_flight(registry, router)
     assert (status, out) == (200, body) and trio.current_time() > 1.0
 
@@ -156,11 +128,11 @@ async def test_retry_after_cooldown_then_half_open_trial(autojump_clock: trio.te
             return httpx.Response(
                 429,
                 headers={"retry-after": "30"},
-                json={"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
+                json=error_payload("rate_limit_error", "slow down"),
             )
         return sse_response(GOOD)
 
-    _, registry, router = make({"a": limited_once, "b": ok})
+    _, registry, router = mock_providers({"a": limited_once, "b": ok})
     flight, _, _ = await run_flight(registry, router)
     assert [t.provider for t in flight.tried] == ["a", "b"]
     await trio.sleep(29)
@@ -175,9 +147,9 @@ async def test_retry_after_cooldown_then_half_open_trial(autojump_clock: trio.te
 
 async def test_backoff_doubles_across_failed_trials(autojump_clock: trio.testing.MockClock) -> None:
     async def down(_r: httpx.Request) -> httpx.Response:
-        return httpx.Response(500, json={"type": "error", "error": {"type": "api_error", "message": "x"}})
+        return httpx.Response(500, json=error_payload("api_error", "x"))
 
-    _, registry, router = make({"a": down, "b": ok})
+    _, registry, router = mock_providers({"a": down, "b": ok})
     health = registry.runtimes["a"].health
     health.rng = lambda: 0.5  # no jitter
     lengths = []
@@ -196,7 +168,7 @@ async def test_connect_retry_backoff(autojump_clock: trio.testing.MockClock) -> 
         tries.append(trio.current_time())
         raise httpx.ConnectError("refused", request=r)
 
-    _, registry, router = make({"a": refuse, "b": ok}, max_retries=3)
+    _, registry, router = mock_providers({"a": refuse, "b": ok}, max_retries=3)
     flight, status, _ = await run_flight(registry, router)
     assert status == 200 and [t.provider for t in flight.tried] == ["a", "b"]
     gaps = [b - a for a, b in itertools.pairwise(tries)]

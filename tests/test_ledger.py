@@ -20,19 +20,13 @@ from trio_balancer.config import parse_config
 from trio_balancer.ledger import MIGRATIONS, Record
 from trio_balancer.ledger import SqliteStore as LedgerStore
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, start_balancer
-from .fakes import CUT, FakeUpstream, Reply, anthropic_text_events, interleave
+from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_text_events, error_reply, interleave
+from .helpers import BODY, CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, start_balancer
 
 CORPUS = [
     json.loads(line)
     for line in (Path(__file__).parent / "data" / "token_corpus.jsonl").read_text().splitlines()
 ]
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
 
 
 def ledger_config(tmp_path: Path, *upstreams: FakeUpstream) -> dict[str, Any]:
@@ -43,15 +37,6 @@ def ledger_config(tmp_path: Path, *upstreams: FakeUpstream) -> dict[str, Any]:
             for i, u in enumerate(upstreams)
         ],
     }
-
-
-async def records(b: Balancer, expected: int) -> list[dict[str, Any]]:
-    await b.wait_idle()
-    assert b.app.ledger is not None
-    with trio.fail_after(10):
-        await b.app.ledger.wait_written(expected)
-    r = await b.client.get("/usage/requests", params={"limit": 1000})
-    return r.json()["records"]  # type: ignore[no-any-return]
 
 
 class TestStore:
@@ -110,7 +95,7 @@ class TestEveryRequestRecorded:
             "/v1/messages", content=b"{oops", headers={"content-type": "application/json"}
         )
         assert bad.headers["x-balancer-request-id"].startswith("req_")
-        rows = {row["id"]: row for row in await records(b, 2)}
+        rows = {row["id"]: row for row in await b.ledger_rows(2)}
         ok = rows[rid]
         assert (ok["status"], ok["provider"], ok["usage_source"], ok["input_tokens"]) == (
             200,
@@ -131,17 +116,11 @@ class TestEveryRequestRecorded:
     async def test_failover_lists_attempts(
         self, tmp_path: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        a = await FakeUpstream(
-            Reply(
-                status=529,
-                headers=[("content-type", "application/json")],
-                steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'],
-            )
-        ).start(nursery)
+        a = await FakeUpstream(error_reply(529, "overloaded_error", "busy")).start(nursery)
         c = await FakeUpstream(Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
         b = await balancer_for(config=ledger_config(tmp_path, a, c))
         await b.client.post("/v1/messages", json=BODY)
-        (row,) = await records(b, 1)
+        (row,) = await b.ledger_rows(1)
         assert row["provider"] == "p1" and row["status"] == 200
         assert [(x["provider"], x["status"]) for x in row["attempts"]] == [("p0", 529), ("p1", 200)]
         assert "overloaded_error" in row["attempts"][0]["error"]
@@ -150,14 +129,13 @@ class TestEveryRequestRecorded:
         self, tmp_path: Path, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
-        upstream.script(
-            Reply(steps=interleave(anthropic_text_events([f"word{i} " for i in range(40)]), 0.05))
-        )
+        events = anthropic_text_events([f"word{i} " for i in range(40)])
+        upstream.script(Reply(steps=[*events[:7], HANG]))  # to "word3 ", then silent: the client leaves
         async with b.client.stream("POST", "/v1/messages", json=BODY) as r, aclosing(r.aiter_raw()) as it:
             async for chunk in it:
                 if b"word3" in chunk:
                     break
-        (row,) = await records(b, 1)
+        (row,) = await b.ledger_rows(1)
         assert row["disconnected"] is True and row["status"] == 200
         assert row["input_tokens"] == 12 and 0 < row["output_tokens"] < 40
         assert row["usage_source"] == "partial"  # input reported, output estimated from what streamed
@@ -175,7 +153,7 @@ class TestEveryRequestRecorded:
         body = {**BODY, "messages": [{"role": "user", "content": prompt["text"]}]}
         async with b.client.stream("POST", "/v1/messages", json=body) as r:
             await r.aread()
-        (row,) = await records(b, 1)
+        (row,) = await b.ledger_rows(1)
         assert row["usage_source"] == "estimated" and row["flagged"] is True
         true_output = sum(r["tokens"] for r in answer)
         assert abs(row["output_tokens"] - true_output) / true_output < 0.25
@@ -188,7 +166,7 @@ class TestEveryRequestRecorded:
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
         upstream.script(Reply(steps=anthropic_text_events(["x"])))
         await b.client.post("/v1/messages", json={**BODY, "model": "my-local-model"})
-        (row,) = await records(b, 1)
+        (row,) = await b.ledger_rows(1)
         assert row["cost_usd"] is None and row["priced"] is False and row["flagged"] is True
         flagged = (await b.client.get("/usage/requests", params={"flagged": "1"})).json()["records"]
         assert [f["id"] for f in flagged] == [row["id"]]
@@ -204,7 +182,7 @@ class TestEveryRequestRecorded:
         b = await balancer_for(config=config)
         upstream.script(Reply(steps=anthropic_text_events(["x"], input_tokens=1_000_000)))
         await b.client.post("/v1/messages", json=BODY)
-        (row,) = await records(b, 1)
+        (row,) = await b.ledger_rows(1)
         assert row["upstream_model"] == "glm-4.6"
         assert row["cost_usd"] == pytest.approx(0.5 + row["output_tokens"] * 2 / 1e6)
 
@@ -217,19 +195,11 @@ class TestEveryRequestRecorded:
         def script(_r: object) -> Reply:
             roll = rng.random()
             if roll < 0.15:
-                return Reply(
-                    status=529,
-                    headers=[("content-type", "application/json")],
-                    steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"x"}}'],
-                )
+                return error_reply(529, "overloaded_error")
             if roll < 0.25:
                 return Reply(steps=[*good[:5], CUT])
             if roll < 0.3:
-                return Reply(
-                    status=400,
-                    headers=[("content-type", "application/json")],
-                    steps=[b'{"type":"error","error":{"type":"invalid_request_error","message":"x"}}'],
-                )
+                return error_reply(400, "invalid_request_error")
             return Reply(steps=interleave(good, 0.01))
 
         a = await FakeUpstream(script).start(nursery)
@@ -256,7 +226,7 @@ class TestEveryRequestRecorded:
             async with trio.open_nursery() as n:
                 for i in range(1000):
                     n.start_soon(one, i)
-        rows = await records(b, 1000)
+        rows = await b.ledger_rows(1000)
         assert len(rows) == 1000 and len({r["id"] for r in rows}) == 1000
         assert {r["id"] for r in rows} == set(ids)
         assert any(r["disconnected"] for r in rows)
@@ -317,7 +287,7 @@ class TestReading:
         assert (opened, migrated) == (1, 1)  # the writer's store
         for n in range(1, 4):
             await b.client.post("/v1/messages", json=BODY)
-            assert len(await records(b, n)) == n  # each query sees what was written since the last
+            assert len(await b.ledger_rows(n)) == n  # each query sees what was written since the last
             totals = (await b.client.get("/usage", params={"group_by": "model"})).json()["totals"]
             assert totals[0]["requests"] == n
         assert (opened, migrated) == (2, 1)  # and the reader's, unmigrated
@@ -338,7 +308,7 @@ class TestReading:
         b = await balancer_for(config=config)
         for model in ["claude-opus-4-6", "claude-haiku-4-5", "claude-opus-4-6", "claude-opus-4-6"]:
             await b.client.post("/v1/messages", json={**BODY, "model": model})
-        rows = await records(b, 4)
+        rows = await b.ledger_rows(4)
         api = (await b.client.get("/usage", params={"group_by": "provider,model"})).json()["totals"]
         assert sum(t["requests"] for t in api) == 4
         for t in api:

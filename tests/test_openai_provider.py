@@ -11,9 +11,9 @@ import trio
 
 from trio_balancer.flight import relay
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 from .fakes import (
     CUT,
+    SSE_HEADERS,
     FakeUpstream,
     Reply,
     anthropic_text_events,
@@ -21,6 +21,7 @@ from .fakes import (
     openai_text_stream,
     openai_tool_stream,
 )
+from .helpers import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 
 TOOLS: list[Any] = [
     {
@@ -29,7 +30,6 @@ TOOLS: list[Any] = [
         "input_schema": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]},
     }
 ]
-SSE = [("content-type", "text/event-stream")]
 
 
 def openai_config(*upstreams: FakeUpstream, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -58,7 +58,9 @@ def sdk(b: Balancer) -> anthropic.AsyncAnthropic:
 
 async def test_sdk_streams_a_tool_use_answer(upstream: FakeUpstream, oa: Balancer) -> None:
     args = json.dumps({"path": "src/主.py"})
-    upstream.script(Reply(headers=SSE, steps=openai_tool_stream("read_file", args, text="I'll read it.")))
+    upstream.script(
+        Reply(headers=SSE_HEADERS, steps=openai_tool_stream("read_file", args, text="I'll read it."))
+    )
     async with (
         sdk(oa) as client,
         client.messages.stream(
@@ -142,7 +144,9 @@ async def test_non_stream_json_converted(upstream: FakeUpstream, oa: Balancer) -
 
 
 async def test_missing_usage_chunk_ends_well_formed(upstream: FakeUpstream, oa: Balancer) -> None:
-    upstream.script(Reply(headers=SSE, steps=openai_text_stream(["no ", "usage ", "here"], usage=None)))
+    upstream.script(
+        Reply(headers=SSE_HEADERS, steps=openai_text_stream(["no ", "usage ", "here"], usage=None))
+    )
     async with (
         sdk(oa) as client,
         client.messages.stream(
@@ -199,7 +203,7 @@ async def test_openai_failure_fails_over_to_anthropic(
 
 
 async def test_error_mid_stream_after_commit(upstream: FakeUpstream, oa: Balancer) -> None:
-    upstream.script(Reply(headers=SSE, steps=[*openai_text_stream(["partial"])[:2], CUT]))
+    upstream.script(Reply(headers=SSE_HEADERS, steps=[*openai_text_stream(["partial"])[:2], CUT]))
     async with oa.client.stream(
         "POST",
         "/v1/messages",
@@ -224,7 +228,7 @@ async def test_pings_during_long_silence(
     monkeypatch.setattr(relay, "PING_INTERVAL_S", 0.1)
     upstream.script(
         Reply(
-            headers=SSE,
+            headers=SSE_HEADERS,
             steps=[
                 oai_chunk({"content": "thinking..."}),
                 0.45,

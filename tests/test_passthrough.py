@@ -5,20 +5,27 @@ from __future__ import annotations
 import json
 import random
 from contextlib import aclosing
+from functools import partial
 
 import httpx
 import trio
 from trio.testing import wait_all_tasks_blocked
 
-from .conftest import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory, count_tasks
-from .fakes import CUT, HANG, FakeUpstream, Reply, anthropic_message, anthropic_text_events, interleave
+from .fakes import CUT, HANG, FakeUpstream, Pause, Reply, anthropic_message, anthropic_text_events, interleave
+from .helpers import (
+    CLIENT_KEY,
+    PROVIDER_KEY,
+    SONNET,
+    Balancer,
+    BalancerFactory,
+    count_tasks,
+    message_body,
+    one_at_a_time,
+    release_as_seen,
+    wait_until,
+)
 
-BODY = {
-    "model": "claude-sonnet-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+BODY = message_body(model=SONNET, stream=True)
 HEADERS = {
     "x-api-key": CLIENT_KEY,
     "anthropic-version": "2023-06-01",
@@ -28,15 +35,10 @@ HEADERS = {
 
 async def collect(
     b: Balancer, body: dict | None = None, headers: dict | None = None
-) -> tuple[httpx.Response, bytes, list[float]]:
-    """POST and read the response as it streams: the body and each chunk's arrival time."""
-    times: list[float] = []
-    chunks: list[bytes] = []
+) -> tuple[httpx.Response, bytes]:
+    """POST and read the response as it streams, to its end."""
     async with b.client.stream("POST", "/v1/messages", json=body or BODY, headers=headers or HEADERS) as r:
-        async for chunk in r.aiter_raw():
-            times.append(trio.current_time())
-            chunks.append(chunk)
-    return r, b"".join(chunks), times
+        return r, await r.aread()
 
 
 def mixed_text(rng: random.Random, n: int) -> list[str]:
@@ -67,7 +69,7 @@ class TestStreaming:
         cuts = sorted(rng.sample(range(1, len(wire)), 2000))
         steps = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)]
         upstream.script(Reply(steps=steps))
-        r, body, _ = await collect(balancer)
+        r, body = await collect(balancer)
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/event-stream"
         assert body == wire
@@ -75,19 +77,25 @@ class TestStreaming:
     async def test_events_arrive_spread_out_in_real_time(
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
-        """With 100 ms between upstream events the client sees them spread, not in one burst.
+        """The client sees the events spread as the provider sent them, not in one burst.
 
         The three events before the first content (message_start, an empty block start, ping)
         are held until the commit point, so they arrive together with the first delta; from
-        there on every event arrives on its own, as the provider sent it.
+        there on every event arrives on its own, as the provider sent it: the provider sends
+        each one only once the client has the one before (a balancer that held events back
+        would never be sent the next, and the test would time out).
         """
         events = anthropic_text_events([f"word{i} " for i in range(8)])
-        upstream.script(Reply(steps=interleave(events, 0.1)))
-        _r, body, times = await collect(balancer)
-        assert body == b"".join(events)
-        upstream_span = 0.1 * (len(events) - 1 - 3)  # from the first delta to message_stop
-        assert len(times) >= len(events) - 3
-        assert times[-1] - times[0] >= 0.8 * upstream_span
+        steps, pauses = one_at_a_time(events, at_once=4)
+        upstream.script(Reply(steps=steps))
+        chunks: list[bytes] = []
+        with trio.fail_after(10):
+            async with balancer.client.stream("POST", "/v1/messages", json=BODY, headers=HEADERS) as r:
+                async for chunk in r.aiter_raw():
+                    chunks.append(chunk)
+                    release_as_seen(b"".join(chunks), pauses, at_once=4)
+        assert b"".join(chunks) == b"".join(events)
+        assert len(chunks) >= len(events) - 3
 
     async def test_each_event_forwarded_when_its_blank_line_arrives(
         self, upstream: FakeUpstream, balancer: Balancer
@@ -95,17 +103,27 @@ class TestStreaming:
         """An event split in two upstream chunks is held until complete, then sent at once."""
         events = anthropic_text_events(["abc", "def"])
         first, second = events[4][:10], events[4][10:]
-        upstream.script(Reply(steps=[*events[:4], 0.05, first, 0.3, second, 0.05, *events[5:]]))
-        seen: list[tuple[float, bytes]] = []
-        async with balancer.client.stream("POST", "/v1/messages", json=BODY, headers=HEADERS) as r:
-            async for chunk in r.aiter_raw():
-                seen.append((trio.current_time(), chunk))
+        tail = Pause()
+        upstream.script(Reply(steps=[*events[:4], first, tail, second, *events[5:]]))
+        seen: list[tuple[bool, bytes]] = []  # (the tail had been sent, the chunk)
+
+        async def read() -> None:
+            async with balancer.client.stream("POST", "/v1/messages", json=BODY, headers=HEADERS) as r:
+                async for chunk in r.aiter_raw():
+                    seen.append((tail.released.is_set(), chunk))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(read)
+            await tail.wait_reached()  # the provider has sent half of the "def" event, and waits
+            await wait_until(lambda: bool(seen))  # the whole events before it came through
+            await wait_all_tasks_blocked()  # the balancer has read the half and holds it
+            tail.release()
         # No chunk ever carries half an event, and the delta arrived together with its tail.
         for _, chunk in seen:
             assert chunk.endswith(b"\n\n")
         assert b"".join(c for _, c in seen) == b"".join(events)
-        split_at = next(t for t, c in seen if b'"def"' in c)
-        assert split_at - seen[0][0] >= 0.3
+        split_released = next(released for released, c in seen if b'"def"' in c)
+        assert split_released and not seen[0][0]
 
     async def test_non_stream_json_identical(self, upstream: FakeUpstream, balancer: Balancer) -> None:
         payload = json.dumps(anthropic_message("Bonjour 你好 🙂")).encode()
@@ -122,13 +140,13 @@ class TestStreaming:
         events = anthropic_text_events(["x"])
         wire = b"".join(events)[:-1]  # message_stop ends with one newline only
         upstream.script(Reply(steps=[wire]))
-        _, body, _ = await collect(balancer)
+        _, body = await collect(balancer)
         assert body == wire + b"\n"
 
     async def test_cut_after_commit_gives_sse_error(self, upstream: FakeUpstream, balancer: Balancer) -> None:
         events = anthropic_text_events(["a", "b", "c"])
         upstream.script(Reply(steps=[*events[:4], CUT]))
-        r, body, _ = await collect(balancer)
+        r, body = await collect(balancer)
         assert r.status_code == 200
         assert body.startswith(b"".join(events[:4]))
         tail = body[len(b"".join(events[:4])) :]
@@ -219,7 +237,7 @@ class TestHeaders:
                 steps=anthropic_text_events(["ok"]),
             )
         )
-        r, _, _ = await collect(balancer)
+        r, _ = await collect(balancer)
         assert r.headers["request-id"] == "req_123"
         assert r.headers["anthropic-ratelimit-requests-remaining"] == "99"
         assert r.headers.get("server") != "fake"
@@ -246,7 +264,8 @@ class TestCancellation:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         events = anthropic_text_events([f"t{i}" for i in range(50)])
-        upstream.script(Reply(steps=interleave(events, 0.05)))
+        # Streaming when the client leaves, and never to the end: only the balancer can end it.
+        upstream.script(Reply(steps=[*interleave(events[:-1], 0.05), HANG]))
         await wait_all_tasks_blocked()
         baseline = count_tasks()
         async with (
@@ -284,8 +303,10 @@ class TestCancellation:
         self, upstream: FakeUpstream, balancer: Balancer
     ) -> None:
         upstream.script(Reply(hang_before_headers=True))
-        with trio.move_on_after(0.3):
-            await balancer.client.post("/v1/messages", json=BODY, headers=HEADERS)
+        async with trio.open_nursery() as n:
+            n.start_soon(partial(balancer.client.post, "/v1/messages", json=BODY, headers=HEADERS))
+            await upstream.wait_received(1)
+            n.cancel_scope.cancel()  # the client gives up while the provider is silent
         with trio.fail_after(2):
             await upstream.received[0].disconnected.wait()
         await balancer.wait_idle()

@@ -12,7 +12,6 @@ from typing import Any, ClassVar
 
 import pytest
 import trio
-import trio.testing
 
 from trio_balancer.protocol.convert import (
     StreamConverter,
@@ -24,15 +23,19 @@ from trio_balancer.protocol.convert.request import user_digest
 from trio_balancer.protocol.reshape import MessageAssembler
 from trio_balancer.protocol.sse import SSEDecoder
 
-from .conftest import PROVIDER_KEY, Balancer, BalancerFactory
-from .fakes import OAI_DONE, FakeUpstream, Reply, anthropic_text_events, oai, oai_chunk, sse
-
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "messages": [{"role": "user", "content": "hi"}],
-}
-JSON_REPLY = [("content-type", "application/json")]
+from .fakes import (
+    JSON_HEADERS,
+    OAI_DONE,
+    FakeUpstream,
+    Pause,
+    Reply,
+    anthropic_error,
+    anthropic_text_events,
+    oai,
+    oai_chunk,
+    sse,
+)
+from .helpers import JSON_BODY, PROVIDER_KEY, Balancer, BalancerFactory, assert_error, wait_for_listeners
 
 
 def convert(chunks: list[bytes]) -> dict[str, Any]:
@@ -68,14 +71,6 @@ def ledger_config(tmp_path: Path, upstream: FakeUpstream, kind: str = "anthropic
     }
 
 
-async def records(b: Balancer, count: int) -> list[dict[str, Any]]:
-    await b.wait_idle()
-    assert b.app.ledger is not None
-    with trio.fail_after(10):
-        await b.app.ledger.wait_written(count)
-    return (await b.client.get("/usage/requests")).json()["records"]  # type: ignore[no-any-return]
-
-
 class TestUsageRead:
     """Exact reported usage on every path (the issue: JSON answers were billed as an estimate)."""
 
@@ -93,10 +88,10 @@ class TestUsageRead:
             assert (row["cache_read_input_tokens"], row["cache_creation_input_tokens"]) == (100, 30)
 
     async def test_json(self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path) -> None:
-        upstream.script(Reply(headers=JSON_REPLY, steps=[anthropic_json(self.USAGE)]))
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[anthropic_json(self.USAGE)]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
-        assert (await b.client.post("/v1/messages", json=BODY)).status_code == 200
-        self.check((await records(b, 1))[0])
+        assert (await b.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
+        self.check((await b.ledger_rows(1))[0])
 
     async def test_stream(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
@@ -109,8 +104,8 @@ class TestUsageRead:
                                            "usage": {"output_tokens": 7}})  # fmt: skip
         upstream.script(Reply(steps=events))
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
-        await b.client.post("/v1/messages", json={**BODY, "stream": True})
-        self.check((await records(b, 1))[0])
+        await b.client.post("/v1/messages", json={**JSON_BODY, "stream": True})
+        self.check((await b.ledger_rows(1))[0])
 
     async def test_converted_json(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
@@ -120,10 +115,10 @@ class TestUsageRead:
             "completion_tokens": 7,
             "prompt_tokens_details": {"cached_tokens": 100},
         }
-        upstream.script(Reply(headers=JSON_REPLY, steps=[openai_json(usage)]))
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[openai_json(usage)]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream, "openai"))
-        assert (await b.client.post("/v1/messages", json=BODY)).status_code == 200
-        row = (await records(b, 1))[0]
+        assert (await b.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
+        row = (await b.ledger_rows(1))[0]
         assert (row["usage_source"], row["input_tokens"], row["output_tokens"], row["cache_read_input_tokens"]) == (
             "reported", 12, 7, 100)  # fmt: skip
 
@@ -143,8 +138,8 @@ class TestUsageRead:
         ]
         upstream.script(Reply(steps=chunks))
         b = await balancer_for(config=ledger_config(tmp_path, upstream, "openai"))
-        await b.client.post("/v1/messages", json={**BODY, "stream": True})
-        row = (await records(b, 1))[0]
+        await b.client.post("/v1/messages", json={**JSON_BODY, "stream": True})
+        row = (await b.ledger_rows(1))[0]
         assert (row["usage_source"], row["input_tokens"], row["output_tokens"], row["cache_read_input_tokens"]) == (
             "reported", 12, 7, 100)  # fmt: skip
 
@@ -153,20 +148,21 @@ class TestUsageRead:
     ) -> None:
         """The leader's JSON usage is exact; a follower and a cache hit cost nothing upstream."""
         whole = anthropic_json(self.USAGE)
-        upstream.script(Reply(headers=JSON_REPLY, steps=[whole[:20], 0.3, whole[20:]]))
+        hold = Pause()
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[whole[:20], hold, whole[20:]]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
 
         async def post() -> None:
-            assert (await b.client.post("/v1/messages", json=BODY)).status_code == 200
+            assert (await b.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
 
         async with trio.open_nursery() as n:
             n.start_soon(post)
-            with trio.fail_after(5):
-                while not b.app.shared:  # the leader's flight is live and joinable
-                    await trio.testing.wait_all_tasks_blocked(0.01)
+            await hold.wait_reached()  # the leader's answer is half sent
             n.start_soon(post)  # joins the flight
-        await b.client.post("/v1/messages", json=BODY)  # from the cache
-        rows = {r["dedup_role"]: r for r in await records(b, 3)}
+            await wait_for_listeners(b.app, 2)
+            hold.release()
+        await b.client.post("/v1/messages", json=JSON_BODY)  # from the cache
+        rows = {r["dedup_role"]: r for r in await b.ledger_rows(3)}
         assert len(upstream.received) == 1 and set(rows) == {"leader", "follower", "cache"}
         self.check(rows["leader"])
         assert all(
@@ -175,14 +171,14 @@ class TestUsageRead:
 
 
 class TestErrorsInside200:
-    OVERLOADED = b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'
+    OVERLOADED = anthropic_error("overloaded_error", "Overloaded")
 
     async def test_json_error_body_fails_over_and_is_not_cached(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory, tmp_path: Path
     ) -> None:
-        bad = await FakeUpstream(Reply(headers=JSON_REPLY, steps=[self.OVERLOADED])).start(nursery)
+        bad = await FakeUpstream(Reply(headers=JSON_HEADERS, steps=[self.OVERLOADED])).start(nursery)
         good = await FakeUpstream(
-            Reply(headers=JSON_REPLY, steps=[anthropic_json({"input_tokens": 3, "output_tokens": 4})])
+            Reply(headers=JSON_HEADERS, steps=[anthropic_json({"input_tokens": 3, "output_tokens": 4})])
         ).start(nursery)
         config = {
             "ledger": {"url": f"sqlite:///{tmp_path}/l.sqlite3"},
@@ -190,10 +186,10 @@ class TestErrorsInside200:
                           {"name": "good", "kind": "anthropic", "base_url": good.url, "api_key": PROVIDER_KEY}],
         }  # fmt: skip
         b = await balancer_for(config=config)
-        r = await b.client.post("/v1/messages", json=BODY)
+        r = await b.client.post("/v1/messages", json=JSON_BODY)
         assert r.status_code == 200 and r.json()["type"] == "message"
         assert b.app.registry is not None and b.app.registry.runtimes["bad"].health.state.value == "cooling"
-        row = (await records(b, 1))[0]
+        row = (await b.ledger_rows(1))[0]
         assert [a["provider"] for a in row["attempts"]] == ["bad", "good"] and "overloaded_error" in row[
             "attempts"
         ][0]["error"]
@@ -201,12 +197,12 @@ class TestErrorsInside200:
     async def test_json_error_body_alone_is_answered_with_its_status(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
     ) -> None:
-        upstream.script(lambda _r: Reply(headers=JSON_REPLY, steps=[self.OVERLOADED]))
+        upstream.script(lambda _r: Reply(headers=JSON_HEADERS, steps=[self.OVERLOADED]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream))
         for stream in (False, True):  # a streaming retry must not get a message made of the error
-            r = await b.client.post("/v1/messages", json={**BODY, "stream": stream})
-            assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error", r.text
-        rows = await records(b, 2)
+            r = await b.client.post("/v1/messages", json={**JSON_BODY, "stream": stream})
+            assert_error(r, 529, "overloaded_error")
+        rows = await b.ledger_rows(2)
         assert all(
             (row["status"], row["error_type"], row["usage_source"]) == (529, "overloaded_error", "none")
             for row in rows
@@ -216,8 +212,8 @@ class TestErrorsInside200:
     async def test_stream_starting_with_an_error(self, upstream: FakeUpstream, balancer: Balancer) -> None:
         for wire in (sse("error", json.loads(self.OVERLOADED)), b"data: " + self.OVERLOADED + b"\n\n"):
             upstream.script(Reply(steps=[wire]))
-            r = await balancer.client.post("/v1/messages", json={**BODY, "stream": True})
-            assert r.status_code == 529 and r.json()["error"]["type"] == "overloaded_error", r.text
+            r = await balancer.client.post("/v1/messages", json={**JSON_BODY, "stream": True})
+            assert_error(r, 529, "overloaded_error")
 
     async def test_openai_error_in_a_200(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
@@ -225,10 +221,10 @@ class TestErrorsInside200:
         body = json.dumps(
             {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}
         )
-        upstream.script(Reply(headers=JSON_REPLY, steps=[body.encode()]))
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[body.encode()]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream, "openai"))
-        r = await b.client.post("/v1/messages", json=BODY)
-        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error", r.text
+        r = await b.client.post("/v1/messages", json=JSON_BODY)
+        assert_error(r, 429, "rate_limit_error")
 
 
 class TestOpenAIShapes:
@@ -318,14 +314,18 @@ class TestOpenAIShapes:
 
     def test_long_user_id_becomes_a_short_stable_digest(self) -> None:
         user_id = "user_" + "a" * 64 + "_account__session_" + "0123abcd-" * 8
-        body = to_openai({**BODY, "metadata": {"user_id": user_id}}, model="gpt-x").body
+        body = to_openai({**JSON_BODY, "metadata": {"user_id": user_id}}, model="gpt-x").body
         assert body["user"] == user_digest(user_id) and len(body["user"]) <= 64
         assert (
-            to_openai({**BODY, "metadata": {"user_id": user_id}}, model="gpt-x").body["user"] == body["user"]
+            to_openai({**JSON_BODY, "metadata": {"user_id": user_id}}, model="gpt-x").body["user"]
+            == body["user"]
         )
         assert user_id not in json.dumps(body)
 
     def test_cache_control_is_listed_as_dropped(self) -> None:
-        payload = {**BODY, "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}]}
+        payload = {
+            **JSON_BODY,
+            "system": [{"type": "text", "text": "s", "cache_control": {"type": "ephemeral"}}],
+        }
         assert "cache_control" in to_openai(payload, model="gpt-x").dropped
-        assert "cache_control" not in to_openai(BODY, model="gpt-x").dropped
+        assert "cache_control" not in to_openai(JSON_BODY, model="gpt-x").dropped

@@ -20,15 +20,8 @@ from trio_balancer.config import parse_config
 from trio_balancer.ledger import backlog as ledger_backlog
 from trio_balancer.ledger import store as ledger_store
 
-from .conftest import PROVIDER_KEY, BalancerFactory, start_balancer
 from .fakes import HANG, FakeUpstream, Reply, anthropic_text_events
-
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 64,
-    "stream": True,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+from .helpers import BODY, PROVIDER_KEY, BalancerFactory, start_balancer, wait_until
 
 
 def config_for(tmp_path: Path, upstream: FakeUpstream, **server: Any) -> dict[str, Any]:
@@ -74,9 +67,7 @@ async def test_streams_cut_at_shutdown_are_recorded_as_cut(
 
         async with trio.open_nursery() as clients:
             clients.start_soon(client)
-            with trio.fail_after(5):
-                while not b.app.shared:  # the leader's flight is live and joinable
-                    await trio.testing.wait_all_tasks_blocked(0.01)
+            await wait_until(lambda: bool(b.app.shared))  # the leader's flight is live and joinable
             for _ in range(3):
                 clients.start_soon(client)
             with trio.fail_after(5):
@@ -169,9 +160,8 @@ class TestFullDisk:
             body = {**BODY, "messages": [{"role": "user", "content": f"while full {i} " + "pad " * 200}]}
             assert (await b.client.post("/v1/messages", json=body)).status_code == 200  # requests go on
         await b.wait_idle()
-        with trio.fail_after(5):
-            while not b.app.ledger.backlog:
-                await trio.testing.wait_all_tasks_blocked(0.01)
+        ledger = b.app.ledger
+        await wait_until(lambda: bool(ledger.backlog))
         status = (await b.client.get("/status.json")).json()["ledger"]
         assert status["degraded"] is True and status["backlog"] > 0 and status["lost"] == 0
         metrics = (await b.client.get("/metrics")).text
@@ -206,9 +196,8 @@ class TestFullDisk:
             body = {**BODY, "messages": [{"role": "user", "content": f"lost {i} " + "pad " * 200}]}
             await b.client.post("/v1/messages", json=body)
         await b.wait_idle()
-        with trio.fail_after(5):
-            while b.app.ledger.lost + b.app.ledger.backlog < 8:
-                await trio.testing.wait_all_tasks_blocked(0.01)
+        ledger = b.app.ledger
+        await wait_until(lambda: ledger.lost + ledger.backlog >= 8)
         assert b.app.ledger.backlog <= 3 and b.app.ledger.lost >= 5
         lost_lines = [e for e in captured if e["event"] == "ledger.record_lost"]
         assert len(lost_lines) == b.app.ledger.lost
@@ -262,9 +251,8 @@ class TestRecordsTheStoreCannotTake:
         await b.client.post("/v1/messages", json={**BODY, "model": "claude-b"})
         await b.wait_idle()
         assert b.app.ledger is not None
-        with trio.fail_after(10):
-            while b.app.ledger.written + b.app.ledger.lost < 3:
-                await trio.testing.wait_all_tasks_blocked(0.01)
+        ledger = b.app.ledger
+        await wait_until(lambda: ledger.written + ledger.lost >= 3, limit=10)
         assert sorted(r["model"] for r in stored(tmp_path)) == ["claude-a", "claude-b"]
         assert b.app.ledger.lost == 1 and not b.app.ledger.degraded
         assert [e["record"]["model"] for e in captured if e["event"] == "ledger.record_lost"] == [

@@ -6,25 +6,15 @@ import random
 from collections import Counter
 from typing import Any
 
-import attrs
 import pytest
 
 from trio_balancer.config import Config, parse_config
 from trio_balancer.errors import NotFound
-from trio_balancer.policy.health import FailureKind, ProviderHealth
-from trio_balancer.policy.ratelimits import RateLimitState, Reading
+from trio_balancer.policy.health import FailureKind
+from trio_balancer.policy.ratelimits import Reading
 from trio_balancer.policy.routing import Ewma, Router
 
-
-@attrs.define
-class View:
-    health: ProviderHealth = attrs.Factory(lambda: ProviderHealth(rng=lambda: 0.5))
-    limits: RateLimitState = attrs.Factory(RateLimitState)
-    latency: Ewma = attrs.Factory(Ewma)
-
-
-def views(config: Config) -> dict[str, View]:
-    return {p.name: View() for p in config.providers}
+from .helpers import View, views
 
 
 def config(

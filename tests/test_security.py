@@ -20,17 +20,23 @@ from trio_balancer.policy.limits import Limiter
 
 from .asgi_driver import call, running
 from .browser import dump_dom, require_chromium
-from .conftest import PROVIDER_KEY, BalancerFactory
-from .fakes import FakeUpstream, Reply, anthropic_text_events, interleave
+from .fakes import (
+    JSON_HEADERS,
+    FakeUpstream,
+    Pause,
+    Reply,
+    anthropic_error,
+    anthropic_text_events,
+    error_payload,
+    error_reply,
+    interleave,
+)
+from .helpers import PROVIDER_KEY, BalancerFactory, assert_error, message_body, wait_until
 
 ALICE, ALICE_SHA = new_key()
 BOB, BOB_SHA = new_key()
 ADMIN, ADMIN_SHA = new_key()
-BODY: dict[str, Any] = {
-    "model": "claude-opus-4-6",
-    "max_tokens": 8,
-    "messages": [{"role": "user", "content": "hi"}],
-}
+BODY = message_body(max_tokens=8)
 
 
 def keyed(upstream: FakeUpstream, **server: Any) -> dict[str, Any]:
@@ -65,7 +71,7 @@ class TestClientKeys:
             {"authorization": "Basic xyz"},
         ):
             r = await b.client.post("/v1/messages", json=BODY, headers=headers)
-            assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+            assert_error(r, 401, "authentication_error")
         assert upstream.received == []
         assert (
             await b.client.post("/v1/messages", json=BODY, headers={"x-api-key": ALICE})
@@ -102,7 +108,7 @@ class TestClientKeys:
         r = await b.client.post(
             "/v1/messages", json={**BODY, "model": "claude-haiku-4-5"}, headers={"x-api-key": ALICE}
         )
-        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+        assert_error(r, 403, "permission_error")
         assert "claude-haiku-4-5" in r.json()["error"]["message"] and upstream.received == []
 
     def test_passthrough_with_client_keys_is_a_config_error(self) -> None:
@@ -157,9 +163,9 @@ class TestLimits:
     async def test_concurrent_streams_per_client(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
-        upstream.script(
-            lambda r: Reply(steps=interleave(anthropic_text_events([f"w{i}" for i in range(10)]), 0.05))
-        )
+        events = anthropic_text_events([f"w{i}" for i in range(10)])
+        hold = Pause()  # the streams that got a slot stay open until the others were answered
+        upstream.script(lambda r: Reply(steps=[*events[:4], hold, *events[4:]]))
         b = await balancer_for(config=keyed(upstream))
         statuses: list[int] = []
 
@@ -169,12 +175,18 @@ class TestLimits:
             )
             statuses.append(r.status_code)
             if r.status_code == 429:
-                assert r.headers["retry-after"] == "1" and r.json()["error"]["type"] == "rate_limit_error"
+                assert_error(r, 429, "rate_limit_error")
+                assert r.headers["retry-after"] == "1"
 
         async with trio.open_nursery() as n:
-            for i in range(4):
+            for i in range(2):
                 n.start_soon(one, i + 1)
-                await trio.sleep(0.02)
+                await upstream.wait_received(i + 1)  # it holds one of alice's two slots
+            for i in range(2, 4):
+                n.start_soon(one, i + 1)
+                # Answered (refused, if the limit holds) or let through to the provider.
+                await wait_until(lambda i=i: len(statuses) + len(upstream.received) == i + 1)
+            hold.release()
         assert sorted(statuses) == [200, 200, 429, 429]
         assert (
             await b.client.post("/v1/messages", json=BODY, headers={"x-api-key": ALICE})
@@ -205,7 +217,9 @@ class TestLimits:
         lim.acquire("c", 20.0, max_concurrent=None, per_minute=3)
 
     async def test_total_concurrency(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
-        upstream.script(lambda r: Reply(steps=interleave(anthropic_text_events(["a", "b"]), 0.2)))
+        events = anthropic_text_events(["a", "b"])
+        hold = Pause()
+        upstream.script(lambda r: Reply(steps=[*events[:4], hold, *events[4:]]))
         b = await balancer_for(
             config={
                 "server": {"max_concurrent": 1},
@@ -219,8 +233,10 @@ class TestLimits:
 
         async with trio.open_nursery() as n:
             n.start_soon(one, 1)
-            await trio.sleep(0.05)
+            await upstream.wait_received(1)  # it holds the one slot
             n.start_soon(one, 2)
+            await wait_until(lambda: len(codes) + len(upstream.received) == 2)  # answered, or let through
+            hold.release()
         assert sorted(codes) == [200, 429]
 
     async def test_header_size(self, upstream: FakeUpstream, balancer_for: BalancerFactory) -> None:
@@ -249,7 +265,7 @@ class TestLimits:
         r = await b.client.post(
             "/v1/messages", content=slow_body(), headers={"content-type": "application/json"}
         )
-        assert r.status_code == 408 and r.json()["error"]["type"] == "timeout_error"
+        assert_error(r, 408, "timeout_error")
 
     async def test_upstream_huge_event_is_cut_off_not_buffered(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
@@ -382,7 +398,7 @@ class TestWebPages:
         upstream.script(Reply(steps=anthropic_text_events(["spent"])))
         b = await balancer_for(config=open_config)
         r = await b.client.post("/v1/messages", content=json.dumps(BODY), headers=headers)
-        assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error", r.text
+        assert_error(r, 403, "permission_error")
         assert upstream.received == []  # the operator's key was not spent
 
     async def test_rebinding_cannot_read_usage_or_reload(
@@ -498,24 +514,15 @@ class TestWebPages:
 
 
 class TestProviderErrors:
-    LEAKY_401 = json.dumps(
-        {
-            "type": "error",
-            "error": {"type": "authentication_error", "message": f"invalid x-api-key {PROVIDER_KEY}"},
-        }
-    ).encode()
-
     async def test_providers_own_auth_failure_is_a_provider_failure(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        bad = await FakeUpstream(lambda _r: Reply(status=401, headers=[("content-type", "application/json")],
-                                                   steps=[self.LEAKY_401])).start(nursery)  # fmt: skip
+        leaky_401 = error_reply(401, "authentication_error", f"invalid x-api-key {PROVIDER_KEY}")
+        bad = await FakeUpstream(lambda _r: leaky_401).start(nursery)
         good = await FakeUpstream(lambda _r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
         alone = await balancer_for(bad)
         r = await alone.client.post("/v1/messages", json=BODY)
-        assert r.status_code == 502 and r.json()["error"]["type"] == "api_error", (
-            r.text
-        )  # never "log in again"
+        assert_error(r, 502, "api_error")  # never "log in again"
         assert PROVIDER_KEY not in r.text and "credentials" in r.json()["error"]["message"]
         both = await balancer_for(bad, good)
         r = await both.client.post("/v1/messages", json=BODY)
@@ -524,8 +531,8 @@ class TestProviderErrors:
     async def test_passthrough_auth_failure_is_the_clients(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
-        body = b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}'
-        upstream.script(Reply(status=401, headers=[("content-type", "application/json")], steps=[body]))
+        body = anthropic_error("authentication_error", "invalid x-api-key")
+        upstream.script(error_reply(401, "authentication_error", "invalid x-api-key"))
         b = await balancer_for(config={"providers": [{"name": "p", "kind": "anthropic", "base_url": upstream.url,
                                                       "api_key": "passthrough"}]})  # fmt: skip
         r = await b.client.post(
@@ -541,19 +548,14 @@ class TestProviderErrors:
             leak = {"error": {"message": f"Incorrect API key provided: {PROVIDER_KEY}. Also sk-proj-abcdefgh12345678",
                               "type": "invalid_request_error"}}  # fmt: skip
         else:
-            leak = {"type": "error", "error": {"type": "rate_limit_error",
-                                               "message": f"slow down {PROVIDER_KEY} and sk-proj-abcdefgh12345678"}}  # fmt: skip
-        upstream.script(
-            Reply(
-                status=429, headers=[("content-type", "application/json")], steps=[json.dumps(leak).encode()]
-            )
-        )
+            leak = error_payload("rate_limit_error", f"slow down {PROVIDER_KEY} and sk-proj-abcdefgh12345678")
+        upstream.script(Reply(status=429, headers=JSON_HEADERS, steps=[json.dumps(leak).encode()]))
         base = upstream.url + ("/v1" if kind == "openai" else "")
         b = await balancer_for(
             config={"providers": [{"name": "p", "kind": kind, "base_url": base, "api_key": PROVIDER_KEY}]}
         )
         r = await b.client.post("/v1/messages", json=BODY)
-        assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
+        assert_error(r, 429, "rate_limit_error")
         assert (
             PROVIDER_KEY not in r.text and "sk-proj-abcdefgh12345678" not in r.text and "[redacted]" in r.text
         )
@@ -563,7 +565,7 @@ class TestProviderErrors:
     ) -> None:
         events = anthropic_text_events(["partial"])
         for error_type in ("overloaded_error", "authentication_error"):
-            error = {"type": "error", "error": {"type": error_type, "message": f"lost {PROVIDER_KEY}"}}
+            error = error_payload(error_type, f"lost {PROVIDER_KEY}")
             upstream.script(
                 Reply(steps=[*events[:4], f"event: error\ndata: {json.dumps(error)}\n\n".encode()])
             )

@@ -14,8 +14,8 @@ from trio_balancer.app import hypercorn_fix
 from trio_balancer.config import parse_config
 from trio_balancer.ledger import SqliteStore
 
-from .conftest import PROVIDER_KEY, start_balancer
-from .test_backpressure import BigAnswers, request
+from .fakes import BigAnswers
+from .helpers import PROVIDER_KEY, big_answer_request, start_balancer
 
 
 async def stalled_client(port: int, i: int) -> trio.SocketStream:
@@ -23,7 +23,7 @@ async def stalled_client(port: int, i: int) -> trio.SocketStream:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", port))
     client = trio.SocketStream(sock)
-    await client.send_all(request(port, i))
+    await client.send_all(big_answer_request(port, i))
     return client
 
 
@@ -41,7 +41,7 @@ async def test_a_client_that_takes_nothing_is_let_go(
     monkeypatch.setattr(hypercorn_fix, "SEND_STALL_S", 0.5)
     upstream = await BigAnswers().start(nursery)
     b = await start_balancer(nursery, parse_config(config(tmp_path, upstream)))
-    client = await stalled_client(int(b.url.rsplit(":", 1)[1]), 0)
+    client = await stalled_client(b.port, 0)
     with trio.fail_after(20):  # before: held forever, upstream and all
         while not (upstream.sent and not b.app.flights):
             await trio.testing.wait_all_tasks_blocked(0.05)
@@ -65,7 +65,7 @@ async def test_a_stalled_client_cannot_hold_the_shutdown(
         upstream = await BigAnswers().start(outer)
         async with trio.open_nursery() as served:
             b = await start_balancer(served, parse_config(config(tmp_path, upstream)), shutdown=stop.wait)
-            client = await stalled_client(int(b.url.rsplit(":", 1)[1]), 1)
+            client = await stalled_client(b.port, 1)
             with trio.fail_after(20):
                 while not upstream.sent:
                     await trio.testing.wait_all_tasks_blocked(0.05)

@@ -20,21 +20,22 @@ import trio
 
 from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, install
 
-from ..conftest import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from ..fakes import (
+    SSE_HEADERS,
     FakeUpstream,
     Received,
     Reply,
     anthropic_text_events,
+    error_reply,
     interleave,
     oai_chunk,
     openai_text_stream,
     sse,
 )
+from ..helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
 SECRET = "PURPLE-ELEPHANT-4242"
-SSE_HEADERS = [("content-type", "text/event-stream")]
 
 
 @pytest.fixture(scope="session")
@@ -243,13 +244,7 @@ class TestClaudeCode:
     async def test_failover_claude_code_never_notices(
         self, claude_bin: Path, workdir: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
     ) -> None:
-        overloaded = await FakeUpstream(
-            Reply(
-                status=529,
-                headers=[("content-type", "application/json")],
-                steps=[b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'],
-            )
-        ).start(nursery)
+        overloaded = await FakeUpstream(error_reply(529, "overloaded_error", "Overloaded")).start(nursery)
         good = await FakeUpstream(
             Reply(steps=anthropic_text_events(["Served ", "by ", "the ", "backup."]))
         ).start(nursery)
@@ -276,15 +271,15 @@ class TestClaudeCode:
         home = tmp_path / "shared-home"
         outs: list[str] = []
 
-        async def one(delay: float) -> None:
-            await trio.sleep(delay)
+        async def one() -> None:
             outs.append(
                 await run_claude(claude_bin, b.url, workdir, "tell me a story", "--max-turns", "1", home=home)
             )
 
         async with trio.open_nursery() as n:
-            n.start_soon(one, 0.0)
-            n.start_soon(one, 0.5)
+            n.start_soon(one)
+            await upstream.wait_received(1, limit=60)  # the first run's request is being answered
+            n.start_soon(one)
         expected = "".join(f"part{i} " for i in range(20)).strip()
         assert outs == [expected, expected]
         assert len(upstream.received) == 1
