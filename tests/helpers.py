@@ -170,7 +170,7 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 5) -> None:
 
 async def wait_for_listeners(app: BalancerApp, count: int) -> None:
     """Return once a flight in ``app`` has exactly ``count`` listeners (clients joined to it)."""
-    await wait_until(lambda: any(f.listeners == count for f in app.flights))
+    await wait_until(lambda: any(f.view().listeners == count for f in app.flights))
 
 
 def release_as_seen(wire: bytes, pauses: Sequence[Pause], *, at_once: int) -> None:
