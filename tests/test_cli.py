@@ -109,7 +109,7 @@ async def test_hypercorn_cli_with_config_env(tmp_path: Path, upstream: FakeUpstr
             "trio",
             "--bind",
             f"127.0.0.1:{port}",
-            "trio_balancer.app.asgi:create_app()",
+            "trio_balancer.asgi:create_app()",
         ],
         stderr=subprocess.PIPE,
         env={**env(), "TRIO_BALANCER_CONFIG": str(config)},

@@ -158,7 +158,7 @@ class TestJSON:
                    "usage": {"input_tokens": 5, "output_tokens": 2}}  # fmt: skip
         body = json.dumps(message).encode()
         r, outlet = await relay(ANTHROPIC, split(body, [10, 40]), sse=False)
-        assert outlet.items == [body] and (r.events, r.bytes) == (1, len(body)) and r.completed
+        assert outlet.items == [body] and (r.events, r.bytes) == (0, len(body)) and r.completed
         assert r.tracker.result(PAYLOAD).output_tokens == 2
 
     async def test_an_error_inside_a_200_is_that_error_with_its_status(self) -> None:

@@ -12,7 +12,7 @@ never one above (``tests/test_layers.py`` walks every import to hold this):
     upstream/  headers, providers              talking to providers: header rules, HTTP clients
     flight/    hub, attempt, relay, flight     one request's upstream lifetime, fan-out, outcome
     app/       asgi, messages, writer, ...     the ASGI app: requests, records, operator pages
-    cli                                        the command line, on top of everything
+    cli        cli, asgi (the Hypercorn entry)  the command line and the documented app path, on top
 """
 
 __version__ = "0.1.0"
@@ -28,5 +28,5 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("upstream",),
     ("flight",),
     ("app",),
-    ("cli", "__main__"),
+    ("cli", "__main__", "asgi"),
 )

@@ -90,9 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tools", type=int, default=d.tools, help="tool calls per response")
     sim.add_argument("--no-usage", action="store_true", help="send no usage (like some proxies)")
     sim.add_argument("--stamp", action="store_true", help="stamp each delta with its send time (ns)")
-    sim.epilog = (
-        "Every option can also be set per request with an x-sim-* header; see trio_balancer/simulator.py."
-    )
+    sim.epilog = "Every option can also be set per request with an x-sim-* header; see trio_balancer/tools/simulator.py."
 
     claude = sub.add_parser(
         "claude",

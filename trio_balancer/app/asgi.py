@@ -316,7 +316,7 @@ async def _close_when_unused(runtime: ProviderRuntime) -> None:
 
 
 def create_app(config: Config | None = None) -> BalancerApp:
-    """The app factory; ``hypercorn --worker-class trio 'trio_balancer.app.asgi:create_app()'``."""
+    """The app factory; ``hypercorn --worker-class trio 'trio_balancer.asgi:create_app()'``."""
     hypercorn_fix.install()  # keep-alive connections close when their clients do
     if config is None:
         config = load_config(os.environ.get(CONFIG_ENV) or None)

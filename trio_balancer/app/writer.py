@@ -51,23 +51,35 @@ class ResponseWriter:
         self._send = send
         self.extra = extra
         self.sent_status: int | None = None  # the status sent, as soon as it is
+        self.ended: Delivery | None = None  # how the response ended, once it has
 
     def interrupted(self) -> Delivery:
-        """What the client got when the writer was stopped before the end."""
-        return Delivery(self.sent_status, CUT)
+        """What the client got when the writer was stopped (or its caller failed) at any point."""
+        return self.ended if self.ended is not None else Delivery(self.sent_status, CUT)
 
     async def error(self, exc: BalancerError) -> Delivery:
-        """Answer ``exc`` if nothing was sent yet; a started response can only be cut."""
+        """Answer ``exc`` if nothing was sent yet; a started response can only be cut, and one
+        that already ended (a bug after the end) stays as it ended."""
+        if self.ended is not None:
+            return self.ended
         if isinstance(exc, ClientGone):
             return Delivery(self.sent_status, CLIENT_LEFT)
         if self.sent_status is not None:
             return Delivery(self.sent_status, CUT)  # returning without the body drops the connection
         self.sent_status = exc.status
         await send_error(self._send, exc, self.extra)
-        return Delivery(exc.status, DELIVERED)
+        self.ended = Delivery(exc.status, DELIVERED)
+        return self.ended
 
     async def drain(
         self, listener: Listener, wants_stream: bool, was_dropped: Callable[[Listener], bool] | None = None
+    ) -> Delivery:
+        """Drain ``listener`` into the client (see :meth:`_drain`); the Delivery is kept."""
+        self.ended = await self._drain(listener, wants_stream, was_dropped)
+        return self.ended
+
+    async def _drain(
+        self, listener: Listener, wants_stream: bool, was_dropped: Callable[[Listener], bool] | None
     ) -> Delivery:
         """Drain ``listener`` into the client, in the form it asked for.
 

@@ -111,8 +111,8 @@ class Relay:
         self._trace = trace
         self.tracker = UsageTracker()
         self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
-        self.events = 0  # published by this relay
-        self.bytes = 0
+        self.events = 0  # SSE events published by this relay (none for a JSON answer)
+        self.bytes = 0  # body bytes published by this relay
         self.completed = False
 
     async def run(self, response: UpstreamResponse) -> None:
@@ -257,15 +257,16 @@ class Relay:
             if event.data is not None and error_type_of(event.data) is not None
             else None
         )
-        text = f"provider {self.provider.name!r}: {error_type} in stream: {message}"
+        clean = scrub(message, self._secrets)
+        text = f"provider {self.provider.name!r}: {error_type} in stream: {clean}"
         if body is None:
-            body = error_body(error_type, scrub(message, self._secrets))
+            body = error_body(error_type, clean)
         return provider_error(self.provider, error_type, text, body)
 
     def _error_after_commit(self, event: SSEEvent) -> AttemptFailed:
         """The provider's own error event reached the client; remember it for health."""
         error_type, message = parse_error_event(event)
-        text = f"provider {self.provider.name!r}: {error_type} in stream: {message}"
+        text = f"provider {self.provider.name!r}: {error_type} in stream: {scrub(message, self._secrets)}"
         return provider_error(self.provider, error_type, text, sent_to_client=True)
 
     def _relayable_error(self, event: SSEEvent) -> SSEEvent:
@@ -302,7 +303,7 @@ class Relay:
         self.completed = True
 
     async def _committed(self, head: Head, body: bytes) -> None:
-        self.events, self.bytes = 1, len(body)
+        self.bytes = len(body)  # a JSON answer has no events
         await self._outlet.commit(head, body)
 
     async def _published(self, chunk: bytes) -> None:

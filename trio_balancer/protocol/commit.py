@@ -69,7 +69,7 @@ def shape_problem(event: SSEEvent) -> str | None:
     parsed anyway (errors, the commit point, usage) get the full check where they are parsed.
     """
     data = event.data
-    if not data or (data[0] == 0x7B and (data[-1] == 0x7D or data.rstrip()[-1:] == b"}")):
+    if data and data[0] == 0x7B and (data[-1] == 0x7D or data.rstrip()[-1:] == b"}"):
         return None  # (the rstrip copy only for the rare payload with trailing whitespace)
     try:
         event.json()
