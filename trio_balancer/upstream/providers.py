@@ -9,6 +9,7 @@ of them lets go.
 from __future__ import annotations
 
 import random
+import ssl
 
 import attrs
 import httpx
@@ -18,15 +19,14 @@ from trio_balancer.config import Config, ProviderConfig
 from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
 from trio_balancer.policy.routing import Ewma
-from trio_balancer.upstream.headers import make_clients
 
-__all__ = ["ProviderRuntime", "Registry"]
+__all__ = ["MAX_SHARDS", "SHARD_CONNECTIONS", "ProviderRuntime", "Registry", "make_client", "make_clients"]
 
 
 @attrs.define(eq=False)
 class ProviderRuntime:
     config: ProviderConfig
-    clients: list[httpx.AsyncClient]  # pool shards (see upstream.SHARD_CONNECTIONS)
+    clients: list[httpx.AsyncClient]  # pool shards (see SHARD_CONNECTIONS)
     health: ProviderHealth
     limits: RateLimitState = attrs.Factory(RateLimitState)
     latency: Ewma = attrs.Factory(Ewma)
@@ -109,3 +109,53 @@ class Registry:
     async def aclose(self) -> None:
         for r in self.runtimes.values():
             await r.aclose()
+
+
+# httpcore's pool scans every connection it holds (is_idle, has_expired: a poll() each) on
+# every request start and response close, so its cost grows with the pool: at 500 concurrent
+# streams that scan was 38 % of the balancer's CPU (profile in bench/RESULTS.md). A provider's
+# connections are therefore spread over several small pools ("shards") of this many at most.
+# Each shard holds about this many connections, and there are at most MAX_SHARDS of them.
+SHARD_CONNECTIONS = 64
+MAX_SHARDS = 8
+
+
+def make_clients(provider: ProviderConfig) -> list[httpx.AsyncClient]:
+    """The pooled clients for one provider, sharing one TLS context (building one costs ~0.7 MiB)."""
+    shards = min(MAX_SHARDS, max(1, -(-provider.max_connections // SHARD_CONNECTIONS)))
+    per_shard = -(-provider.max_connections // shards)
+    keepalive = -(-provider.max_keepalive // shards) if provider.max_keepalive else 0
+    tls = httpx.create_ssl_context()
+    return [
+        make_client(provider, max_connections=per_shard, max_keepalive=keepalive, tls=tls)
+        for _ in range(shards)
+    ]
+
+
+def make_client(
+    provider: ProviderConfig,
+    *,
+    max_connections: int | None = None,
+    max_keepalive: int | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client for a provider; the lifespan task owns and closes it."""
+    t = provider.timeouts
+    client = httpx.AsyncClient(
+        verify=tls if tls is not None else True,
+        # read=None: the gap between stream chunks and the whole response are bounded by our
+        # own trio deadlines (idle, total), which know whether a response has started.
+        timeout=httpx.Timeout(connect=t.connect, read=None, write=60.0, pool=t.connect),
+        limits=httpx.Limits(
+            max_connections=provider.max_connections if max_connections is None else max_connections,
+            max_keepalive_connections=provider.max_keepalive if max_keepalive is None else max_keepalive,
+            keepalive_expiry=provider.keepalive_s,
+        ),
+        trust_env=False,
+        follow_redirects=False,
+    )
+    # httpx would send its own user agent and accept header when the client sent none: a
+    # proxy should send what the client sent and nothing it made up.
+    for name in ("user-agent", "accept"):
+        del client.headers[name]
+    return client
