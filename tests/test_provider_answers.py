@@ -57,6 +57,10 @@ def anthropic_json(usage: dict[str, Any]) -> bytes:
                        "stop_reason": "end_turn", "stop_sequence": None, "usage": usage}).encode()  # fmt: skip
 
 
+# An OpenAI usage object with cached prompt tokens: 112 in, of which 100 read from the cache.
+CACHED_USAGE = {"prompt_tokens": 112, "completion_tokens": 7, "prompt_tokens_details": {"cached_tokens": 100}}
+
+
 def openai_json(usage: dict[str, Any]) -> bytes:
     return json.dumps({"id": "chatcmpl-1", "object": "chat.completion", "model": "gpt-x",
                        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
@@ -110,11 +114,7 @@ class TestUsageRead:
     async def test_converted_json(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
     ) -> None:
-        usage = {
-            "prompt_tokens": 112,
-            "completion_tokens": 7,
-            "prompt_tokens_details": {"cached_tokens": 100},
-        }
+        usage = CACHED_USAGE
         upstream.script(Reply(headers=JSON_HEADERS, steps=[openai_json(usage)]))
         b = await balancer_for(config=ledger_config(tmp_path, upstream, "openai"))
         assert (await b.client.post("/v1/messages", json=JSON_BODY)).status_code == 200
@@ -125,11 +125,7 @@ class TestUsageRead:
     async def test_converted_stream(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory, tmp_path: Path
     ) -> None:
-        usage = {
-            "prompt_tokens": 112,
-            "completion_tokens": 7,
-            "prompt_tokens_details": {"cached_tokens": 100},
-        }
+        usage = CACHED_USAGE
         chunks = [
             oai_chunk({"role": "assistant", "content": "hi"}),
             oai_chunk({}, "stop"),

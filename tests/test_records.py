@@ -21,7 +21,7 @@ from trio_balancer.ledger import backlog as ledger_backlog
 from trio_balancer.ledger import store as ledger_store
 
 from .fakes import HANG, FakeUpstream, Reply, anthropic_text_events
-from .helpers import BODY, PROVIDER_KEY, BalancerFactory, start_balancer, wait_until
+from .helpers import BODY, PROVIDER_KEY, Balancer, BalancerFactory, start_balancer, wait_until
 
 
 def config_for(tmp_path: Path, upstream: FakeUpstream, **server: Any) -> dict[str, Any]:
@@ -140,6 +140,25 @@ class Disk:
         monkeypatch.setattr(ledger_store.SqliteStore, "write", write)
 
 
+async def full_after_one(
+    monkeypatch: pytest.MonkeyPatch,
+    upstream: FakeUpstream,
+    balancer_for: BalancerFactory,
+    tmp_path: Path,
+    letter: str,
+) -> tuple[Disk, Balancer]:
+    """A balancer whose first record was written, and whose disk is full from now on."""
+    disk = Disk(monkeypatch)
+    upstream.script(lambda _r: Reply(steps=anthropic_text_events([letter * 400])))
+    b = await balancer_for(config=config_for(tmp_path, upstream))
+    assert b.app.ledger is not None
+    await b.client.post("/v1/messages", json=BODY)
+    with trio.fail_after(5):
+        await b.app.ledger.wait_written(1)
+    disk.full = True
+    return disk, b
+
+
 class TestFullDisk:
     async def test_degraded_while_full_and_nothing_lost_after(
         self,
@@ -148,14 +167,8 @@ class TestFullDisk:
         tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        disk = Disk(monkeypatch)
-        upstream.script(lambda _r: Reply(steps=anthropic_text_events(["x" * 400])))
-        b = await balancer_for(config=config_for(tmp_path, upstream))
+        disk, b = await full_after_one(monkeypatch, upstream, balancer_for, tmp_path, "x")
         assert b.app.ledger is not None
-        await b.client.post("/v1/messages", json=BODY)
-        with trio.fail_after(5):
-            await b.app.ledger.wait_written(1)
-        disk.full = True
         for i in range(30):
             body = {**BODY, "messages": [{"role": "user", "content": f"while full {i} " + "pad " * 200}]}
             assert (await b.client.post("/v1/messages", json=body)).status_code == 200  # requests go on
@@ -184,14 +197,8 @@ class TestFullDisk:
         captured: list[dict[str, Any]],
     ) -> None:
         monkeypatch.setattr(ledger_backlog, "BACKLOG_MAX", 3)
-        disk = Disk(monkeypatch)
-        upstream.script(lambda _r: Reply(steps=anthropic_text_events(["y" * 400])))
-        b = await balancer_for(config=config_for(tmp_path, upstream))
+        _disk, b = await full_after_one(monkeypatch, upstream, balancer_for, tmp_path, "y")
         assert b.app.ledger is not None
-        await b.client.post("/v1/messages", json=BODY)
-        with trio.fail_after(5):
-            await b.app.ledger.wait_written(1)
-        disk.full = True
         for i in range(8):
             body = {**BODY, "messages": [{"role": "user", "content": f"lost {i} " + "pad " * 200}]}
             await b.client.post("/v1/messages", json=body)

@@ -113,14 +113,14 @@ class CommitGate:
                 return None
             self.committed = True
             events = events[at:]
-        out_events = list(events)
-        for i, event in enumerate(out_events):
+        out_events = events  # copied only if an error event must be rewritten
+        for i, event in enumerate(events):
             kind = event.event
             if kind == "message_stop":
                 self.saw_stop = True
             elif kind == "error" or (kind is None and is_error_data(event.data)):
                 self.error_after_commit = event
-                out_events[i] = self._relay_error(event)
+                out_events = [*out_events[:i], self._relay_error(event), *out_events[i + 1 :]]
             elif check and event.data is not None:
                 problem = shape_problem(event)
                 if problem is not None:
