@@ -183,6 +183,9 @@ async def test_concurrency_limit_holds_across_instances(
         await wait_until(lambda: "third" in codes or len(up.received) == 3)  # answered, or let through
         hold.release()
     assert codes == {"first": 200, "second": 200, "third": 429}
+    # A client has its answer before the handler gives the slot back: wait for both handlers.
+    await a.wait_idle()
+    await b.wait_idle()
     assert (
         await post(c, {**BODY, "messages": [{"role": "user", "content": "later"}]})
     ).status_code == 200  # slots came back
