@@ -155,7 +155,7 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
             {"providers": [{**GOOD, "nmae": "typo"}]},
             "providers[0].nmae: unknown key (expected one of: name, kind, base_url, api_key, api_key_env, auth,"
             " models, headers, timeouts, max_connections, max_keepalive, keepalive_s, max_retries,"
-            " reasoning_effort, max_tokens_field)",
+            " reasoning_effort, max_tokens_field, preset, capabilities)",
         ),
         (
             {"server": {"hots": "x"}, "providers": [GOOD]},

@@ -35,12 +35,14 @@ from trio_balancer.errors import (
 )
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, SharePolicy
-from trio_balancer.flight.outcome import FlightOutcome
+from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
 from trio_balancer.flight.relay import RelayLimits
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
 from trio_balancer.protocol.dedup import CachedResponse, signature
+from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+from trio_balancer.upstream.fit import fit_plan
 from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]
@@ -228,9 +230,22 @@ class MessagesEndpoint:
             # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
             need_tokens=len(request.body) // 4,
         )
+        attempts, skipped = fit_plan(attempts, request.needs)
+        for attempt, why in skipped:
+            log.info("route.skip", provider=attempt.provider.name, reason=why)
         share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
         limits = RelayLimits.for_server(state.config.server)
-        flight = Flight(request, attempts, providers, share, observer=self._observer, limits=limits)
+        flight = Flight(
+            request,
+            attempts,
+            providers,
+            share,
+            observer=self._observer,
+            limits=limits,
+            skipped=[
+                AttemptRecord(a.provider.name, a.model, f"skipped: {why}", skipped=True) for a, why in skipped
+            ],
+        )
         listener = flight.subscribe()
         self._supervisor.start(flight, ctx, dedup_key)
         writer.extra.append((b"x-balancer-dedup", ctx.dedup_role.encode()))
@@ -332,4 +347,5 @@ def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
         payload=payload,
         model=payload["model"],
         stream=payload.get("stream", False),
+        needs=needs_of(payload),
     )

@@ -176,6 +176,7 @@ def flight_record(ctx: RequestContext, flight: FlightOutcome, prices: PriceTable
         priced=priced,
         attempts=tuple(
             {"provider": a.provider, "model": a.model, "error": a.error, "status": a.status}
+            | ({"skipped": True} if a.skipped else {})
             for a in flight.tried
         ),
         events=flight.events,

@@ -1,10 +1,12 @@
 """The configuration: a frozen schema and the TOML parser that fills it, strictly.
 
-``schema`` holds the classes (each key and default written once), ``spec`` the vocabulary
+``schema`` holds the classes (each key and default written once; a provider's capabilities
+and their presets in ``capabilities``), ``spec`` the vocabulary
 their field metadata uses, ``parse`` the reader derived from both. May import the base
 modules and protocol (price rates); nothing that does I/O at run time.
 """
 
+from trio_balancer.config.capabilities import Capabilities
 from trio_balancer.config.parse import ConfigError, load_config, parse_config
 from trio_balancer.config.schema import (
     DEFAULT_MODELS,
@@ -28,6 +30,7 @@ from trio_balancer.config.schema import (
 __all__ = [
     "DEFAULT_MODELS",
     "PASSTHROUGH",
+    "Capabilities",
     "ClientKey",
     "ClusterConfig",
     "Config",

@@ -122,6 +122,9 @@ def _read_object(t: _Table, cls: type[_T], ctx: _Context) -> _T:
     for field, spec in _specs(cls):
         if isinstance(spec, Credential):
             values.update(_read_credential(t, field.name, spec, ctx))
+        elif isinstance(spec, Table) and spec.defaults is not None:
+            inner = attrs.evolve(ctx, defaults={**ctx.defaults, spec.cls: spec.defaults(values)})
+            values[field.name] = _read_field(t, field, inner)
         elif field.name in t.data or isinstance(spec, Table):
             values[field.name] = _read_field(t, field, ctx)
         elif field.default is attrs.NOTHING:

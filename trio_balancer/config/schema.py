@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import attrs
 
 from trio_balancer.config import spec
+from trio_balancer.config.capabilities import PRESETS, Capabilities, preset_for
 from trio_balancer.protocol.pricing import Price, Rates
 from trio_balancer.protocol.sse import DEFAULT_MAX_EVENT_BYTES
 from trio_balancer.redaction import redact_url
@@ -127,6 +128,13 @@ class Timeouts:
     total: float | None = attrs.field(default=3600.0, metadata=spec.number(lo=0.001, false_is_none=True))
 
 
+def _default_capabilities(provider: ProviderConfig) -> Capabilities:
+    """A provider made in code (tests, the default config) gets its kind's preset too."""
+    return Capabilities(
+        **preset_for({"kind": provider.kind, "name": provider.name, "preset": provider.preset})
+    )
+
+
 def _auth_style_for(provider: ProviderConfig) -> str:
     """OpenAI-compatible APIs take a bearer token; Anthropic's take ``x-api-key``."""
     return "bearer" if provider.kind == "openai" else "x-api-key"
@@ -161,6 +169,13 @@ class ProviderConfig:
     # the output limit field (`max_completion_tokens` for OpenAI's newest models).
     reasoning_effort: bool = attrs.field(default=False, metadata=spec.boolean())
     max_tokens_field: str = attrs.field(default="max_tokens", metadata=spec.string(choices=MAX_TOKENS_FIELDS))
+    # What the provider accepts of a request: its kind's preset, then ``preset``, then the
+    # ``[providers.capabilities]`` table (config/capabilities.py).
+    preset: str | None = attrs.field(default=None, metadata=spec.string(choices=tuple(PRESETS)))
+    capabilities: Capabilities = attrs.field(
+        default=attrs.Factory(_default_capabilities, takes_self=True),
+        metadata=spec.table(Capabilities, defaults=preset_for),
+    )
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"

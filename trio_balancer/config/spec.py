@@ -98,9 +98,14 @@ class StringTable(Spec):
 
 @attrs.frozen
 class Table(Spec):
-    """A table read into another schema class; a missing table is an empty one."""
+    """A table read into another schema class; a missing table is an empty one.
+
+    ``defaults``, given the values of the enclosing table read so far, says what the keys this
+    table leaves out are (a provider's capabilities start from its kind's preset).
+    """
 
     cls: type[Any]
+    defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 
 @attrs.frozen
@@ -176,8 +181,10 @@ def string_table() -> Mapping[str, Spec]:
     return _meta(StringTable())
 
 
-def table(cls: type[Any]) -> Mapping[str, Spec]:
-    return _meta(Table(cls))
+def table(
+    cls: type[Any], *, defaults: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+) -> Mapping[str, Spec]:
+    return _meta(Table(cls, defaults=defaults))
 
 
 def tables(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import trio
@@ -40,9 +40,10 @@ from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
-from trio_balancer.upstream.headers import request_headers, upstream_url
+from trio_balancer.upstream.fit import fit_request
+from trio_balancer.upstream.headers import upstream_url
 from trio_balancer.upstream.providers import ProviderRuntime
-from trio_balancer.upstream.request import UpstreamRequest, secrets_sent, upstream_body
+from trio_balancer.upstream.request import UpstreamRequest, secrets_sent
 
 __all__ = ["Flight", "FlightObserver", "UpstreamRequest"]
 
@@ -88,6 +89,7 @@ class Flight:
         observer: FlightObserver | None = None,
         *,
         limits: RelayLimits = _DEFAULT_LIMITS,
+        skipped: Sequence[AttemptRecord] = (),
     ) -> None:
         self.request = request
         self.attempts = attempts
@@ -99,7 +101,7 @@ class Flight:
         self.hub = Hub(share, deserted=self.cancel_scope.cancel)
         self.outcome: FlightOutcome | None = None  # once run has ended, however it ended
         # Progress while running; the outcome is made of it at the end.
-        self._tried: list[AttemptRecord] = []
+        self._tried: list[AttemptRecord] = list(skipped)  # the plan's providers that could not take it
         self._provider: str | None = None
         self._model: str | None = None
         self._status: int | None = None
@@ -272,7 +274,7 @@ class Flight:
                     nxt = self.attempts[n + 1].provider.name
                     log.warning("failover", provider=runtime.name, reason=failure.error.message, next=nxt)
         assert last is not None
-        if len(self._tried) == 1:
+        if sum(not r.skipped for r in self._tried) == 1:
             await self._relay_answer(last)  # one provider: its own answer says it best
             return
         raise _all_failed(self._tried, self._providers)
@@ -353,12 +355,15 @@ class Flight:
             await relay.run(response)
             self._completed = relay.completed
 
+        fitted = fit_request(provider, req, attempt.model)
+        if fitted.changes:
+            log.debug("upstream.fit", provider=provider.name, changes=list(fitted.changes))
         log.info("upstream.connect", provider=provider.name, model=attempt.model, kind=provider.kind)
         await call_provider(
             runtime,
             upstream_url(provider, req.path, req.query),
-            request_headers(req.headers, provider),
-            upstream_body(provider, req, attempt.model),
+            fitted.headers,
+            fitted.body,
             secrets,
             relay_response,
             on_headers=self._headers_came,
@@ -402,7 +407,7 @@ def _all_failed(tried: list[AttemptRecord], providers: Mapping[str, ProviderRunt
     waits = [
         providers[r.provider].health.cooling_until - now
         for r in tried
-        if providers[r.provider].health.cooling_until > now
+        if not r.skipped and providers[r.provider].health.cooling_until > now
     ]
     headers = {"retry-after": str(max(1, math.ceil(min(waits))))} if waits else {}
     return Overloaded(f"every provider for this model failed ({summary})", headers=headers)

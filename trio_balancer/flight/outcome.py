@@ -22,6 +22,7 @@ class AttemptRecord:
     model: str
     error: str | None  # None: this attempt served the response
     status: int | None = None
+    skipped: bool = False  # never sent: the provider lacks what the request needs (error says what)
 
 
 @attrs.frozen

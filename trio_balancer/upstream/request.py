@@ -1,8 +1,7 @@
-"""What a client asked for, ready for any provider: the body each provider kind is sent.
+"""What a client asked for, parsed once and ready for any provider (``fit.py`` makes it fit one).
 
-The client's own bytes go to an Anthropic-format provider unless the model is renamed; an
-OpenAI-compatible one gets the request converted. The credentials a request carries upstream
-are listed here too, since no text relayed back may contain them.
+The credentials a request carries upstream are listed here too, since no text relayed back
+may contain them.
 """
 
 from __future__ import annotations
@@ -14,13 +13,9 @@ from typing import Any
 import attrs
 
 from trio_balancer.config import ProviderConfig
-from trio_balancer.logging import get_logger
-from trio_balancer.protocol.convert import RequestOptions, to_openai
-from trio_balancer.protocol.events import dumps
+from trio_balancer.protocol.features import Need
 
-__all__ = ["UpstreamRequest", "secrets_sent", "upstream_body"]
-
-log = get_logger("trio_balancer.upstream.request")
+__all__ = ["UpstreamRequest", "secrets_sent"]
 
 
 @attrs.frozen
@@ -34,6 +29,8 @@ class UpstreamRequest:
     payload: Mapping[str, Any]
     model: str
     stream: bool
+    # What the request cannot lose (server tools, MCP, documents...): found once, at parse.
+    needs: tuple[Need, ...] = ()
 
     def body_for(self, model: str) -> bytes:
         """The body to send upstream: the client's own bytes unless the model is renamed."""
@@ -46,19 +43,6 @@ class UpstreamRequest:
         metadata = self.payload.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, dict) else None
         return user if isinstance(user, str) and user else None
-
-
-def upstream_body(provider: ProviderConfig, request: UpstreamRequest, model: str) -> bytes:
-    """The body to send ``provider`` for ``request``, asking for ``model``."""
-    if provider.kind != "openai":
-        return request.body_for(model)
-    options = RequestOptions(
-        max_tokens_field=provider.max_tokens_field, reasoning_effort=provider.reasoning_effort
-    )
-    converted = to_openai(request.payload, model=model, options=options)
-    if converted.dropped:
-        log.debug("convert.dropped_fields", provider=provider.name, fields=list(converted.dropped))
-    return dumps(converted.body).encode()
 
 
 def secrets_sent(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:

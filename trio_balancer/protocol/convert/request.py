@@ -18,6 +18,10 @@ from typing import Any
 
 import attrs
 
+from trio_balancer.protocol.documents import document_as_text
+from trio_balancer.protocol.features import document_kind
+from trio_balancer.protocol.system_messages import system_text
+
 __all__ = ["Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
 
 
@@ -27,6 +31,9 @@ class RequestOptions:
     max_tokens_field: str = "max_tokens"
     # Map Anthropic `thinking` to `reasoning_effort` (OpenAI o-series, some compatible servers).
     reasoning_effort: bool = False
+    # PDF documents as OpenAI `file` content parts (OpenAI's own API, Gemini's); else only
+    # text documents cross, as text (the plan skips a provider for a PDF it cannot take).
+    pdf_file_parts: bool = False
 
 
 @attrs.frozen
@@ -59,8 +66,10 @@ def to_openai(
         content = message.get("content")
         if role == "assistant":
             messages.extend(_assistant(content, dropped, i))
+        elif role == "system":  # Claude Code >= 2.1.153: a system message in place, OpenAI's own way
+            messages.append({"role": "system", "content": system_text(content)})
         else:
-            messages.extend(_user(content, dropped, i))
+            messages.extend(_user(content, dropped, i, options))
 
     body: dict[str, Any] = {"model": model, "messages": messages}
     if "max_tokens" in payload:
@@ -163,7 +172,15 @@ def _image_part(block: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] 
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _user(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]:
+def _file_part(block: Mapping[str, Any]) -> dict[str, Any]:
+    """A base64 PDF as OpenAI's ``file`` content part."""
+    source = block.get("source") or {}
+    data = f"data:{source.get('media_type', 'application/pdf')};base64,{source.get('data', '')}"
+    name = block.get("title") or "document.pdf"
+    return {"type": "file", "file": {"filename": str(name), "file_data": data}}
+
+
+def _user(content: Any, dropped: list[str], i: int, options: RequestOptions) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     tool_messages: list[dict[str, Any]] = []
@@ -185,8 +202,10 @@ def _user(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]:
             )
             # Tool messages carry text only; images a tool returned go to the user turn after.
             parts.extend(images)
-        elif kind == "document" and (block.get("source") or {}).get("type") == "text":
-            parts.append({"type": "text", "text": block["source"].get("data", "")})
+        elif kind == "document" and document_kind(block) == "text":
+            parts.append({"type": "text", "text": document_as_text(block)})
+        elif kind == "document" and document_kind(block) == "pdf" and options.pdf_file_parts:
+            parts.append(_file_part(block))
         else:
             dropped.append(f"messages[{i}].content.{kind}")
     out = tool_messages

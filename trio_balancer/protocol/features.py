@@ -1,0 +1,218 @@
+"""The optional features of a Messages request: each beta flag with the body field it unlocks.
+
+Pure. A feature is what a provider may lack (``config/capabilities.py`` names them the same):
+its ``anthropic-beta`` flags and its place in the body travel together, so a request made to fit
+a provider loses both or neither. That is the bug behind "context_management: Extra inputs are
+not permitted" in other gateways: the flag stripped, the field kept.
+
+Some features change the answer when dropped (a web search the model was asked to run, MCP
+servers, code execution, a required output format, a document it was asked to read): a request
+that uses one *needs* it, and a provider without it is skipped rather than sent less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "DROPPABLE",
+    "FEATURE_BETAS",
+    "Need",
+    "beta_flags",
+    "document_kind",
+    "drop_feature",
+    "feature_of_beta",
+    "join_betas",
+    "needs_of",
+    "server_tool_type",
+]
+
+# Each feature's beta flag prefixes (a flag is "<name>-<date>"; the date changes, the name not).
+FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
+    "context_management": ("context-management-",),
+    "effort": ("effort-",),
+    "structured_outputs": ("structured-outputs-",),
+    "mcp_servers": ("mcp-client-",),
+    "container": ("code-execution-", "skills-"),
+    "cache_ttl": ("extended-cache-ttl-",),
+    "cache_scope": ("prompt-caching-scope-",),
+}
+# Features whose removal keeps the answer's meaning: removed when the provider lacks them.
+DROPPABLE = ("context_management", "effort", "cache_ttl", "cache_scope", "adaptive_thinking")
+
+
+def feature_of_beta(flag: str) -> str | None:
+    for feature, prefixes in FEATURE_BETAS.items():
+        if flag.startswith(prefixes):
+            return feature
+    return None
+
+
+def beta_flags(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The request's beta flags in order, from every ``anthropic-beta`` header (comma lists)."""
+    flags: list[str] = []
+    for name, value in headers:
+        if name.lower() == b"anthropic-beta":
+            flags += [f.strip() for f in value.decode("latin-1").split(",") if f.strip()]
+    return flags
+
+
+def join_betas(flags: Iterable[str]) -> bytes:
+    return ",".join(flags).encode("latin-1")
+
+
+def server_tool_type(tool: Any) -> str | None:
+    """The type of a tool the provider runs or defines (web search, bash...), None for a client tool."""
+    if not isinstance(tool, dict) or "input_schema" in tool:
+        return None
+    kind = tool.get("type")
+    return kind if isinstance(kind, str) and kind != "custom" else None
+
+
+@attrs.frozen
+class Need:
+    """Something the request cannot lose: the capability it takes, and where the request uses it.
+
+    ``what`` is the capability (``server_tools``, ``mcp_servers``, ``container``,
+    ``structured_outputs``, ``documents``); ``detail`` the tool type or document kind
+    (``pdf``, ``text``, ``url``, ``file``); ``where`` the field path, for a client's 400.
+    """
+
+    what: str
+    detail: str
+    where: str
+
+
+def needs_of(payload: Mapping[str, Any]) -> tuple[Need, ...]:
+    """What of ``payload`` a provider must have to be sent it; one pass over the parts that matter."""
+    needs: list[Need] = []
+    for i, tool in enumerate(payload.get("tools") or ()):
+        kind = server_tool_type(tool)
+        if kind is not None:
+            needs.append(Need("server_tools", kind, f"tools[{i}]"))
+    if payload.get("mcp_servers"):
+        needs.append(Need("mcp_servers", "mcp_servers", "mcp_servers"))
+    if payload.get("container"):
+        needs.append(Need("container", "container", "container"))
+    output = payload.get("output_config")
+    if isinstance(output, dict) and output.get("format"):
+        needs.append(Need("structured_outputs", "format", "output_config.format"))
+    seen: set[str] = set()
+    for where, block in _document_blocks(payload):
+        kind = document_kind(block)
+        if kind not in seen:
+            seen.add(kind)
+            needs.append(Need("documents", kind, where))
+    return tuple(needs)
+
+
+def document_kind(block: Mapping[str, Any]) -> str:
+    """``pdf`` (base64 data), ``text`` (plain text or content blocks), ``url`` or ``file`` (Files API)."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind in ("text", "content"):
+        return "text"
+    if kind in ("url", "file"):
+        return str(kind)
+    return "pdf"
+
+
+def _document_blocks(payload: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    for i, message in enumerate(payload.get("messages") or ()):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, block in enumerate(content):
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "document":
+                yield f"messages[{i}].content[{j}]", block
+            elif block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+                for k, inner in enumerate(block["content"]):
+                    if isinstance(inner, dict) and inner.get("type") == "document":
+                        yield f"messages[{i}].content[{j}].content[{k}]", inner
+
+
+# -- removing a feature the provider lacks (each keeps the rest of the body as it was) ------
+
+# thinking budgets for adaptive thinking's effort levels, when a provider takes only "enabled"
+_EFFORT_BUDGET = {"low": 2048, "medium": 8192, "high": 16384, "max": 32768}
+_MIN_BUDGET = 1024  # Anthropic's minimum budget_tokens
+
+
+def drop_feature(payload: Mapping[str, Any], feature: str) -> tuple[dict[str, Any], str | None]:
+    """``payload`` without ``feature`` (one of :data:`DROPPABLE`), and a note if anything changed."""
+    body = dict(payload)
+    if feature == "context_management":
+        if body.pop("context_management", None) is not None:
+            return body, "context_management removed"
+    elif feature == "effort":
+        output = body.get("output_config")
+        if isinstance(output, dict) and "effort" in output:
+            rest = {k: v for k, v in output.items() if k != "effort"}
+            if rest:
+                body["output_config"] = rest
+            else:
+                del body["output_config"]
+            return body, "output_config.effort removed"
+    elif feature == "adaptive_thinking":
+        return _adaptive_to_budget(body)
+    elif feature in ("cache_ttl", "cache_scope"):
+        key = "ttl" if feature == "cache_ttl" else "scope"
+        changed = _without_cache_key(body, key)
+        if changed:
+            return body, f"cache_control.{key} removed ({changed} blocks)"
+    return body, None
+
+
+def _adaptive_to_budget(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``thinking: {type: adaptive}`` as the older ``enabled`` with a budget from the effort.
+
+    The budget must stay under ``max_tokens``; a request too small for the minimum budget
+    is sent without thinking, as the older API would have required.
+    """
+    thinking = body.get("thinking")
+    if not (isinstance(thinking, dict) and thinking.get("type") == "adaptive"):
+        return body, None
+    output = body.get("output_config")
+    effort = output.get("effort") if isinstance(output, dict) else None
+    budget = _EFFORT_BUDGET.get(effort if isinstance(effort, str) else "", _EFFORT_BUDGET["high"])
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int):
+        budget = min(budget, max_tokens - 1)
+    if budget < _MIN_BUDGET:
+        del body["thinking"]
+        return body, "adaptive thinking removed (max_tokens below the minimum thinking budget)"
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    return body, f"adaptive thinking sent as enabled with budget_tokens {budget}"
+
+
+def _without_cache_key(body: dict[str, Any], key: str) -> int:
+    """Remove ``key`` from every ``cache_control`` of ``body`` (copying what it changes); the count."""
+    changed = 0
+
+    def clean(block: Any) -> Any:
+        nonlocal changed
+        control = block.get("cache_control") if isinstance(block, dict) else None
+        if isinstance(control, dict) and key in control:
+            changed += 1
+            return {**block, "cache_control": {k: v for k, v in control.items() if k != key}}
+        return block
+
+    body.update(clean(body))
+    for field in ("system", "tools"):
+        if isinstance(body.get(field), list):
+            body[field] = [clean(b) for b in body[field]]
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        out = []
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list):
+                message = {**message, "content": [clean(b) for b in content]}
+            out.append(message)
+        body["messages"] = out
+    return changed

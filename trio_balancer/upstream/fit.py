@@ -1,0 +1,153 @@
+"""One request made to fit one provider: the headers and the body it is sent.
+
+The per-concern rules are pure modules in ``protocol/`` (features and their beta flags, system
+messages, documents, thinking, tool schemas, the billing block); this module applies the ones a
+provider's capabilities call for, in one pass, and says what it changed. A provider that lacks
+nothing gets the client's own bytes: passthrough to Anthropic stays byte-identical.
+
+Which providers a request may go to at all (it needs a server tool, MCP, a document kind) is
+decided before, by :func:`skip_reason` on the plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from trio_balancer.config import Capabilities, ProviderConfig
+from trio_balancer.errors import InvalidRequest
+from trio_balancer.policy.routing import Attempt
+from trio_balancer.protocol.convert import RequestOptions, to_openai
+from trio_balancer.protocol.documents import documents_as_text
+from trio_balancer.protocol.events import dumps
+from trio_balancer.protocol.features import (
+    DROPPABLE,
+    FEATURE_BETAS,
+    Need,
+    beta_flags,
+    drop_feature,
+    feature_of_beta,
+    join_betas,
+)
+from trio_balancer.protocol.system_messages import fold_system_messages
+from trio_balancer.upstream.headers import request_headers
+from trio_balancer.upstream.request import UpstreamRequest
+
+__all__ = ["Fitted", "fit_plan", "fit_request", "skip_reason"]
+
+
+@attrs.frozen
+class Fitted:
+    """What goes to the provider, and what was changed to make it fit (for the debug log)."""
+
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    changes: tuple[str, ...] = ()
+
+
+def skip_reason(provider: ProviderConfig, needs: Sequence[Need]) -> str | None:
+    """Why ``provider`` must not get a request with ``needs`` (dropping would change the answer)."""
+    return provider.capabilities.first_lack(needs)
+
+
+def fit_plan(
+    attempts: Sequence[Attempt], needs: Sequence[Need]
+) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
+    """The plan's attempts that can take the request as it is, and the skipped ones with why.
+
+    With none left, the client gets a 400 that names what its request needs and what each
+    provider lacks: sending it anyway, stripped, would answer a different question.
+    """
+    kept: list[Attempt] = []
+    skipped: list[tuple[Attempt, str]] = []
+    for attempt in attempts:
+        why = skip_reason(attempt.provider, needs) if needs else None
+        if why is None:
+            kept.append(attempt)
+        else:
+            skipped.append((attempt, why))
+    if not kept and skipped:
+        each = "; ".join(f"{a.provider.name} {why}" for a, why in skipped)
+        raise InvalidRequest(f"no provider for this model can take this request as sent: {each}")
+    return kept, skipped
+
+
+def fit_request(provider: ProviderConfig, request: UpstreamRequest, model: str) -> Fitted:
+    """The headers and body ``provider`` is sent for ``request``, asking for ``model``."""
+    headers = request_headers(request.headers, provider)
+    if provider.kind == "openai":
+        return _fit_openai(provider, request, model, headers)
+    caps = provider.capabilities
+    flags = beta_flags(request.headers)
+    lacking = {f for f in FEATURE_BETAS if not getattr(caps, f)}
+    lacking |= {f for flag in flags if not caps.accepts_beta(flag) and (f := feature_of_beta(flag))}
+    if not caps.adaptive_thinking:
+        lacking.add("adaptive_thinking")
+    payload: Mapping[str, Any] = request.payload
+    changes: list[str] = []
+    for feature in DROPPABLE:
+        if feature in lacking:
+            payload = _apply(drop_feature(payload, feature), changes, payload)
+    if not caps.system_messages:
+        payload = _apply(fold_system_messages(payload), changes, payload)
+    if caps.documents != "native":
+        payload = _apply(documents_as_text(payload), changes, payload)
+    kept = [f for f in flags if _keeps(f, caps, lacking, payload)]
+    if kept != flags:
+        removed = [f for f in flags if f not in kept]
+        changes.append(f"anthropic-beta without {', '.join(removed)}")
+        headers = [(n, v) for n, v in headers if n != b"anthropic-beta"]
+        if kept:
+            headers.append((b"anthropic-beta", join_betas(kept)))
+    if payload is request.payload:
+        return Fitted(headers, request.body_for(model), tuple(changes))
+    return Fitted(headers, dumps({**payload, "model": model}).encode(), tuple(changes))
+
+
+def _keeps(flag: str, caps: Capabilities, lacking: set[str], payload: Mapping[str, Any]) -> bool:
+    """A beta flag stays if the provider takes it and its feature was not removed.
+
+    The flag of a feature that cannot be dropped stays as long as its field does (the plan
+    skipped the providers lacking it): never the flag gone and the field kept.
+    """
+    feature = feature_of_beta(flag)
+    if feature is not None and feature not in DROPPABLE and _uses(payload, feature):
+        return True
+    return caps.accepts_beta(flag) and feature not in lacking
+
+
+def _uses(payload: Mapping[str, Any], feature: str | None) -> bool:
+    """The body still uses a feature that cannot be dropped (so its flag must stay with it)."""
+    if feature in ("mcp_servers", "container"):
+        return bool(payload.get(feature))
+    if feature == "structured_outputs":
+        output = payload.get("output_config")
+        return isinstance(output, dict) and bool(output.get("format"))
+    return False
+
+
+def _apply(
+    result: tuple[dict[str, Any], str | None], changes: list[str], before: Mapping[str, Any]
+) -> Mapping[str, Any]:
+    """Keep a rule's new payload only if it changed something (so an untouched request stays as sent)."""
+    payload, note = result
+    if note is None:
+        return before
+    changes.append(note)
+    return payload
+
+
+def _fit_openai(
+    provider: ProviderConfig, request: UpstreamRequest, model: str, headers: list[tuple[bytes, bytes]]
+) -> Fitted:
+    caps = provider.capabilities
+    options = RequestOptions(
+        max_tokens_field=provider.max_tokens_field,
+        reasoning_effort=provider.reasoning_effort,
+        pdf_file_parts=caps.documents in ("file", "native"),
+    )
+    converted = to_openai(request.payload, model=model, options=options)
+    changes = tuple(f"dropped {f}" for f in converted.dropped)
+    return Fitted(headers, dumps(converted.body).encode(), changes)
