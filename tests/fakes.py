@@ -492,3 +492,53 @@ def mock_providers(handlers: dict[str, MockHandler], **provider: object) -> tupl
     for name, handler in handlers.items():
         registry.runtimes[name].client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     return config, registry, Router(config)
+
+
+# -- a strict older Anthropic-compatible server ---------------------------------------------
+
+# The top-level fields such a server knows (Anthropic's API before context management,
+# effort, MCP, containers and structured output); anything else is "Extra inputs".
+OLD_ANTHROPIC_FIELDS = frozenset(
+    {"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream",
+     "temperature", "top_k", "top_p", "tools", "tool_choice", "thinking"}
+)  # fmt: skip
+OLD_ANTHROPIC_BETAS = frozenset(
+    {"claude-code-20250219", "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14"}
+)
+
+
+def old_anthropic_rejection(r: Received) -> str | None:
+    """What an older Anthropic-compatible server answers 400 to in ``r``, or None if it takes it."""
+    body = r.json()
+    for key in body:
+        if key not in OLD_ANTHROPIC_FIELDS:
+            return f"{key}: Extra inputs are not permitted"
+    for flag in (r.header("anthropic-beta") or "").split(","):
+        if flag.strip() and flag.strip() not in OLD_ANTHROPIC_BETAS:
+            return f"Unexpected value(s) `{flag.strip()}` for the `anthropic-beta` header"
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") not in ("enabled", "disabled"):
+        return "thinking.type: Input should be 'enabled' or 'disabled'"
+    blocks = list(body["system"]) if isinstance(body.get("system"), list) else []
+    for i, message in enumerate(body["messages"]):
+        if message["role"] not in ("user", "assistant"):
+            return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if isinstance(message["content"], list):
+            blocks += message["content"]
+    for block in blocks + list(body.get("tools") or []):
+        control = block.get("cache_control") or {}
+        if set(control) - {"type"}:
+            return f"cache_control: Extra inputs are not permitted ({sorted(set(control) - {'type'})})"
+        if block.get("type") == "document":
+            return "document blocks are not supported"
+    return None
+
+
+def old_anthropic(reply: Reply) -> Callable[[Received], Reply]:
+    """A script for an older Anthropic-compatible server: ``reply`` to what it takes, else its 400."""
+
+    def script(r: Received) -> Reply:
+        why = old_anthropic_rejection(r)
+        return reply if why is None else error_reply(400, "invalid_request_error", why)
+
+    return script

@@ -40,8 +40,9 @@ FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
     "cache_ttl": ("extended-cache-ttl-",),
     "cache_scope": ("prompt-caching-scope-",),
 }
-# Features whose removal keeps the answer's meaning: removed when the provider lacks them.
-DROPPABLE = ("context_management", "effort", "cache_ttl", "cache_scope", "adaptive_thinking")
+# Features whose removal keeps the answer's meaning: removed when the provider lacks them, in
+# this order (adaptive thinking reads the effort before the effort goes).
+DROPPABLE = ("context_management", "adaptive_thinking", "effort", "cache_ttl", "cache_scope")
 
 
 def feature_of_beta(flag: str) -> str | None:
