@@ -542,3 +542,73 @@ def old_anthropic(reply: Reply) -> Callable[[Received], Reply]:
         return reply if why is None else error_reply(400, "invalid_request_error", why)
 
     return script
+
+
+# -- a strict OpenAI-compatible server -------------------------------------------------------
+
+# JSON-Schema keywords Gemini's OpenAPI-subset schema takes (what its endpoints accept).
+GEMINI_SCHEMA_KEYS = frozenset(
+    {"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+     "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example",
+     "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"}
+)  # fmt: skip
+
+
+def _schema_rejection(schema: Any, where: str) -> str | None:
+    if not isinstance(schema, dict):
+        return None
+    for key, value in schema.items():
+        if key not in GEMINI_SCHEMA_KEYS:
+            return f"Invalid JSON payload received. Unknown name {key!r} at {where}"
+        if key == "properties" and isinstance(value, dict):
+            for name, inner in value.items():
+                if (why := _schema_rejection(inner, f"{where}.properties[{name!r}]")) is not None:
+                    return why
+        elif key in ("items",) and (why := _schema_rejection(value, f"{where}.items")) is not None:
+            return why
+        elif key == "anyOf" and isinstance(value, list):
+            for i, inner in enumerate(value):
+                if (why := _schema_rejection(inner, f"{where}.anyOf[{i}]")) is not None:
+                    return why
+    return None
+
+
+def openai_rejection(
+    body: dict[str, Any],
+    *,
+    files: bool = False,
+    gemini_schema: bool = False,
+    reasoning_required: bool = False,
+) -> str | None:
+    """What a strict OpenAI-compatible server answers 400 to in ``body``, or None if it takes it.
+
+    ``files``: it reads ``file`` content parts; ``gemini_schema``: tool parameters must use
+    Gemini's schema subset; ``reasoning_required``: an assistant turn with tool calls must carry
+    its ``reasoning_content`` (DeepSeek's thinking mode).
+    """
+    open_calls: set[str] = set()
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            return f"messages[{i}].role: invalid value {role!r}"
+        if role == "tool":
+            if message.get("tool_call_id") not in open_calls:
+                return f"messages[{i}]: tool message without a preceding tool call"
+            open_calls.discard(message["tool_call_id"])
+            continue
+        if open_calls:
+            return f"messages[{i}]: tool calls {sorted(open_calls)} have no tool message"
+        content = message.get("content")
+        if isinstance(content, list):
+            allowed = {"text", "image_url"} | ({"file"} if files else set())
+            for part in content:
+                if part.get("type") not in allowed:
+                    return f"messages[{i}].content: unknown part type {part.get('type')!r}"
+        if role == "assistant" and message.get("tool_calls"):
+            if reasoning_required and not message.get("reasoning_content"):
+                return f"Missing `reasoning_content` field in the assistant message at message index {i}"
+            open_calls = {c["id"] for c in message["tool_calls"]}
+    for j, tool in enumerate(body.get("tools") or []):
+        if gemini_schema and (why := _schema_rejection(tool["function"]["parameters"], f"tools[{j}]")):
+            return why
+    return None
