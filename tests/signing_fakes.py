@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .fakes import OAI_DONE, JSON_HEADERS, Received, Reply, error_reply, oai_chunk, sse
+from .fakes import JSON_HEADERS, OAI_DONE, Received, Reply, error_reply, oai_chunk, sse
 
 THINKING_TYPES = ("thinking", "redacted_thinking")
 # Anthropic's own words for the open-tool-loop rule (the message of its 400).
@@ -110,7 +110,9 @@ class SigningProvider:
             ])  # fmt: skip
             index += 1
         if answer.text:
-            events += _block(index, {"type": "text", "text": ""}, [{"type": "text_delta", "text": answer.text}])
+            events += _block(
+                index, {"type": "text", "text": ""}, [{"type": "text_delta", "text": answer.text}]
+            )
             index += 1
         if answer.tool is not None:
             tool_id, name, tool_input = answer.tool
@@ -125,9 +127,13 @@ class SigningProvider:
 
 
 def _block(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> list[bytes]:
-    out = [sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})]
+    out = [
+        sse("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
+    ]
     for delta in deltas:
-        out.append(sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
+        out.append(
+            sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+        )
     out.append(sse("content_block_stop", {"type": "content_block_stop", "index": index}))
     return out
 
@@ -135,8 +141,10 @@ def _block(index: int, start: dict[str, Any], deltas: list[dict[str, Any]]) -> l
 def reasoning_rejection(body: dict[str, Any]) -> str | None:
     """DeepSeek's thinking mode: an assistant turn with tool calls must bring its reasoning back."""
     for i, message in enumerate(body["messages"]):
-        if message.get("role") == "assistant" and message.get("tool_calls") and not message.get(
-            "reasoning_content"
+        if (
+            message.get("role") == "assistant"
+            and message.get("tool_calls")
+            and not message.get("reasoning_content")
         ):
             return f"Missing `reasoning_content` field in the assistant message at message index {i}"
     return None
@@ -154,7 +162,9 @@ class ReasoningProvider:
         self.bodies.append(body)
         why = reasoning_rejection(body)
         if why is not None:
-            payload = {"error": {"message": why, "type": "invalid_request_error", "code": "invalid_request_error"}}
+            payload = {
+                "error": {"message": why, "type": "invalid_request_error", "code": "invalid_request_error"}
+            }
             return Reply(status=400, headers=list(JSON_HEADERS), steps=[json.dumps(payload).encode()])
         step = self.script.pop(0)
         if isinstance(step, Reply):

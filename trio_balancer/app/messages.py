@@ -245,6 +245,7 @@ class MessagesEndpoint:
             skipped=[
                 AttemptRecord(a.provider.name, a.model, f"skipped: {why}", skipped=True) for a, why in skipped
             ],
+            thinking=state.thinking,
         )
         listener = flight.subscribe()
         self._supervisor.start(flight, ctx, dedup_key)
