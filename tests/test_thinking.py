@@ -26,6 +26,7 @@ from trio_balancer.protocol.thinking import (
     SignatureBook,
     fit_thinking,
     mint_signature,
+    remember_event,
     remember_message,
     signatures_in,
 )
@@ -298,6 +299,16 @@ class TestConversion:
                 "message": {"role": "assistant", "content": "a", "reasoning_content": "r"}}]}  # fmt: skip
         message = to_anthropic_message(body, model="m", sign=lambda: "tbx1.json")
         assert message["content"][0] == thought("r", "tbx1.json")
+
+    def test_stream_events_are_remembered(self) -> None:
+        book = SignatureBook()
+        delta = {"type": "signature_delta", "signature": "s1"}
+        remember_event(book, {"type": "content_block_delta", "index": 0, "delta": delta}, "b")
+        start = {"type": "redacted_thinking", "data": "d1"}
+        remember_event(book, {"type": "content_block_start", "index": 1, "content_block": start}, "b")
+        empty = {"type": "thinking", "thinking": "", "signature": ""}
+        remember_event(book, {"type": "content_block_start", "index": 2, "content_block": empty}, "b")
+        assert book.family_of("s1") == "b" and book.family_of("d1") == "b" and len(book) == 2
 
     def test_a_json_message_is_remembered(self) -> None:
         book = SignatureBook()
