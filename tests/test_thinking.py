@@ -33,7 +33,7 @@ from trio_balancer.protocol.thinking import (
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
-from .fakes import JSON_HEADERS, FakeUpstream, Reply, error_reply, oai_chunk
+from .fakes import JSON_HEADERS, FakeUpstream, Reply, error_reply, oai_chunk, openai_rejection
 from .helpers import CLIENT_KEY, NO_DEDUP, PROVIDER_KEY, BalancerFactory
 from .signing_fakes import Answer, ReasoningProvider, SigningProvider
 
@@ -265,6 +265,8 @@ class TestConversion:
             {"role": "user", "content": "bye"},
         )
         converted = to_openai(body, model="ds", options=RequestOptions(reasoning_content=True))
+        assert openai_rejection(converted.body, reasoning_required=True) is None
+        assert openai_rejection(to_openai(body, model="ds").body, reasoning_required=True) is not None
         assistants = [m for m in converted.body["messages"] if m["role"] == "assistant"]
         assert [m.get("reasoning_content") for m in assistants] == ["p1\n\np2", " ", " ", "casual"]
         assert not any(d.endswith(".content.thinking") for d in converted.dropped)
