@@ -187,6 +187,7 @@ class BalancerApp:
                 lease_ttl_s=cc.lease_ttl_s,
                 apply_health=partial(apply_remote_health, self.state),
                 status=self._cluster_status,
+                thinking=self.state.thinking,
             )
             await services.start(cluster.run)
         if self.config.ledger.enabled:

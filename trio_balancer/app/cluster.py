@@ -8,6 +8,12 @@
   leases of its running requests, so a crashed instance's slots free themselves.
 - Cache: completed responses are also stored in Redis (with the same TTL), so a retry that lands
   on another instance is still answered from the cache.
+- Thinking signatures: which provider family signed each thinking block (``protocol/thinking.py``)
+  is written to Redis in batches as the relays remember them, one key per signature with a
+  week's expiry (conversations are resumed days later). A request carrying a signature this
+  instance does not know asks Redis once (one MGET, at most ``RECALL_WAIT_S``, not at all while
+  degraded; an absent answer is not asked again for a minute), so a conversation served by one
+  instance continues on another with the same rules.
 - Heartbeats: each instance writes a key with a short expiry; /status lists the ones alive.
 
 Redis is reached with redis-py's synchronous client in worker threads. When a call fails the
@@ -32,6 +38,7 @@ import trio
 
 from trio_balancer.logging import get_logger
 from trio_balancer.protocol.dedup import CachedResponse
+from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.redaction import redact_url
 
 __all__ = ["HEALTH_CHANNEL", "Cluster", "LimitRefused"]
@@ -43,6 +50,11 @@ HEALTH_CHANNEL = f"{PREFIX}:health"
 HEARTBEAT_S = 1.0
 HEARTBEAT_TTL_S = 5
 OUTBOX = 1000  # publications waiting for Redis; beyond it the oldest news is dropped
+THINKING_TTL_S = 7 * 24 * 3600  # how long Redis remembers whose a signature is
+THINKING_BATCH = 500  # signatures written in one pipeline
+# A request waits at most this for Redis to say whose its unknown signatures are (a local
+# Redis answers in a millisecond; a slow one must not hold requests up).
+RECALL_WAIT_S = 0.2
 
 # Leases and a token bucket, atomically. Returns {0, 0} when taken, {1, 1} when the client is at
 # its concurrency limit, {2, seconds} when it is out of requests for now.
@@ -88,6 +100,7 @@ class Cluster:
         lease_ttl_s: float = 30.0,
         apply_health: Callable[[dict[str, Any]], None] | None = None,
         status: Callable[[], dict[str, Any]] | None = None,
+        thinking: SignatureBook | None = None,
     ) -> None:
         import redis
 
@@ -102,6 +115,10 @@ class Cluster:
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._out_send, self._out_recv = trio.open_memory_channel[tuple[str, Any]](OUTBOX)
         self._leases: dict[str, str] = {}  # lease id -> client, for renewal
+        self._book = thinking
+        self._thinking_news = trio.Event()  # set when the book has fresh entries to write
+        if thinking is not None:
+            thinking.on_fresh = self._thinking_came
         self.degraded = True  # until the first successful call
         self.instances: list[dict[str, Any]] = []
         self.applied = 0  # health messages from other instances applied here
@@ -121,6 +138,8 @@ class Cluster:
                 nursery.start_soon(self._heartbeats)
                 nursery.start_soon(self._subscriber)
                 nursery.start_soon(self._publisher)
+                if self._book is not None:
+                    nursery.start_soon(self._share_thinking, self._book)
         finally:
             with trio.CancelScope(shield=True), suppress(Exception):  # closing must not fail the stop
                 await trio.to_thread.run_sync(self._redis.close)
@@ -217,6 +236,53 @@ class Cluster:
             finally:
                 with trio.CancelScope(shield=True), suppress(Exception):
                     await trio.to_thread.run_sync(pubsub.close)
+
+    # -- thinking signatures -----------------------------------------------------------------
+
+    def _thinking_came(self) -> None:
+        self._thinking_news.set()
+
+    async def _share_thinking(self, book: SignatureBook) -> None:
+        """Write what the book learned, in batches, as soon as it learns it (best effort: a
+        batch Redis refuses is lost, and the signatures it held fall back to the default)."""
+        import redis
+
+        while True:
+            await self._thinking_news.wait()
+            self._thinking_news = trio.Event()
+            while batch := book.take_fresh(THINKING_BATCH):
+                try:
+                    await self._call(self._write_thinking, batch)
+                except (redis.RedisError, OSError):
+                    await trio.sleep(0.2)
+
+    def _write_thinking(self, batch: list[tuple[bytes, str]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, family in batch:
+            pipe.set(f"{PREFIX}:thinking:{key.hex()}", family, ex=THINKING_TTL_S)
+        pipe.execute()
+
+    async def recall_thinking(self, signatures: list[str]) -> None:
+        """Learn from Redis whose the signatures this instance does not know are."""
+        import redis
+
+        book = self._book
+        if book is None or self.degraded or not signatures:
+            return
+        now = trio.current_time()
+        keys = book.unknown(signatures, now)
+        if not keys:
+            return
+        with trio.move_on_after(RECALL_WAIT_S):
+            try:
+                names = [f"{PREFIX}:thinking:{k.hex()}" for k in keys]
+                values = await self._call(self._redis.mget, names)
+            except (redis.RedisError, OSError):
+                return
+            for key, value in zip(keys, values, strict=True):
+                if value:
+                    book.learn(key, value.decode("utf-8", "replace"))
+            book.checked(keys, now)
 
     # -- limits ------------------------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
+from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
 from trio_balancer.upstream.fit import fit_plan
 from trio_balancer.upstream.request import UpstreamRequest
@@ -231,6 +232,8 @@ class MessagesEndpoint:
             need_tokens=len(request.body) // 4,
         )
         attempts, skipped = fit_plan(attempts, request.needs)
+        if state.cluster is not None:  # whose thinking this is may be known on another instance
+            await state.cluster.recall_thinking(signatures_in(request.payload))
         for attempt, why in skipped:
             log.info("route.skip", provider=attempt.provider.name, reason=why)
         share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
@@ -245,6 +248,7 @@ class MessagesEndpoint:
             skipped=[
                 AttemptRecord(a.provider.name, a.model, f"skipped: {why}", skipped=True) for a, why in skipped
             ],
+            thinking=state.thinking,
         )
         listener = flight.subscribe()
         self._supervisor.start(flight, ctx, dedup_key)

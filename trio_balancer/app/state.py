@@ -18,6 +18,7 @@ from trio_balancer.policy.routing import Router, listed_models
 from trio_balancer.policy.stats import RecentStats
 from trio_balancer.protocol.dedup import ResponseCache
 from trio_balancer.protocol.pricing import PriceTable
+from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
 
 __all__ = ["AppState"]
@@ -36,6 +37,8 @@ class AppState:
     known_models: set[str]  # model ids that may be metric labels
     metrics: Metrics = attrs.Factory(Metrics)
     stats: RecentStats = attrs.Factory(RecentStats)
+    # Which family signed each thinking block seen: outlives reloads (signatures do not change).
+    thinking: SignatureBook = attrs.Factory(SignatureBook)
     registry: Registry | None = None  # from startup to shutdown
     ledger: Ledger | None = None
     cluster: Cluster | None = None

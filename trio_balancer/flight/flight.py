@@ -38,6 +38,7 @@ from trio_balancer.logging import debug_enabled, get_logger
 from trio_balancer.policy.health import FailureKind, ProviderHealth, State
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
+from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.fit import fit_request
@@ -90,11 +91,13 @@ class Flight:
         *,
         limits: RelayLimits = _DEFAULT_LIMITS,
         skipped: Sequence[AttemptRecord] = (),
+        thinking: SignatureBook | None = None,
     ) -> None:
         self.request = request
         self.attempts = attempts
         self._providers = providers
         self._limits = limits
+        self._thinking = thinking  # which family signed each thinking block (the app's book)
         self.observer: FlightObserver = observer or _Unobserved()
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.cancel_scope = trio.CancelScope()
@@ -347,6 +350,7 @@ class Flight:
             limits=self._limits,
             forward=self.observer.forward,
             trace=self._trace,
+            thinking=self._thinking,
         )
         self._relay = relay
 
@@ -355,7 +359,7 @@ class Flight:
             await relay.run(response)
             self._completed = relay.completed
 
-        fitted = fit_request(provider, req, attempt.model)
+        fitted = fit_request(provider, req, attempt.model, thinking=self._thinking)
         if fitted.changes:
             log.debug("upstream.fit", provider=provider.name, changes=list(fitted.changes))
         log.info("upstream.connect", provider=provider.name, model=attempt.model, kind=provider.kind)

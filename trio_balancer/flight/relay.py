@@ -4,7 +4,11 @@ SSE is decoded incrementally (sans-I/O, inline: a second task and channel hop pe
 cost more than the decoding itself), converted from OpenAI's format when needed, and fed to
 the :class:`~trio_balancer.protocol.commit.CommitGate`, which decides what is published and
 when. A JSON answer is held until complete, so a cut or an error inside a 200 can still fail
-over. Either way the relay also reads the response's usage as it passes.
+over. Either way the relay also reads the response's usage as it passes, and remembers the
+family of every thinking signature in it (``protocol/thinking.py``): only events whose bytes
+hold ``signature`` or ``redacted_thinking`` are looked at, so other events cost two substring
+searches. Thinking converted from an OpenAI-style ``reasoning_content`` is signed by the
+balancer, and remembered the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from trio_balancer.protocol.convert import (
     openai_error_type,
     to_anthropic_message,
 )
-from trio_balancer.protocol.sse import EventTooLarge, SSEDecoder, SSEEvent
+from trio_balancer.protocol.sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent
+from trio_balancer.protocol.thinking import SignatureBook, mint_signature, remember_event, remember_message
 from trio_balancer.protocol.upstream_errors import (
     error_type_of,
     parse_error_event,
@@ -88,7 +93,8 @@ class Relay:
 
     ``secrets`` are the credentials the request carried upstream: no relayed error text may
     contain them. ``forward`` is told how long each published chunk took from the socket to
-    the listeners (the balancer's own latency, for metrics).
+    the listeners (the balancer's own latency, for metrics). ``thinking`` is the book where the
+    response's thinking signatures are remembered as the provider's family's.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class Relay:
         limits: RelayLimits,
         forward: Callable[[float], None],
         trace: bool = False,
+        thinking: SignatureBook | None = None,
     ) -> None:
         self.provider = provider
         self._payload = payload
@@ -109,6 +116,8 @@ class Relay:
         self._limits = limits
         self._forward = forward
         self._trace = trace
+        self._book = thinking
+        self._family = provider.capabilities.thinking_family
         self.tracker = UsageTracker()
         self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
         self.events = 0  # SSE events published by this relay (none for a JSON answer)
@@ -129,7 +138,7 @@ class Relay:
     async def _relay_converted(self, head: Head, response: UpstreamResponse) -> None:
         """A converted stream has no upstream pings to forward; we send our own during long
         silences (reasoning models can think for minutes without a delta)."""
-        converter = StreamConverter(model=str(self._payload.get("model")))
+        converter = StreamConverter(model=str(self._payload.get("model")), sign=mint_signature)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ping_while_silent)
@@ -200,9 +209,11 @@ class Relay:
 
     async def _take(self, head: Head, gate: CommitGate, decoded: list[SSEEvent]) -> bool:
         """Feed events through the gate and publish what it lets out; True if it did."""
-        observe = self.tracker.observe
+        observe, book = self.tracker.observe, self._book
         for event in decoded:
             observe(event)
+            if book is not None and (b"signature" in event.raw or b"redacted_thinking" in event.raw):
+                self._remember(book, event)
         committed = gate.committed
         try:
             out = gate.feed(decoded)
@@ -219,6 +230,14 @@ class Relay:
         else:
             await self._outlet.commit(head, out, held_events=gate.held_events)
         return True
+
+    def _remember(self, book: SignatureBook, event: SSEEvent) -> None:
+        try:
+            data = event.json()
+        except MalformedEventData:
+            return  # the gate has its say on malformed events
+        if isinstance(data, dict):
+            remember_event(book, data, self._family)
 
     def _judge(self, gate: CommitGate) -> None:
         """After the body: a whole stream completes; anything else fails this attempt."""
@@ -298,7 +317,11 @@ class Relay:
                 await self._committed(head, bytes(held))
         if not self._outlet.committed:
             body = self._converted_json(bytes(held)) if openai else self._checked_json(bytes(held))
-            _observe_json(self.tracker, body)  # the usage it reports, cache tokens included
+            message = _message(body)
+            if message is not None:
+                self.tracker.observe_message(message)  # the usage it reports, cache tokens included
+                if self._book is not None and (b"signature" in body or b"redacted_thinking" in body):
+                    remember_message(self._book, message, self._family)
             await self._committed(head, body)
         self.completed = True
 
@@ -332,7 +355,9 @@ class Relay:
             message = f"provider {name!r}: {error_type} in a 200 answer"
             raise provider_error(self.provider, error_type, message, scrub_error_body(answer, self._secrets))
         try:
-            message_obj = to_anthropic_message(parsed, model=str(self._payload.get("model")))
+            message_obj = to_anthropic_message(
+                parsed, model=str(self._payload.get("model")), sign=mint_signature
+            )
         except ConversionError as exc:
             raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
         usage = message_obj["usage"]
@@ -340,10 +365,10 @@ class Relay:
         return anthropic.dumps(message_obj).encode()
 
 
-def _observe_json(tracker: UsageTracker, body: bytes) -> None:
+def _message(body: bytes) -> dict[str, Any] | None:
+    """A JSON answer as a message, or None when it is not one."""
     try:
         message = json.loads(body)
     except ValueError:
-        return
-    if isinstance(message, dict):
-        tracker.observe_message(message)
+        return None
+    return message if isinstance(message, dict) else None

@@ -32,6 +32,7 @@ from trio_balancer.protocol.features import (
     join_betas,
 )
 from trio_balancer.protocol.system_messages import fold_system_messages
+from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
 from trio_balancer.upstream.headers import request_headers
 from trio_balancer.upstream.request import UpstreamRequest
 
@@ -74,8 +75,15 @@ def fit_plan(
     return kept, skipped
 
 
-def fit_request(provider: ProviderConfig, request: UpstreamRequest, model: str) -> Fitted:
-    """The headers and body ``provider`` is sent for ``request``, asking for ``model``."""
+def fit_request(
+    provider: ProviderConfig, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
+) -> Fitted:
+    """The headers and body ``provider`` is sent for ``request``, asking for ``model``.
+
+    ``thinking`` is the book of which family signed each thinking block: with it, an
+    Anthropic-format provider is sent only the blocks of its own family
+    (``protocol/thinking.py``); without it, thinking blocks are left as they are.
+    """
     headers = request_headers(request.headers, provider)
     if provider.kind == "openai":
         return _fit_openai(provider, request, model, headers)
@@ -87,6 +95,8 @@ def fit_request(provider: ProviderConfig, request: UpstreamRequest, model: str) 
         lacking.add("adaptive_thinking")
     payload: Mapping[str, Any] = request.payload
     changes: list[str] = []
+    if thinking is not None:  # first: it may turn thinking off, which the rules below then see
+        payload = _apply(fit_thinking(payload, caps.thinking_family, thinking), changes, payload)
     for feature in DROPPABLE:
         if feature in lacking:
             payload = _apply(drop_feature(payload, feature), changes, payload)
@@ -129,7 +139,7 @@ def _uses(payload: Mapping[str, Any], feature: str | None) -> bool:
 
 
 def _apply(
-    result: tuple[dict[str, Any], str | None], changes: list[str], before: Mapping[str, Any]
+    result: tuple[Mapping[str, Any], str | None], changes: list[str], before: Mapping[str, Any]
 ) -> Mapping[str, Any]:
     """Keep a rule's new payload only if it changed something (so an untouched request stays as sent)."""
     payload, note = result
@@ -147,6 +157,7 @@ def _fit_openai(
         max_tokens_field=provider.max_tokens_field,
         reasoning_effort=provider.reasoning_effort,
         pdf_file_parts=caps.documents in ("file", "native"),
+        reasoning_content=caps.reasoning_content,
     )
     converted = to_openai(request.payload, model=model, options=options)
     changes = tuple(f"dropped {f}" for f in converted.dropped)

@@ -5,6 +5,15 @@ one ``role: tool`` message per call before anything else. Anthropic puts the res
 the next user message, together with any text, so each user message is split: tool results
 first (in the order given), then whatever else the user said.
 
+Reasoning models that read their earlier reasoning back (DeepSeek's thinking mode, Kimi:
+``RequestOptions.reasoning_content``) get each assistant message's thinking text as
+``reasoning_content``, whichever family thought it: the point is the thread of thought, and
+plain text is what they take. DeepSeek requires it on every assistant message between two user
+messages in which the model called a tool ("For turns that do perform tool calls, the
+reasoning_content must be fully passed back to the API in all subsequent requests", else 400);
+such a message with no thinking text (it came from a model that did not think, or only
+redacted) gets :data:`NO_REASONING`, since an empty string is refused as missing.
+
 Fields with no OpenAI equivalent are dropped and reported in ``Converted.dropped`` so the
 caller can log them at debug; nothing is silently rewritten into something else.
 """
@@ -22,7 +31,11 @@ from trio_balancer.protocol.documents import document_as_text
 from trio_balancer.protocol.features import document_kind
 from trio_balancer.protocol.system_messages import system_text
 
-__all__ = ["Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
+__all__ = ["NO_REASONING", "Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
+
+# reasoning_content for a tool-calling turn whose thinking is unknown: DeepSeek V4 refuses ""
+# as "Missing `reasoning_content`" and takes a single space (NousResearch/hermes-agent#17341).
+NO_REASONING = " "
 
 
 @attrs.frozen
@@ -34,6 +47,8 @@ class RequestOptions:
     # PDF documents as OpenAI `file` content parts (OpenAI's own API, Gemini's); else only
     # text documents cross, as text (the plan skips a provider for a PDF it cannot take).
     pdf_file_parts: bool = False
+    # Prior thinking back as `reasoning_content` on assistant messages (DeepSeek, Kimi...).
+    reasoning_content: bool = False
 
 
 @attrs.frozen
@@ -65,12 +80,14 @@ def to_openai(
         role = message.get("role")
         content = message.get("content")
         if role == "assistant":
-            messages.extend(_assistant(content, dropped, i))
+            messages.append(_assistant(content, dropped, i, options.reasoning_content))
         elif role == "system":  # Claude Code >= 2.1.153: a system message in place, OpenAI's own way
             messages.append({"role": "system", "content": system_text(content)})
         else:
             messages.extend(_user(content, dropped, i, options))
 
+    if options.reasoning_content:
+        _reasoning_on_tool_turns(messages)
     body: dict[str, Any] = {"model": model, "messages": messages}
     if "max_tokens" in payload:
         body[options.max_tokens_field] = payload["max_tokens"]
@@ -235,10 +252,11 @@ def _tool_result_content(content: Any, dropped: list[str]) -> tuple[str, list[di
     return "\n\n".join(texts), images
 
 
-def _assistant(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]:
+def _assistant(content: Any, dropped: list[str], i: int, reasoning: bool) -> dict[str, Any]:
     if isinstance(content, str):
-        return [{"role": "assistant", "content": content}]
+        return {"role": "assistant", "content": content}
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in content or []:
         kind = block.get("type")
@@ -255,6 +273,9 @@ def _assistant(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]
                     },
                 }
             )
+        elif kind == "thinking" and reasoning:
+            if block.get("thinking"):
+                thoughts.append(str(block["thinking"]))
         else:  # thinking, redacted_thinking, server tool blocks: nothing to send back
             dropped.append(f"messages[{i}].content.{kind}")
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
@@ -262,7 +283,23 @@ def _assistant(content: Any, dropped: list[str], i: int) -> list[dict[str, Any]]
         message["tool_calls"] = calls
     if message["content"] is None and not calls:
         message["content"] = ""
-    return [message]
+    if thoughts:
+        message["reasoning_content"] = "\n\n".join(thoughts)
+    return message
+
+
+def _reasoning_on_tool_turns(messages: list[dict[str, Any]]) -> None:
+    """Every assistant message between two user messages where a tool was called carries
+    ``reasoning_content``: its thinking, else :data:`NO_REASONING`."""
+    span: list[dict[str, Any]] = []
+    for message in [*messages, {"role": "user"}]:  # the sentinel ends the last span
+        if message["role"] == "assistant":
+            span.append(message)
+        elif message["role"] == "user":
+            if any("tool_calls" in m for m in span):
+                for m in span:
+                    m.setdefault("reasoning_content", NO_REASONING)
+            span = []
 
 
 def _tool(tool: Mapping[str, Any], dropped: list[str]) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from trio_balancer.protocol.convert.stream import (
@@ -17,7 +18,9 @@ from trio_balancer.protocol.convert.stream import (
 __all__ = ["to_anthropic_message"]
 
 
-def to_anthropic_message(body: Any, *, model: str) -> dict[str, Any]:
+def to_anthropic_message(body: Any, *, model: str, sign: Callable[[], str] | None = None) -> dict[str, Any]:
+    """The Anthropic message for an OpenAI chat completion; ``sign`` signs its thinking blocks
+    (see ``stream.py``), else their signature is empty."""
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
         raise ConversionError("the upstream answer has no choices")
     choice = body["choices"][0]
@@ -27,12 +30,12 @@ def to_anthropic_message(body: Any, *, model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
-        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+        content.append({"type": "thinking", "thinking": reasoning, "signature": sign() if sign else ""})
     for kind, text in content_parts(message.get("content")):
         if kind == "text":
             content.append({"type": "text", "text": text})
         else:
-            content.append({"type": "thinking", "thinking": text, "signature": ""})
+            content.append({"type": "thinking", "thinking": text, "signature": sign() if sign else ""})
     refusal = message.get("refusal")
     if isinstance(refusal, str) and refusal:
         content.append({"type": "text", "text": refusal})

@@ -6,6 +6,10 @@ completes, already encoded, as soon as it can: a text or reasoning delta becomes
 
 - text and thinking blocks are opened when their first delta arrives and closed when the
   stream switches to something else;
+- a thinking block made from ``reasoning_content`` is signed, when a ``sign`` is given, with a
+  ``signature_delta`` just before it closes (as Anthropic's streams do): the balancer's own
+  signature, which marks it as converted reasoning no Anthropic-format provider can verify
+  (``protocol/thinking.py``), where an empty one would be sent back and refused;
 - each tool call (by its OpenAI ``index``) is its own ``tool_use`` block, opened once its name
   is known and kept open until the message ends, so arguments of interleaved calls still land
   in the right block (Anthropic deltas carry the block index);
@@ -18,6 +22,7 @@ completes, already encoded, as soon as it can: a text or reasoning delta becomes
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -70,9 +75,12 @@ class _Tool:
 
 
 class StreamConverter:
-    def __init__(self, *, model: str, message_id: str | None = None) -> None:
+    def __init__(
+        self, *, model: str, message_id: str | None = None, sign: Callable[[], str] | None = None
+    ) -> None:
         self.model = model
         self.message_id = message_id
+        self._sign = sign  # a signature for each thinking block, or none
         self._started = False
         self._next_index = 0
         self._current: tuple[str, int] | None = None  # open text/thinking block: (kind, index)
@@ -250,9 +258,14 @@ class StreamConverter:
     def _close_current(self) -> list[SSEEvent]:
         if self._current is None:
             return []
-        index = self._current[1]
+        kind, index = self._current
         self._current = None
-        return [self._stop(index)]
+        out = []
+        if kind == "thinking" and self._sign is not None:
+            delta = {"type": "signature_delta", "signature": self._sign()}
+            out.append(sse_event(events.content_block_delta(index, delta)))
+        out.append(self._stop(index))
+        return out
 
     def _close_tools(self) -> list[SSEEvent]:
         out = []
