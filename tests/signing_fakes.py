@@ -74,7 +74,7 @@ class SigningProvider:
         if why is not None:
             return error_reply(400, "invalid_request_error", why)
         step = self.script.pop(0)
-        return step if isinstance(step, Reply) else self._stream(step, thinking_on(body))
+        return step if isinstance(step, Reply) else self._stream(step, body)
 
     def rejection(self, body: dict[str, Any]) -> str | None:
         messages = body["messages"]
@@ -94,10 +94,13 @@ class SigningProvider:
                 return f"messages.{k}.content.0.type: " + OPEN_LOOP_RULE.format(found=found)
         return None
 
-    def _stream(self, answer: Answer, thinking: bool) -> Reply:
+    def _stream(self, answer: Answer, body: dict[str, Any]) -> Reply:
+        """The answer streamed as the model asked for (Claude Code drops the thinking of a
+        message whose ``model`` is not the one it asked, so a real provider's echo matters)."""
         n = len(self.bodies)
+        thinking = thinking_on(body)
         message = {"id": f"msg_{self.family}_{n}", "type": "message", "role": "assistant",
-                   "model": "m", "content": [], "stop_reason": None, "stop_sequence": None,
+                   "model": body.get("model", "m"), "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": 10, "output_tokens": 1}}  # fmt: skip
         events = [sse("message_start", {"type": "message_start", "message": message})]
         index = 0

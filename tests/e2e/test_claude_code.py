@@ -29,10 +29,12 @@ from ..fakes import (
     error_reply,
     interleave,
     oai_chunk,
+    old_anthropic_rejection,
     openai_text_stream,
     sse,
 )
 from ..helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
+from ..signing_fakes import Answer, ReasoningProvider, SigningProvider, Step, thinking_on
 
 CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
 SECRET = "PURPLE-ELEPHANT-4242"
@@ -54,10 +56,17 @@ def claude_bin() -> Path:
 
 
 async def run_claude(
-    binary: Path, url: str, workdir: Path, prompt: str, *args: str, home: Path | None = None
+    binary: Path,
+    url: str,
+    workdir: Path,
+    prompt: str,
+    *args: str,
+    home: Path | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> str:
     env = environment(url, api_key=CLIENT_KEY)
     env.update(
+        extra_env or {},
         HOME=str(home or workdir.parent / "home"),
         CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
         DISABLE_AUTOUPDATER="1",
@@ -289,6 +298,114 @@ class TestClaudeCode:
             await b.app.ledger.wait_written(2)
         roles = sorted(r["dedup_role"] for r in (await b.client.get("/usage/requests")).json()["records"])
         assert roles in (["follower", "leader"], ["cache", "leader"])
+
+
+def ends_with_tool_result(body: dict[str, Any]) -> bool:
+    last = body["messages"][-1]
+    content = last.get("content")
+    return isinstance(content, list) and any(b.get("type") == "tool_result" for b in content)
+
+
+def by_content(provider: SigningProvider | ReasoningProvider, decide: Any) -> Any:
+    """A signing or reasoning fake answering each request by what it asks, not by its order
+    (a Claude Code run may send background requests besides the conversation)."""
+
+    def handler(r: Received) -> Reply:
+        body = r.json()
+        provider.script[:] = [decide(body)]
+        return provider(r)
+
+    return handler
+
+
+def oai_ends_with_tool_result(body: dict[str, Any]) -> bool:
+    return body["messages"][-1].get("role") == "tool"
+
+
+class TestConversationAcrossFamilies:
+    """The current CLI with thinking on and a tool loop, moved by failover to another family.
+
+    Turn one: provider A (Anthropic's family, signs its thinking) thinks and asks to Read a file.
+    Turn two (the tool result): A is overloaded, so the balancer moves the conversation to B,
+    which cannot verify A's signature (another Anthropic-compatible family, strict about what an
+    older server takes) or is a DeepSeek-style reasoning model (which wants the prior thinking
+    back as ``reasoning_content`` on the tool-call turn). A second run continues the same
+    conversation (``--continue``) and goes back to A, which gets its own signed block back and
+    none it cannot verify. Claude Code sees one coherent conversation throughout.
+    """
+
+    @pytest.mark.parametrize("second", ["anthropic-compatible", "deepseek"])
+    async def test_thinking_tool_loop_moves_to_another_family_and_back(
+        self,
+        claude_bin: Path,
+        workdir: Path,
+        nursery: trio.Nursery,
+        balancer_for: BalancerFactory,
+        second: str,
+    ) -> None:
+        notes = str(workdir / "notes.txt")
+        a = SigningProvider("anthropic", [])
+
+        def a_decides(body: dict[str, Any]) -> Step:
+            if ends_with_tool_result(body):
+                return error_reply(529, "overloaded_error", "Overloaded")
+            if any(m["role"] == "assistant" for m in body["messages"]):  # the continued conversation
+                return Answer(thinking="a again", text=f"Still {found_secret(json.dumps(body))}.")
+            return Answer(
+                thinking="I should read the file.",
+                text="Reading.",
+                tool=("toolu_fam_1", "Read", {"file_path": notes}),
+            )
+
+        def b_decides(body: dict[str, Any]) -> Step:
+            if ends_with_tool_result(body) or oai_ends_with_tool_result(body):
+                return Answer(
+                    thinking="b reads the result",
+                    text=f"The file says the code is {found_secret(json.dumps(body))}.",
+                )
+            return error_reply(529, "overloaded_error", "Overloaded")
+
+        a_up = await FakeUpstream(by_content(a, a_decides)).start(nursery)
+        if second == "deepseek":
+            b: SigningProvider | ReasoningProvider = ReasoningProvider([])
+            b_up = await FakeUpstream(by_content(b, b_decides)).start(nursery)
+            row = {"name": "deepseek", "kind": "openai", "preset": "deepseek", "base_url": b_up.url + "/v1"}
+        else:
+            b = SigningProvider("glm", [])
+            signing = by_content(b, b_decides)
+
+            def strict(r: Received) -> Reply:
+                why = old_anthropic_rejection(r)
+                return signing(r) if why is None else error_reply(400, "invalid_request_error", why)
+
+            b_up = await FakeUpstream(strict).start(nursery)
+            row = {"name": "glm", "kind": "anthropic", "preset": "anthropic-compatible", "base_url": b_up.url}
+        providers = [{"name": "a", "kind": "anthropic", "base_url": a_up.url}, row]
+        bal = await balancer_for(config={"providers": [{**p, "api_key": PROVIDER_KEY} for p in providers]})
+        thinking_env = {"MAX_THINKING_TOKENS": "4096"}
+
+        out = await run_claude(
+            claude_bin, bal.url, workdir, "What is the launch code in notes.txt?",
+            "--max-turns", "3", "--allowedTools", "Read", extra_env=thinking_env,
+        )  # fmt: skip
+        assert out == f"The file says the code is {SECRET}."
+        assert thinking_on(a.bodies[0]), "the CLI asked for thinking"
+        again = await run_claude(
+            claude_bin, bal.url, workdir, "And the code again?", "--continue",
+            "--max-turns", "1", extra_env=thinking_env,
+        )  # fmt: skip
+        assert again == f"Still {SECRET}."
+        final = a.bodies[-1]
+        signatures = [
+            blk.get("signature")
+            for m in final["messages"]
+            for blk in (m["content"] if isinstance(m["content"], list) else [])
+            if blk.get("type") == "thinking"
+        ]
+        assert signatures and all(s in a.signed for s in signatures), "A got back only what it signed"
+        records = await bal.ledger_rows(3)
+        served = [r["provider"] for r in sorted(records, key=lambda r: r["started_at"]) if r["status"] == 200]
+        assert served[-3:] == ["a", row["name"], "a"]
 
 
 def test_claude_command_needs_a_binary(
