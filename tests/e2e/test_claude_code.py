@@ -319,7 +319,7 @@ def by_content(provider: SigningProvider | ReasoningProvider, decide: Any) -> An
 
 
 def oai_ends_with_tool_result(body: dict[str, Any]) -> bool:
-    return body["messages"][-1].get("role") == "tool"
+    return bool(body["messages"][-1].get("role") == "tool")
 
 
 class TestConversationAcrossFamilies:
