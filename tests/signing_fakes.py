@@ -66,6 +66,7 @@ class SigningProvider:
     script: list[Step]
     signed: set[str] = attrs.Factory(set)
     bodies: list[dict[str, Any]] = attrs.Factory(list)  # every request body, in order
+    model: str | None = None  # the model its answers name; None: the one asked for
 
     def __call__(self, r: Received) -> Reply:
         body = r.json()
@@ -100,7 +101,7 @@ class SigningProvider:
         n = len(self.bodies)
         thinking = thinking_on(body)
         message = {"id": f"msg_{self.family}_{n}", "type": "message", "role": "assistant",
-                   "model": body.get("model", "m"), "content": [], "stop_reason": None, "stop_sequence": None,
+                   "model": self.model or body.get("model", "m"), "content": [], "stop_reason": None, "stop_sequence": None,
                    "usage": {"input_tokens": 10, "output_tokens": 1}}  # fmt: skip
         events = [sse("message_start", {"type": "message_start", "message": message})]
         index = 0

@@ -195,6 +195,25 @@ class TestFitThinking:
         assert fitted["messages"][1]["content"] == [tool_use("t1")]
         assert note is not None and "without thinking" in note
 
+    def test_an_open_tool_loop_sent_without_its_thinking_goes_without_thinking(self) -> None:
+        """Claude Code leaves out the thinking of a message another model wrote: a tool call
+        served under another model name, answered on Anthropic, arrives with no leading
+        thinking block, which Anthropic 400s while thinking is on (found by the e2e test)."""
+        body = body_of(
+            {"role": "assistant", "content": [{"type": "text", "text": "Reading."}, tool_use("t1")]},
+            tool_result("t1"),
+        )
+        fitted, note = fit_thinking(body, "anthropic", book_with())
+        assert "thinking" not in fitted and fitted["messages"] == body["messages"]
+        assert note is not None and "without thinking" in note and "dropped" not in note
+        closed = body_of(
+            {"role": "assistant", "content": [{"type": "text", "text": "Done."}]},
+            {"role": "user", "content": "next"},
+        )
+        assert fit_thinking(closed, "anthropic", book_with()) == (closed, None)
+        off = body_of(*body["messages"][1:], thinking=None)
+        assert fit_thinking(off, "anthropic", book_with()) == (off, None)
+
     def test_open_loop_kept_thinking_when_its_leading_block_is_the_targets(self) -> None:
         body = body_of(
             {"role": "assistant", "content": [thought("b", "sigB"), tool_use("t1")]},

@@ -432,3 +432,45 @@ def test_claude_command_execs_with_the_balancer_url(claude_bin: Path, tmp_path: 
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert b"Claude Code" in result.stdout
+
+
+class TestToolLoopBackToAnthropic:
+    async def test_a_tool_call_from_another_model_is_answered_on_anthropic(
+        self, claude_bin: Path, workdir: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
+    ) -> None:
+        """Turn one (the tool call) is served by another family under its own model name, so
+        Claude Code drops that message's thinking from its history; turn two (the tool result)
+        reaches Anthropic's family with thinking on: the open loop has no leading thinking."""
+        notes = str(workdir / "notes.txt")
+        a = SigningProvider("anthropic", [])
+        glm = SigningProvider("glm", [], model="glm-4.6")
+
+        def a_decides(body: dict[str, Any]) -> Step:
+            if ends_with_tool_result(body):
+                return Answer(
+                    thinking="a reads", text=f"The file says the code is {found_secret(json.dumps(body))}."
+                )
+            return error_reply(529, "overloaded_error", "Overloaded")
+
+        def glm_decides(body: dict[str, Any]) -> Step:
+            if ends_with_tool_result(body):
+                return error_reply(529, "overloaded_error", "Overloaded")
+            return Answer(
+                thinking="glm plans", text="Reading.", tool=("toolu_glm_1", "Read", {"file_path": notes})
+            )
+
+        a_up = await FakeUpstream(by_content(a, a_decides)).start(nursery)
+        g_up = await FakeUpstream(by_content(glm, glm_decides)).start(nursery)
+        providers = [
+            {"name": "a", "kind": "anthropic", "base_url": a_up.url},
+            {"name": "glm", "kind": "anthropic", "preset": "anthropic-compatible", "base_url": g_up.url},
+        ]
+        bal = await balancer_for(config={"providers": [{**p, "api_key": PROVIDER_KEY} for p in providers]})
+        out = await run_claude(
+            claude_bin, bal.url, workdir, "What is the launch code in notes.txt?",
+            "--max-turns", "3", "--allowedTools", "Read",
+        )  # fmt: skip
+        assert out == f"The file says the code is {SECRET}."
+        tool_turn = a.bodies[-1]
+        assert ends_with_tool_result(tool_turn) and "thinking" not in tool_turn, "sent without thinking"
+        assert thinking_on(glm.bodies[0])

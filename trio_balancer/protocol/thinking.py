@@ -225,7 +225,8 @@ def fit_thinking(
 ) -> tuple[Mapping[str, Any], str | None]:
     """``payload`` with only the thinking blocks a provider of ``family`` can verify, and a note.
 
-    Returns ``payload`` itself and ``None`` when every block is the family's own.
+    Returns ``payload`` itself and ``None`` when every block is the family's own and no open
+    tool loop lacks its leading thinking block (see :func:`_open_loop_lacks_thinking`).
     """
     messages = payload.get("messages")
     if not isinstance(messages, list):
@@ -249,15 +250,20 @@ def fit_thinking(
         if len(blocks) != len(content):
             kept = list(messages) if kept is None else kept
             kept[i] = {**message, "content": blocks} if blocks else None
-    if kept is None:
+    open_loop_lacks = _open_loop_lacks_thinking(payload, messages, kept or messages)
+    if kept is None and not open_loop_lacks:
         return payload, None
-    body = {**payload, "messages": [m for m in kept if m is not None]}
-    each = ", ".join(f"{origin}: {n}" for origin, n in sorted(dropped.items()))
-    note = f"{sum(dropped.values())} thinking block(s) {family!r} cannot verify dropped ({each})"
-    if _lost_open_loop_thinking(payload, messages, kept):
+    body = {**payload, "messages": [m for m in (kept or messages) if m is not None]}
+    notes = []
+    if dropped:
+        each = ", ".join(f"{origin}: {n}" for origin, n in sorted(dropped.items()))
+        notes.append(f"{sum(dropped.values())} thinking block(s) {family!r} cannot verify dropped ({each})")
+    if open_loop_lacks:
         _without_thinking(body)
-        note += "; sent without thinking: the open tool loop's last assistant message lost its leading thinking block"
-    return body, note
+        notes.append(
+            "sent without thinking: the open tool loop's last assistant message does not start with a thinking block"
+        )
+    return body, "; ".join(notes)
 
 
 def _thinking_on(payload: Mapping[str, Any]) -> bool:
@@ -289,15 +295,17 @@ def _starts_with_thinking(message: Any) -> bool:
     )
 
 
-def _lost_open_loop_thinking(payload: Mapping[str, Any], before: list[Any], after: list[Any]) -> bool:
-    """Thinking is on and the open tool loop's last assistant message no longer starts with it."""
+def _open_loop_lacks_thinking(payload: Mapping[str, Any], before: list[Any], after: list[Any]) -> bool:
+    """Thinking is on and the open tool loop's last assistant message does not start with it.
+
+    Anthropic's API (and every signing family) answers that with a 400, and says "to avoid this
+    requirement, disable thinking". Its thinking may have been dropped here (another family's),
+    or by the client: Claude Code leaves out the thinking of a message another model wrote (a
+    provider that answered under its own model name), so a tool loop begun on one provider and
+    continued on another arrives so. Thinking goes for that one request; the loop goes on.
+    """
     k = _open_loop_assistant(before)
-    return (
-        _thinking_on(payload)
-        and k is not None
-        and _starts_with_thinking(before[k])
-        and not _starts_with_thinking(after[k])
-    )
+    return _thinking_on(payload) and k is not None and not _starts_with_thinking(after[k])
 
 
 def _without_thinking(body: dict[str, Any]) -> None:
