@@ -139,6 +139,23 @@ class TestFit:
         assert old_anthropic_rejection(received) is None
         assert req.payload == claude_code_body()  # the client's request is left as it was
 
+    def test_fields_a_strict_provider_does_not_list_are_left_out(self) -> None:
+        """A field Claude Code starts sending tomorrow ("Extra inputs are not permitted" on a
+        strict server) goes only to providers that take every field, or list it."""
+        req = request_of(claude_code_body(speed="fast", diagnostics={"x": 1}))
+        fitted = fit_request(provider(preset="anthropic-compatible"), req, req.model)
+        body = json.loads(fitted.body)
+        assert "speed" not in body and "diagnostics" not in body
+        assert any("diagnostics, speed" in c for c in fitted.changes)
+        received = Received(
+            "POST", "/v1/messages", [("anthropic-beta", ",".join(sent_betas(fitted.headers)))], fitted.body
+        )
+        assert old_anthropic_rejection(received) is None
+        listed = provider(preset="anthropic-compatible", capabilities={"body_fields": ["*"]})
+        assert "speed" in json.loads(fit_request(listed, req, req.model).body)
+        full = fit_request(provider(), req, req.model)
+        assert full.body == req.body
+
     def test_a_flag_the_provider_refuses_takes_its_field_along(self) -> None:
         """``betas`` without the context-management flag: the field goes too, never one alone."""
         caps = {"betas": ["claude-code-20250219"]}

@@ -45,6 +45,9 @@ class Capabilities:
 
     # anthropic-beta flags the provider accepts; ["*"]: every flag.
     betas: tuple[str, ...] = attrs.field(default=(ALL,), metadata=spec.strings())
+    # Top-level body fields it takes besides those the keys below govern; ["*"]: every one. A
+    # strict server is sent only these (a field Claude Code adds next month is unknown to it).
+    body_fields: tuple[str, ...] = attrs.field(default=(ALL,), metadata=spec.strings())
     # Body fields and shapes (each removed with its beta flags when lacking).
     context_management: bool = attrs.field(default=True, metadata=spec.boolean())
     effort: bool = attrs.field(default=True, metadata=spec.boolean())  # output_config.effort
@@ -73,6 +76,9 @@ class Capabilities:
     count_tokens: bool = attrs.field(default=True, metadata=spec.boolean())
     # Tokens of input plus output the provider's models hold; 0: unknown.
     context_window: int = attrs.field(default=0, metadata=spec.integer(lo=0))
+
+    def takes_field(self, name: str) -> bool:
+        return ALL in self.body_fields or name in self.body_fields
 
     def accepts_beta(self, flag: str) -> bool:
         return ALL in self.betas or flag in self.betas
@@ -106,10 +112,16 @@ _BASIC_BETAS = (
     "interleaved-thinking-2025-05-14",
     "fine-grained-tool-streaming-2025-05-14",
 )
+# The Messages API's fields before the betas of 2025 (what a strict older server takes).
+_CORE_FIELDS = (
+    "model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream",
+    "temperature", "top_k", "top_p", "tools", "tool_choice", "thinking",
+)  # fmt: skip
 # Third-party servers that speak Anthropic's format (DeepSeek's, Kimi's, GLM's, MiniMax's
 # /anthropic endpoints, older self-hosted ones): the core API, none of the newer fields.
 _ANTHROPIC_COMPATIBLE: Mapping[str, Any] = {
     "betas": _BASIC_BETAS,
+    "body_fields": _CORE_FIELDS,
     "context_management": False,
     "effort": False,
     "adaptive_thinking": False,
@@ -129,6 +141,7 @@ _ANTHROPIC_COMPATIBLE: Mapping[str, Any] = {
 _OPENAI: Mapping[str, Any] = {
     **_ANTHROPIC_COMPATIBLE,
     "betas": (),
+    "body_fields": (ALL,),  # conversion carries only the fields it knows
     "system_messages": True,  # a system message in place is OpenAI's own format
     "thinking_family": "",
 }

@@ -12,7 +12,7 @@ that uses one *needs* it, and a provider without it is skipped rather than sent 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -28,6 +28,7 @@ __all__ = [
     "join_betas",
     "needs_of",
     "server_tool_type",
+    "without_fields",
 ]
 
 # Each feature's beta flag prefixes (a flag is "<name>-<date>"; the date changes, the name not).
@@ -43,6 +44,25 @@ FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
 # Features whose removal keeps the answer's meaning: removed when the provider lacks them, in
 # this order (adaptive thinking reads the effort before the effort goes).
 DROPPABLE = ("context_management", "adaptive_thinking", "effort", "cache_ttl", "cache_scope")
+
+
+# Top-level fields a capability governs (kept or removed by its own rule, never by a
+# provider's list of body fields).
+CAPABILITY_FIELDS = frozenset({"context_management", "output_config", "mcp_servers", "container"})
+
+
+def without_fields(
+    payload: Mapping[str, Any], takes: Callable[[str], bool]
+) -> tuple[dict[str, Any], str | None]:
+    """``payload`` without the top-level fields a strict provider does not take, and a note.
+
+    A field Claude Code starts sending in its next release is unknown to a strict server
+    (pydantic's "Extra inputs are not permitted"); fields a capability governs are left to it.
+    """
+    unknown = sorted(k for k in payload if k not in CAPABILITY_FIELDS and not takes(k))
+    if not unknown:
+        return dict(payload), None
+    return {k: v for k, v in payload.items() if k not in unknown}, f"fields {', '.join(unknown)} removed"
 
 
 def feature_of_beta(flag: str) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from trio_balancer.config import Capabilities, ProviderConfig
+from trio_balancer.config.capabilities import ALL
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.convert import RequestOptions, to_openai
@@ -30,6 +31,7 @@ from trio_balancer.protocol.features import (
     drop_feature,
     feature_of_beta,
     join_betas,
+    without_fields,
 )
 from trio_balancer.protocol.system_messages import fold_system_messages
 from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
@@ -104,6 +106,8 @@ def fit_request(
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
         payload = _apply(documents_as_text(payload), changes, payload)
+    if ALL not in caps.body_fields:
+        payload = _apply(without_fields(payload, caps.takes_field), changes, payload)
     kept = [f for f in flags if _keeps(f, caps, lacking, payload)]
     if kept != flags:
         removed = [f for f in flags if f not in kept]
