@@ -24,9 +24,11 @@ The rules, and why:
   request whose final assistant message (the one the ending ``tool_result`` answers) does not
   start with a thinking block: "When `thinking` is enabled, a final `assistant` message must
   start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result`
-  blocks) ... To avoid this requirement, disable `thinking`." When dropping removed that
-  block, the request goes without ``thinking`` (and without the ``clear_thinking`` context
-  edit, which needs it) rather than get that 400. The next turn thinks again.
+  blocks) ... To avoid this requirement, disable `thinking`." When that block is missing
+  (dropped here as another family's, or left out by Claude Code, which drops the thinking of a
+  message another model wrote), the request goes without ``thinking`` (and without the
+  ``clear_thinking`` context edit, which needs it) rather than get that 400. The next turn
+  thinks again.
 - An assistant message left with nothing is removed (consecutive user messages are combined
   by the API); the client's payload is never changed in place, and a request that needs no
   change is returned as the same object, so passthrough stays byte-identical.
