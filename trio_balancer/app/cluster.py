@@ -279,9 +279,11 @@ class Cluster:
                 values = await self._call(self._redis.mget, names)
             except (redis.RedisError, OSError):
                 return
+            if not isinstance(values, list) or len(values) != len(keys):
+                return  # not what MGET answers: a Redis (or proxy) to trust for nothing
             for key, value in zip(keys, values, strict=True):
-                if value:
-                    book.learn(key, value.decode("utf-8", "replace"))
+                if isinstance(value, bytes | str) and value:
+                    book.learn(key, value.decode("utf-8", "replace") if isinstance(value, bytes) else value)
             book.checked(keys, now)
 
     # -- limits ------------------------------------------------------------------------------

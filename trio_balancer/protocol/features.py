@@ -43,7 +43,12 @@ FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
 }
 # Features whose removal keeps the answer's meaning: removed when the provider lacks them, in
 # this order (adaptive thinking reads the effort before the effort goes).
-DROPPABLE = ("context_management", "adaptive_thinking", "effort", "cache_ttl", "cache_scope")
+# mcp_servers, container and an output format are only ever dropped empty: a request that uses
+# one skips the providers that lack it (see :func:`needs_of`).
+DROPPABLE = (
+    "context_management", "adaptive_thinking", "effort", "structured_outputs", "mcp_servers",
+    "container", "cache_ttl", "cache_scope",
+)  # fmt: skip
 
 
 # Top-level fields a capability governs (kept or removed by its own rule, never by a
@@ -167,18 +172,14 @@ _MIN_BUDGET = 1024  # Anthropic's minimum budget_tokens
 def drop_feature(payload: Mapping[str, Any], feature: str) -> tuple[dict[str, Any], str | None]:
     """``payload`` without ``feature`` (one of :data:`DROPPABLE`), and a note if anything changed."""
     body = dict(payload)
-    if feature == "context_management":
-        if body.pop("context_management", None) is not None:
-            return body, "context_management removed"
-    elif feature == "effort":
-        output = body.get("output_config")
-        if isinstance(output, dict) and "effort" in output:
-            rest = {k: v for k, v in output.items() if k != "effort"}
-            if rest:
-                body["output_config"] = rest
-            else:
-                del body["output_config"]
-            return body, "output_config.effort removed"
+    if feature in ("context_management", "mcp_servers", "container"):
+        # A field the provider lacks goes whatever its value (null and empty too: a strict
+        # server rejects the key); a used mcp_servers or container skipped the provider before.
+        if feature in body and (feature == "context_management" or not body[feature]):
+            del body[feature]
+            return body, f"{feature} removed"
+    elif feature in ("effort", "structured_outputs"):
+        return _without_output_key(body, "effort" if feature == "effort" else "format")
     elif feature == "adaptive_thinking":
         return _adaptive_to_budget(body)
     elif feature in ("cache_ttl", "cache_scope"):
@@ -187,6 +188,26 @@ def drop_feature(payload: Mapping[str, Any], feature: str) -> tuple[dict[str, An
         if changed:
             return body, f"cache_control.{key} removed ({changed} blocks)"
     return body, None
+
+
+def _without_output_key(body: dict[str, Any], key: str) -> tuple[dict[str, Any], str | None]:
+    """``output_config`` without ``key`` (a used ``format`` skipped the provider before);
+    an ``output_config`` left empty, or null, goes too."""
+    if "output_config" not in body:
+        return body, None
+    output = body["output_config"]
+    if isinstance(output, dict) and key in output and not (key == "format" and output[key]):
+        output = {k: v for k, v in output.items() if k != key}
+        note = f"output_config.{key} removed"
+    elif not output:
+        note = "output_config removed (empty)"
+    else:
+        return body, None
+    if output:
+        body["output_config"] = output
+    else:
+        del body["output_config"]
+    return body, note
 
 
 def _adaptive_to_budget(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -233,7 +254,18 @@ def _without_cache_key(body: dict[str, Any], key: str) -> int:
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, list):
-                message = {**message, "content": [clean(b) for b in content]}
+                message = {**message, "content": [clean(_in_tool_result(b, clean)) for b in content]}
             out.append(message)
         body["messages"] = out
     return changed
+
+
+def _in_tool_result(block: Any, clean: Callable[[Any], Any]) -> Any:
+    """A ``tool_result`` block with ``clean`` applied to the blocks of its content."""
+    inner = block.get("content") if isinstance(block, dict) and block.get("type") == "tool_result" else None
+    if not isinstance(inner, list):
+        return block
+    cleaned = [clean(b) for b in inner]
+    return (
+        block if all(a is b for a, b in zip(cleaned, inner, strict=True)) else {**block, "content": cleaned}
+    )

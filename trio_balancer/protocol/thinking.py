@@ -56,6 +56,10 @@ __all__ = [
     "signatures_in",
 ]
 
+# Family names are provider names: a few, short. Names learned from Redis are bounded so that a
+# lying or shared-by-mistake Redis cannot grow the book beyond its entries.
+FAMILY_NAMES_MAX = 256
+FAMILY_NAME_MAX = 200
 # Whose a signature is when the book does not know it (see the module docstring).
 DEFAULT_FAMILY = "anthropic"
 # Signatures the balancer makes for thinking converted from OpenAI's reasoning_content.
@@ -116,8 +120,9 @@ class SignatureBook:
             self.on_fresh()
 
     def learn(self, key: bytes, family: str) -> None:
-        """An entry from another instance (through Redis)."""
-        self._put(key, family)
+        """An entry from another instance (through Redis); a name no provider could have is ignored."""
+        if isinstance(family, str) and 0 < len(family) <= FAMILY_NAME_MAX:
+            self._put(key, family)
 
     def family_of(self, signature: str) -> str | None:
         key = signature_key(signature)
@@ -156,7 +161,12 @@ class SignatureBook:
                 self._absent.popitem(last=False)
 
     def _put(self, key: bytes, family: str) -> None:
-        self._families[key] = self._names.setdefault(family, family)
+        name = self._names.get(family)
+        if name is None:
+            name = family
+            if len(self._names) < FAMILY_NAMES_MAX:  # interned while few (they are providers)
+                self._names[family] = family
+        self._families[key] = name
         self._families.move_to_end(key)
         self._absent.pop(key, None)
         if len(self._families) > self.max_entries:
@@ -274,17 +284,24 @@ def _thinking_on(payload: Mapping[str, Any]) -> bool:
 
 
 def _open_loop_assistant(messages: list[Any]) -> int | None:
-    """The index of the assistant message the request's ending ``tool_result`` answers, if any."""
-    if len(messages) < 2 or not isinstance(messages[-1], dict) or messages[-1].get("role") != "user":
+    """The index of the assistant message the request's ending ``tool_result`` answers, if any.
+
+    The request's last turn is its trailing user messages (the API joins consecutive ones:
+    Claude Code sends a tool result and the user's interjection as two), with system messages
+    between them left aside (they are folded away or sent apart); the loop is open when one
+    of them holds a ``tool_result``, and the message before them is the assistant's.
+    """
+    k = len(messages) - 1
+    answers = False
+    while k >= 0 and isinstance(messages[k], dict) and messages[k].get("role") in ("user", "system"):
+        content = messages[k].get("content")
+        if messages[k].get("role") == "user" and isinstance(content, list):
+            answers = answers or any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        k -= 1
+    if not answers or k < 0:
         return None
-    content = messages[-1].get("content")
-    if not (
-        isinstance(content, list)
-        and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
-    ):
-        return None
-    before = messages[-2]
-    return len(messages) - 2 if isinstance(before, dict) and before.get("role") == "assistant" else None
+    before = messages[k]
+    return k if isinstance(before, dict) and before.get("role") == "assistant" else None
 
 
 def _starts_with_thinking(message: Any) -> bool:

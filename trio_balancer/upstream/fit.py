@@ -90,7 +90,7 @@ def fit_request(
     if provider.kind == "openai":
         return _fit_openai(provider, request, model, headers)
     caps = provider.capabilities
-    flags = beta_flags(request.headers)
+    flags = beta_flags(headers)  # after the provider's own `headers`, which may set the flags
     lacking = {f for f in FEATURE_BETAS if not getattr(caps, f)}
     lacking |= {f for flag in flags if not caps.accepts_beta(flag) and (f := feature_of_beta(flag))}
     if not caps.adaptive_thinking:
@@ -127,7 +127,7 @@ def _keeps(flag: str, caps: Capabilities, lacking: set[str], payload: Mapping[st
     skipped the providers lacking it): never the flag gone and the field kept.
     """
     feature = feature_of_beta(flag)
-    if feature is not None and feature not in DROPPABLE and _uses(payload, feature):
+    if _uses(payload, feature):
         return True
     return caps.accepts_beta(flag) and feature not in lacking
 

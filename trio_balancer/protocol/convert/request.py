@@ -211,7 +211,7 @@ def _user(content: Any, dropped: list[str], i: int, options: RequestOptions) -> 
             if part:
                 parts.append(part)
         elif kind == "tool_result":
-            text, images = _tool_result_content(block.get("content"), dropped)
+            text, images = _tool_result_content(block.get("content"), dropped, options)
             if block.get("is_error"):
                 text = f"Error: {text}" if text else "Error"
             tool_messages.append(
@@ -234,19 +234,28 @@ def _user(content: Any, dropped: list[str], i: int, options: RequestOptions) -> 
     return out
 
 
-def _tool_result_content(content: Any, dropped: list[str]) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result_content(
+    content: Any, dropped: list[str], options: RequestOptions
+) -> tuple[str, list[dict[str, Any]]]:
+    """A tool result's text, and the parts a tool message cannot carry (images, PDFs), which
+    go to the user turn after it (Claude Code's Read returns a PDF as a document block)."""
     if content is None:
         return "", []
     if isinstance(content, str):
         return content, []
     texts, images = [], []
     for block in content:
+        kind = document_kind(block) if block.get("type") == "document" else None
         if block.get("type") == "text":
             texts.append(block.get("text", ""))
         elif block.get("type") == "image":
             part = _image_part(block, dropped)
             if part:
                 images.append(part)
+        elif kind == "text":
+            texts.append(document_as_text(block))
+        elif kind == "pdf" and options.pdf_file_parts:
+            images.append(_file_part(block))
         else:
             dropped.append(f"tool_result.content.{block.get('type')}")
     return "\n\n".join(texts), images
