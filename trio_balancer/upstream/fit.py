@@ -31,6 +31,7 @@ from trio_balancer.protocol.features import (
     feature_of_beta,
     join_betas,
 )
+from trio_balancer.protocol.schema_dialect import clean_tools
 from trio_balancer.protocol.system_messages import fold_system_messages
 from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
 from trio_balancer.upstream.headers import request_headers
@@ -104,6 +105,8 @@ def fit_request(
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
         payload = _apply(documents_as_text(payload), changes, payload)
+    if caps.schema_dialect != "json-schema":
+        payload = _apply(clean_tools(payload, caps.schema_dialect), changes, payload)
     kept = [f for f in flags if _keeps(f, caps, lacking, payload)]
     if kept != flags:
         removed = [f for f in flags if f not in kept]
@@ -159,6 +162,7 @@ def _fit_openai(
         pdf_file_parts=caps.documents in ("file", "native"),
         reasoning_content=caps.reasoning_content,
     )
-    converted = to_openai(request.payload, model=model, options=options)
-    changes = tuple(f"dropped {f}" for f in converted.dropped)
+    payload, cleaned = clean_tools(request.payload, caps.schema_dialect)  # before: parameters are clean
+    converted = to_openai(payload, model=model, options=options)
+    changes = (*([cleaned] if cleaned else []), *(f"dropped {f}" for f in converted.dropped))
     return Fitted(headers, dumps(converted.body).encode(), changes)
