@@ -562,12 +562,14 @@ _GEMINI_STRING_FORMATS = frozenset({"enum", "date-time"})
 def _schema_rejection(schema: Any, where: str) -> str | None:
     """What Gemini answers 400 to in one tool schema: a key its Schema proto lacks, a `type` that
     is not one of its type names (a list of them included), a non-string `enum` value, a
-    string `format` it does not know, `properties` off an object, a `required` name that is not
-    among the `properties`."""
+    string `format` it does not know, `properties` off an object or an object without them, a
+    `required` name that is not among the `properties`."""
     if not isinstance(schema, dict):
         return None
     if "properties" in schema and schema.get("type", "object") != "object":
         return f"{where}.properties: only allowed for OBJECT type"
+    if schema.get("type") == "object" and "properties" not in schema:
+        return f"{where}.properties: should be non-empty for OBJECT type"
     for i, name in enumerate(schema.get("required") or []):
         if name not in (schema.get("properties") or {}):
             return f"{where}.required[{i}]: property is not defined"

@@ -163,6 +163,15 @@ class TestRules:
             "anyOf": [{"type": "string", "nullable": True}, {"type": "integer", "nullable": True}],
         }
 
+    def test_any_of_with_an_any_value_branch_is_any_value(self) -> None:
+        assert prop({"type": "string", "anyOf": [{"minLength": 3}, {"description": "anything"}]}) == {
+            "type": "string"
+        }
+
+    def test_object_without_properties_gets_an_empty_map(self) -> None:
+        """Gemini answers 400 "should be non-empty for OBJECT type" to an object with no map."""
+        assert prop({"type": "object"}) == {"type": "object", "properties": {}}
+
     def test_one_of_becomes_any_of_and_all_of_is_merged(self) -> None:
         assert prop({"oneOf": [{"type": "string"}, {"type": "integer"}]}) == {
             "anyOf": [{"type": "string"}, {"type": "integer"}]
@@ -189,9 +198,9 @@ class TestRules:
 
     def test_property_names_and_additional_properties(self) -> None:
         """Claude Code's free-form metadata maps: nothing the model needs is lost."""
-        assert prop({"type": "object", "propertyNames": {"type": "string"}, "additionalProperties": {}}) == {
-            "type": "object"
-        }
+        assert prop({"type": "object", "propertyNames": {"type": "string"}, "additionalProperties": {},
+                     "description": "Arbitrary metadata"}) == {
+            "type": "object", "properties": {}, "description": "Arbitrary metadata (an object with any keys)"}  # fmt: skip
         out = prop(
             {
                 "type": "object",
@@ -199,7 +208,7 @@ class TestRules:
                 "additionalProperties": {"type": "integer"},
             }
         )
-        assert out == {"type": "object",
+        assert out == {"type": "object", "properties": {},
                        "description": '(property names: {"pattern":"^[a-z]+$"}) (values of other keys: {"type":"integer"})'}  # fmt: skip
         assert gemini({"type": "object", "properties": {}, "additionalProperties": False}) == {
             "type": "object",

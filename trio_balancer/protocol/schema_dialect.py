@@ -46,6 +46,8 @@ _COUNT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties"
 _SILENT = frozenset(
     {"$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comment", "readOnly", "writeOnly"}
 )
+# Keys that leave a schema matching any value.
+_UNCONSTRAINING = frozenset({"description", "title", "default", "example"})
 # Below this, a schema is cut (the request validator already refuses JSON nested past 128).
 MAX_DEPTH = 64
 # A ``$ref`` is expanded at most this many times along one path: recursive schemas are cut.
@@ -229,7 +231,8 @@ class _Gemini:
             facts.append(f"type: one of {', '.join(kept)}")
         elif len(kept) > 1:
             self.notes.add("type list as anyOf")
-            out["anyOf"] = [{"type": n} for n in kept]
+            null = {"nullable": True} if out.get("nullable") else {}
+            out["anyOf"] = [{"type": n, **null} for n in kept]
         elif "nullable" in schema and schema.get("nullable") is not True and not names:
             self.notes.add("nullable false dropped")
 
@@ -302,9 +305,11 @@ class _Gemini:
             out["format"] = value  # checked against the type in _finish
         elif key == "additionalProperties":
             self.notes.add("additionalProperties dropped")
-            if isinstance(value, dict) and value:
-                inner = self.node(value, depth + 1, refs)
-                facts.append(f"values of other keys: {_compact(inner)}" if inner else "")
+            inner = self.node(value, depth + 1, refs) if isinstance(value, dict) and value else {}
+            if inner:
+                facts.append(f"values of other keys: {_compact(inner)}")
+            elif value is not False and not schema.get("properties"):
+                facts.append("an object with any keys")
         elif key == "propertyNames":
             self.notes.add("propertyNames dropped")
             if isinstance(value, dict) and value and value != {"type": "string"}:
@@ -330,13 +335,14 @@ class _Gemini:
         if not isinstance(value, list):
             self.notes.add(f"bad {key} dropped")
             return
-        branches = [self.node(b, depth + 1, refs) for b in value]
-        nulls = [b for b in branches if b.get("nullable") is True and set(b) == {"nullable"}]
-        if nulls:
+        branches = list({_compact(b): b for b in (self.node(b, depth + 1, refs) for b in value)}.values())
+        if any(not set(b) - _UNCONSTRAINING for b in branches):
+            self.notes.add("anyOf with an any-value branch dropped")  # X or anything: anything
+            return
+        if any(b == {"nullable": True} for b in branches):
             self.notes.add("null branch as nullable")
             out["nullable"] = True
-        branches = [b for b in branches if b not in nulls]
-        branches = out.pop("anyOf", []) + branches
+        branches = [b for b in branches if b != {"nullable": True}]
         if not branches:
             return
         joined = _joined_enums(branches)
@@ -434,6 +440,9 @@ def _finish(out: dict[str, Any], facts: list[str], notes: set[str]) -> None:
     if "type" not in out and "properties" in out:
         out["type"] = "object"
         notes.add("object typed")
+    if out.get("type") == "object" and "properties" not in out:
+        out["properties"] = {}  # Gemini rejects an object without a properties map (any keys: said)
+        notes.add("object given properties")
     kind = out.get("type")
     fmt = out.get("format")
     takes = _FORMATS.get(kind if isinstance(kind, str) else "", frozenset())
