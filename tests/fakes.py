@@ -554,12 +554,34 @@ GEMINI_SCHEMA_KEYS = frozenset(
 )  # fmt: skip
 
 
+_GEMINI_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object", "null"})
+# Gemini's Developer API takes these `format`s on strings and fails the request on any other.
+_GEMINI_STRING_FORMATS = frozenset({"enum", "date-time"})
+
+
 def _schema_rejection(schema: Any, where: str) -> str | None:
+    """What Gemini answers 400 to in one tool schema: a key its Schema proto lacks, a `type` that
+    is not one of its type names (a list of them included), a non-string `enum` value, a
+    string `format` it does not know, `properties` off an object or an object without them, a
+    `required` name that is not among the `properties`."""
     if not isinstance(schema, dict):
         return None
+    if "properties" in schema and schema.get("type", "object") != "object":
+        return f"{where}.properties: only allowed for OBJECT type"
+    if schema.get("type") == "object" and "properties" not in schema:
+        return f"{where}.properties: should be non-empty for OBJECT type"
+    for i, name in enumerate(schema.get("required") or []):
+        if name not in (schema.get("properties") or {}):
+            return f"{where}.required[{i}]: property is not defined"
     for key, value in schema.items():
         if key not in GEMINI_SCHEMA_KEYS:
             return f"Invalid JSON payload received. Unknown name {key!r} at {where}"
+        if key == "type" and not (isinstance(value, str) and value.lower() in _GEMINI_TYPES):
+            return f"Invalid JSON payload received. Invalid value at '{where}.type' (Type), {value!r}"
+        if key == "enum" and not all(isinstance(v, str) for v in value or []):
+            return f"Invalid JSON payload received. Invalid value at '{where}.enum' (TYPE_STRING)"
+        if key == "format" and schema.get("type") == "string" and value not in _GEMINI_STRING_FORMATS:
+            return f"{where}.format: only 'enum' and 'date-time' are supported for STRING type"
         if key == "properties" and isinstance(value, dict):
             for name, inner in value.items():
                 if (why := _schema_rejection(inner, f"{where}.properties[{name!r}]")) is not None:

@@ -21,6 +21,7 @@ import attrs
 from trio_balancer.config import spec
 from trio_balancer.protocol.documents import takes_document
 from trio_balancer.protocol.features import Need
+from trio_balancer.protocol.schema_dialect import DIALECTS
 
 __all__ = [
     "ALL",
@@ -36,7 +37,7 @@ ALL = "*"  # in a list of beta flags or server tools: every one
 # parts (PDFs) and text; as text only (text documents; a PDF skips the provider); not at all.
 DOCUMENT_MODES = ("native", "file", "text", "none")
 # Which JSON-Schema a provider's tool parameters may use (``protocol/schema_dialect.py``).
-SCHEMA_DIALECTS = ("json-schema", "gemini")
+SCHEMA_DIALECTS = DIALECTS
 
 
 @attrs.frozen

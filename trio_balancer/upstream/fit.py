@@ -33,6 +33,7 @@ from trio_balancer.protocol.features import (
     join_betas,
     without_fields,
 )
+from trio_balancer.protocol.schema_dialect import clean_tools
 from trio_balancer.protocol.system_messages import fold_system_messages
 from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
 from trio_balancer.upstream.headers import request_headers
@@ -106,6 +107,8 @@ def fit_request(
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
         payload = _apply(documents_as_text(payload), changes, payload)
+    if caps.schema_dialect != "json-schema":
+        payload = _apply(clean_tools(payload, caps.schema_dialect), changes, payload)
     if ALL not in caps.body_fields:
         payload = _apply(without_fields(payload, caps.takes_field), changes, payload)
     kept = [f for f in flags if _keeps(f, caps, lacking, payload)]
@@ -163,6 +166,7 @@ def _fit_openai(
         pdf_file_parts=caps.documents in ("file", "native"),
         reasoning_content=caps.reasoning_content,
     )
-    converted = to_openai(request.payload, model=model, options=options)
-    changes = tuple(f"dropped {f}" for f in converted.dropped)
+    payload, cleaned = clean_tools(request.payload, caps.schema_dialect)  # before: parameters are clean
+    converted = to_openai(payload, model=model, options=options)
+    changes = (*([cleaned] if cleaned else []), *(f"dropped {f}" for f in converted.dropped))
     return Fitted(headers, dumps(converted.body).encode(), changes)

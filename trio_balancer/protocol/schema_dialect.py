@@ -1,0 +1,514 @@
+"""Tool schemas rewritten into the JSON-Schema dialect a provider accepts, keeping their meaning. Pure.
+
+Claude Code's tools carry full JSON Schema 2020-12 (``$schema``, ``propertyNames``,
+``exclusiveMinimum``, ``const``, ``format: uri``...). Gemini, also behind its OpenAI-compatible
+endpoint, parses function parameters into its ``Schema`` proto, a subset of OpenAPI 3.0, and
+answers 400 ``Invalid JSON payload received. Unknown name "propertyNames"`` to any other key,
+for the whole request (the most-reported Claude-Code-on-Gemini failure across gateways).
+
+Deleting the keys (what most gateways do) makes the request pass but tells the model less.
+Here a keyword Gemini lacks is rewritten into one it has where one means the same
+(``const`` -> a one-value ``enum``, ``$ref`` -> the schema it names, ``type: [T, "null"]`` and
+``anyOf`` with ``null`` -> ``nullable``, an exclusive integer bound -> the next integer), and
+otherwise dropped with its constraint written into the ``description`` the model reads.
+
+Dialects: ``json-schema`` (left as it is) and ``gemini``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["DIALECTS", "GEMINI_KEYS", "clean_schema", "clean_tools"]
+
+DIALECTS = ("json-schema", "gemini")
+
+# The fields of Gemini's Schema object (generativelanguage v1beta ``Schema``; Vertex's ``Schema``
+# is the same set plus a few it alone parses): every other key is a 400.
+GEMINI_KEYS = frozenset(
+    {"type", "format", "title", "description", "nullable", "enum", "maxItems", "minItems", "properties",
+     "required", "minProperties", "maxProperties", "minLength", "maxLength", "pattern", "example",
+     "anyOf", "propertyOrdering", "default", "items", "minimum", "maximum"}
+)  # fmt: skip
+# ``format`` values Gemini's Developer API takes per type; any other fails the request.
+_FORMATS: Mapping[str, frozenset[str]] = {
+    "string": frozenset({"enum", "date-time"}),
+    "number": frozenset({"float", "double"}),
+    "integer": frozenset({"int32", "int64"}),
+}
+_TYPES = frozenset({"string", "number", "integer", "boolean", "array", "object"})
+_NUMBER_KEYS = ("minimum", "maximum")
+_COUNT_KEYS = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
+# Keys whose loss changes nothing a model could act on: said nowhere.
+_SILENT = frozenset(
+    {"$schema", "$id", "$anchor", "$dynamicAnchor", "$vocabulary", "$comment", "readOnly", "writeOnly"}
+)
+# Keys that leave a schema matching any value.
+_UNCONSTRAINING = frozenset({"description", "title", "default", "example"})
+# Below this, a schema is cut (the request validator already refuses JSON nested past 128).
+MAX_DEPTH = 64
+# A ``$ref`` is expanded at most this many times along one path: recursive schemas are cut.
+MAX_REF_DEPTH = 8
+
+
+def clean_schema(schema: Any, dialect: str) -> tuple[Any, tuple[str, ...]]:
+    """``schema`` in ``dialect``, and what was changed (one short note per rewrite kind).
+
+    An already-clean schema comes back as the same object with no notes; the input is never
+    mutated.
+    """
+    if dialect == "json-schema" or not isinstance(schema, dict):
+        return schema, ()
+    if dialect != "gemini":
+        raise ValueError(f"unknown schema dialect {dialect!r}")
+    cleaner = _Gemini(schema)
+    cleaned = cleaner.node(schema, 0, ("#",))  # the root is being expanded: "#" recurses
+    if _same(cleaned, schema):
+        return schema, ()
+    return cleaned, tuple(sorted(cleaner.notes)) or ("rewritten",)
+
+
+def clean_tools(payload: Mapping[str, Any], dialect: str) -> tuple[Mapping[str, Any], str | None]:
+    """An Anthropic Messages payload whose ``tools[].input_schema`` are in ``dialect``.
+
+    Server tools (no ``input_schema``) are left as they are. Untouched: the same payload, None.
+    """
+    tools = payload.get("tools")
+    if dialect == "json-schema" or not isinstance(tools, list):
+        return payload, None
+    out: list[Any] = []
+    changed: list[str] = []
+    notes: set[str] = set()
+    for tool in tools:
+        schema = tool.get("input_schema") if isinstance(tool, dict) else None
+        cleaned, why = clean_schema(schema, dialect)
+        if cleaned is schema:
+            out.append(tool)
+            continue
+        out.append({**tool, "input_schema": cleaned})
+        changed.append(str(tool.get("name", "?")))
+        notes.update(why)
+    if not changed:
+        return payload, None
+    which = ", ".join(changed) if len(changed) <= 5 else f"{len(changed)} tools"
+    note = f"tool schemas in the {dialect} dialect ({', '.join(sorted(notes))}) for {which}"
+    return {**payload, "tools": out}, note
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON (``True`` and ``1`` differ, unlike ``==``)."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def _joined_text(first: Any, second: str) -> str:
+    """Two descriptions as one, the second left out if the first already says it."""
+    if not isinstance(first, str) or not first:
+        return second
+    return first if second in first else f"{first} {second}"
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+
+
+def _said(description: Any, *facts: str) -> str:
+    """``description`` with ``facts`` appended, each once."""
+    text = description if isinstance(description, str) else ""
+    for fact in facts:
+        if fact and fact not in text:
+            text = f"{text} ({fact})" if text else f"({fact})"
+    return text
+
+
+class _Gemini:
+    """One schema's rewrite: its root (for local ``$ref``s) and the notes gathered."""
+
+    def __init__(self, root: Mapping[str, Any]) -> None:
+        self.root = root
+        self.notes: set[str] = set()
+
+    # -- one node ----------------------------------------------------------------------------
+
+    def node(self, schema: Any, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
+        """One schema node in Gemini's dialect (anything not a schema becomes the empty schema)."""
+        if not isinstance(schema, dict):
+            if schema is not True:  # ``true`` is JSON Schema's "anything"; ``false`` has no equal
+                self.notes.add("non-object schema")
+            return {} if schema is not False else {"description": "(no value is allowed here)"}
+        if depth >= MAX_DEPTH:
+            self.notes.add("cut at depth")
+            return {"description": "(nested too deep to describe)"}
+        schema, facts, refs = self._inline(schema, refs)
+        schema = self._merge_all_of(schema, depth, refs, facts)
+        out: dict[str, Any] = {}
+        self._types(schema, out, facts)
+        for key, value in schema.items():
+            if key in ("type", "$ref", "$defs", "definitions", "allOf", "nullable"):
+                continue
+            self._key(key, value, schema, out, facts, depth, refs)
+        _finish(out, facts, self.notes)
+        return out
+
+    def _inline(
+        self, schema: dict[str, Any], refs: tuple[str, ...]
+    ) -> tuple[dict[str, Any], list[str], tuple[str, ...]]:
+        """``schema`` with its ``$ref`` replaced by what it names (its siblings kept over it).
+
+        Also the refs expanded on the way here, so a recursive schema is cut where it recurs.
+        """
+        if "$ref" not in schema:
+            return schema, [], refs
+        ref = schema["$ref"]
+        self.notes.add("$ref inlined")
+        rest = {k: v for k, v in schema.items() if k != "$ref"}
+        target = _resolve(self.root, ref) if isinstance(ref, str) else None
+        if target is None:
+            return rest, [f"schema: {_compact(ref)}"], refs
+        if ref in refs or len(refs) >= MAX_REF_DEPTH:
+            self.notes.add("recursion cut")
+            base: dict[str, Any] = {
+                k: target[k] for k in ("type", "description") if isinstance(target.get(k), str)
+            }
+            kept = {k: v for k, v in rest.items() if k in ("description", "title")}
+            return {**base, **kept}, [f"recursive: the same schema as {ref}"], refs
+        inner, facts, inner_refs = self._inline(target, (*refs, ref))
+        return {**inner, **rest}, facts, inner_refs
+
+    def _merge_all_of(
+        self, schema: dict[str, Any], depth: int, refs: tuple[str, ...], facts: list[str]
+    ) -> dict[str, Any]:
+        """``allOf`` folded into one schema: properties and ``required`` joined, first value of others."""
+        parts = schema.get("allOf")
+        if "allOf" not in schema:
+            return schema
+        self.notes.add("allOf merged")
+        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
+        for part in parts if isinstance(parts, list) else []:
+            if not isinstance(part, dict) or depth >= MAX_DEPTH:
+                continue
+            part, more, part_refs = self._inline(part, refs)
+            facts.extend(more)
+            part = self._merge_all_of(part, depth + 1, part_refs, facts)
+            for key, value in part.items():
+                if key == "properties" and isinstance(value, dict):
+                    props = dict(merged.get("properties") or {})
+                    for name, sub in value.items():
+                        props[name] = {"allOf": [props[name], sub]} if name in props else sub
+                    merged["properties"] = props
+                elif key == "required" and isinstance(value, list):
+                    have = list(merged.get("required") or [])
+                    merged["required"] = have + [r for r in value if r not in have]
+                elif key == "description" and isinstance(value, str):
+                    merged["description"] = _joined_text(merged.get("description"), value)
+                else:
+                    merged.setdefault(key, value)
+        return merged
+
+    # -- types ---------------------------------------------------------------------------------
+
+    def _types(self, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str]) -> None:
+        """``type`` as one name; ``null`` among them as ``nullable``; several as an ``anyOf``."""
+        kind = schema.get("type")
+        names = kind if isinstance(kind, list) else [kind] if kind is not None else []
+        if schema.get("nullable") is True or "null" in names:
+            out["nullable"] = True
+            if "null" in names:
+                self.notes.add("null type as nullable")
+        kept = [n for n in names if isinstance(n, str) and n in _TYPES]
+        kept = list(dict.fromkeys(kept))
+        if len(kept) < len([n for n in names if n != "null"]):
+            self.notes.add("unknown type dropped")
+            facts.append(f"type: {_compact(kind)}")
+        if len(kept) == 1:
+            out["type"] = kept[0]
+            if isinstance(kind, list):
+                self.notes.add("type list")
+        elif len(kept) > 1 and ("anyOf" in schema or "oneOf" in schema):
+            self.notes.add("type list described")
+            facts.append(f"type: one of {', '.join(kept)}")
+        elif len(kept) > 1:
+            self.notes.add("type list as anyOf")
+            null = {"nullable": True} if out.get("nullable") else {}
+            out["anyOf"] = [{"type": n, **null} for n in kept]
+        elif "nullable" in schema and schema.get("nullable") is not True and not names:
+            self.notes.add("nullable false dropped")
+
+    # -- every other key -----------------------------------------------------------------------
+
+    def _key(
+        self,
+        key: str,
+        value: Any,
+        schema: Mapping[str, Any],
+        out: dict[str, Any],
+        facts: list[str],
+        depth: int,
+        refs: tuple[str, ...],
+    ) -> None:
+        if key == "properties":
+            if isinstance(value, dict):
+                out["properties"] = {n: self.node(s, depth + 1, refs) for n, s in value.items()}
+            else:
+                self.notes.add("bad properties dropped")
+        elif key == "items":
+            if isinstance(value, (dict, bool)):
+                out["items"] = self.node(value, depth + 1, refs)
+            elif isinstance(value, list):
+                self.notes.add("tuple items")
+                facts.append(f"items in order: {_compact(value)}")
+        elif key in ("anyOf", "oneOf"):
+            self._any_of(key, value, out, facts, depth, refs)
+        elif key == "const":
+            self.notes.add("const as enum")
+            self._enum([value], out, facts)
+        elif key == "enum":
+            if isinstance(value, list):
+                self._enum(value, out, facts)
+            else:
+                self.notes.add("bad enum dropped")
+        elif key in ("exclusiveMinimum", "exclusiveMaximum"):
+            self._exclusive(key, value, schema, out, facts)
+        elif key in _NUMBER_KEYS:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                _bound(key, value, out)
+            else:
+                self.notes.add(f"bad {key} dropped")
+        else:
+            self._plain(key, value, schema, out, facts, depth, refs)
+
+    def _plain(
+        self,
+        key: str,
+        value: Any,
+        schema: Mapping[str, Any],
+        out: dict[str, Any],
+        facts: list[str],
+        depth: int,
+        refs: tuple[str, ...],
+    ) -> None:
+        """A key kept as it is when Gemini has it with this value's type, else said or dropped."""
+        if key in _COUNT_KEYS and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+        elif key in ("title", "description", "pattern") and isinstance(value, str):
+            out[key] = _joined_text(out.get(key), value) if key == "description" else value
+        elif key in ("default", "example"):
+            out[key] = value
+        elif key in ("required", "propertyOrdering") and isinstance(value, list):
+            names = [n for n in value if isinstance(n, str)]
+            out[key] = list(dict.fromkeys(names))
+            if len(out[key]) != len(value):
+                self.notes.add(f"bad {key} entries dropped")
+        elif key == "format" and isinstance(value, str):
+            out["format"] = value  # checked against the type in _finish
+        elif key == "additionalProperties":
+            self.notes.add("additionalProperties dropped")
+            inner = self.node(value, depth + 1, refs) if isinstance(value, dict) and value else {}
+            if inner:
+                facts.append(f"values of other keys: {_compact(inner)}")
+            elif value is not False and not schema.get("properties"):
+                facts.append("an object with any keys")
+        elif key == "propertyNames":
+            self.notes.add("propertyNames dropped")
+            if isinstance(value, dict) and value and value != {"type": "string"}:
+                facts.append(f"property names: {_compact(value)}")
+        elif key in _SILENT:
+            self.notes.add(f"{key} dropped")
+        else:
+            self.notes.add(f"{key} described" if key not in GEMINI_KEYS else f"bad {key} dropped")
+            facts.append(_fact(key, value))
+
+    def _any_of(
+        self,
+        key: str,
+        value: Any,
+        out: dict[str, Any],
+        facts: list[str],
+        depth: int,
+        refs: tuple[str, ...],
+    ) -> None:
+        """``anyOf``/``oneOf``: ``null`` branches as ``nullable``; same-type enums joined; one branch inlined."""
+        if key == "oneOf":
+            self.notes.add("oneOf as anyOf")
+        if not isinstance(value, list):
+            self.notes.add(f"bad {key} dropped")
+            return
+        branches = list({_compact(b): b for b in (self.node(b, depth + 1, refs) for b in value)}.values())
+        if any(not set(b) - _UNCONSTRAINING for b in branches):
+            self.notes.add("anyOf with an any-value branch dropped")  # X or anything: anything
+            return
+        if any(b == {"nullable": True} for b in branches):
+            self.notes.add("null branch as nullable")
+            out["nullable"] = True
+        branches = [b for b in branches if b != {"nullable": True}]
+        if not branches:
+            return
+        joined = _joined_enums(branches)
+        if joined is not None:
+            self.notes.add("enum branches joined")
+            branches = [joined]
+        if len(branches) == 1:
+            if len(value) > 1:
+                self.notes.add("single branch inlined")
+            for k, v in branches[0].items():
+                if k == "description":
+                    out["description"] = _joined_text(out.get("description"), v)
+                else:
+                    out.setdefault(k, v)
+            return
+        if out.get("nullable"):
+            branches = [{**b, "nullable": True} for b in branches]
+        out["anyOf"] = branches
+
+    def _enum(self, values: Sequence[Any], out: dict[str, Any], facts: list[str]) -> None:
+        """Gemini's ``enum`` holds strings: others are said in the description; ``null`` is ``nullable``."""
+        if None in values:
+            out["nullable"] = True
+            self.notes.add("null enum value as nullable")
+        values = [v for v in values if v is not None]
+        if values and all(isinstance(v, str) for v in values):
+            both = [v for v in out.get("enum", values) if v in values]  # const and enum: both hold
+            out["enum"] = list(dict.fromkeys(both or values))
+            if "type" not in out:
+                out["type"] = "string"
+                self.notes.add("enum typed string")
+        elif values:
+            self.notes.add("non-string enum described")
+            if len(values) == 1:
+                facts.append(f"must be {_compact(values[0])}")
+            else:
+                facts.append(f"one of: {', '.join(_compact(v) for v in values)}")
+
+    def _exclusive(
+        self, key: str, value: Any, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str]
+    ) -> None:
+        """An exclusive bound as an inclusive one: the next integer for integers, else said as text."""
+        low = key == "exclusiveMinimum"
+        plain = "minimum" if low else "maximum"
+        if isinstance(value, bool):  # draft 4: a flag on ``minimum``/``maximum``
+            bound = schema.get(plain)
+            if not value or not isinstance(bound, (int, float)) or isinstance(bound, bool):
+                self.notes.add(f"{key} dropped")
+                return
+        elif isinstance(value, (int, float)) and math.isfinite(value):
+            bound = value
+        else:
+            self.notes.add(f"bad {key} dropped")
+            return
+        self.notes.add(f"{key} as {plain}")
+        if schema.get("type") == "integer":
+            step = math.floor(bound) + 1 if low else math.ceil(bound) - 1
+            _bound(plain, step, out)
+            return
+        _bound(plain, bound, out)
+        if out.get(plain) == bound:
+            facts.append(f"{'greater' if low else 'less'} than {_compact(bound)}, not equal")
+
+
+def _resolve(root: Mapping[str, Any], ref: str) -> dict[str, Any] | None:
+    """The schema a local JSON pointer (``#``, ``#/$defs/X``, ...) names, or None."""
+    if not ref.startswith("#"):
+        return None
+    here: Any = root
+    for part in ref[1:].split("/")[1:] if ref != "#" else []:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(here, dict) and part in here:
+            here = here[part]
+        elif isinstance(here, list) and part.isdigit() and int(part) < len(here):
+            here = here[int(part)]
+        else:
+            return None
+    return here if isinstance(here, dict) else None
+
+
+def _bound(key: str, value: float, out: dict[str, Any]) -> None:
+    """Keep the stricter of two bounds on the same side."""
+    have = out.get(key)
+    if have is None:
+        out[key] = value
+    else:
+        out[key] = max(have, value) if key == "minimum" else min(have, value)
+
+
+# -- the node as a whole -------------------------------------------------------------------
+
+
+def _finish(out: dict[str, Any], facts: list[str], notes: set[str]) -> None:
+    """What needs the whole node: its type inferred, ``format`` and object keys checked."""
+    if "type" not in out and "properties" in out:
+        out["type"] = "object"
+        notes.add("object typed")
+    if out.get("type") == "object" and "properties" not in out:
+        out["properties"] = {}  # Gemini rejects an object without a properties map (any keys: said)
+        notes.add("object given properties")
+    kind = out.get("type")
+    fmt = out.get("format")
+    takes = _FORMATS.get(kind if isinstance(kind, str) else "", frozenset())
+    if fmt is not None and fmt not in takes and not (fmt == "enum" and "enum" in out):
+        del out["format"]
+        notes.add("format described")
+        facts.append(f"format: {fmt}")
+    if kind is not None and kind != "object":
+        for key in ("properties", "required", "minProperties", "maxProperties", "propertyOrdering"):
+            if key in out:
+                del out[key]
+                notes.add(f"{key} off an object dropped")
+    required = out.get("required")
+    if required is not None:
+        props = out.get("properties") or {}
+        missing = [r for r in required if r not in props]
+        if missing:
+            notes.add("required without property")
+            facts.append(f"also requires the keys: {', '.join(missing)}")
+            out["required"] = [r for r in required if r in props]
+        if not out["required"]:
+            del out["required"]
+    if out.get("nullable") is not True:
+        out.pop("nullable", None)
+    text = [f for f in facts if f]
+    if text:
+        out["description"] = _said(out.get("description"), *text)
+
+
+def _fact(key: str, value: Any) -> str:
+    """What a dropped keyword said, in words the model reads in the description."""
+    match key, value:
+        case "uniqueItems", True:
+            return "items must be unique"
+        case "uniqueItems", _:
+            return ""
+        case "multipleOf", _:
+            return f"a multiple of {_compact(value)}"
+        case "deprecated", True:
+            return "deprecated"
+        case "examples", list():
+            return f"examples: {', '.join(_compact(v) for v in value)}"
+        case "not", _:
+            return f"must not match: {_compact(value)}"
+        case (("contentEncoding" | "contentMediaType"), str()):
+            return f"{key}: {value}"
+        case _:
+            return f"{key}: {_compact(value)}"
+
+
+def _joined_enums(branches: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Branches that are all ``{type: T, enum: [...]}`` of one type, as one such schema, else None."""
+    kinds = {b.get("type") for b in branches}
+    if (
+        len(branches) < 2
+        or len(kinds) != 1
+        or any(set(b) - {"type", "enum", "description"} for b in branches)
+    ):
+        return None
+    if not all("enum" in b for b in branches):
+        return None
+    values: list[Any] = []
+    for b in branches:
+        values.extend(v for v in b["enum"] if v not in values)
+    joined: dict[str, Any] = {"type": kinds.pop(), "enum": values}
+    texts = [b["description"] for b in branches if "description" in b]
+    if texts:
+        joined["description"] = " ".join(dict.fromkeys(texts))
+    return joined
