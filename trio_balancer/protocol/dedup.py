@@ -2,7 +2,9 @@
 
 Signature: a hash of everything in the request that can change the answer (every body field
 except ``stream`` and ``metadata``, the endpoint, the query string, the ``anthropic-version``
-and ``anthropic-beta`` headers) plus the identity of the client. Requests from different
+and ``anthropic-beta`` headers) plus the identity of the client. The volatile values of Claude
+Code's billing header (``cch=``, new each request in some versions) are left out
+(``protocol/billing.py``): they do not change the answer, and would make every turn unique. Requests from different
 clients never share, whatever they ask: a response is only ever replayed to the key that
 asked for it.
 
@@ -20,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from trio_balancer.protocol.billing import without_billing_volatile
+
 __all__ = ["NOT_SIGNED", "CachedResponse", "ResponseCache", "signature"]
 
 NOT_SIGNED = frozenset({"stream", "metadata"})
@@ -36,7 +40,7 @@ def signature(
     include_max_tokens: bool = True,
 ) -> str:
     skip = NOT_SIGNED if include_max_tokens else NOT_SIGNED | {"max_tokens"}
-    body = {k: v for k, v in payload.items() if k not in skip}
+    body = {k: v for k, v in without_billing_volatile(payload).items() if k not in skip}
     signed_headers = sorted(
         (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n in _SIGNED_HEADERS
     )
