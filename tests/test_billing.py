@@ -1,11 +1,12 @@
-"""Claude Code's billing block: out of the dedup signature's way, and out of third parties' prompts.
+"""Claude Code's billing block and identity: the billing block out of the dedup signature's way
+and out of third parties' prompts; ``X-Claude-Code-Session-Id`` the sticky-session key.
 
 The pure rules (``protocol/billing.py``) are tested directly, on the shapes Claude Code sends
 (a system block of its own, a line at the top of the identity block, a string system prompt;
 with ``cch=``, without it, with ``cc_prev_req=``); then the dedup signature, the fit for each
 preset, and through the balancer with the official ``anthropic`` SDK: two turns differing
 only in ``cch=`` share one upstream call, and a third-party provider is sent the same system
-prompt bytes on both.
+prompt bytes on both; and the session header keeping a conversation on its provider.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from typing import Any
 
 import anthropic
+import attrs
 import pytest
 import trio
 
@@ -26,7 +28,7 @@ from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import JSON_HEADERS, FakeUpstream, Reply, anthropic_message
-from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory
+from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, provider_config
 
 BILLING = "x-anthropic-billing-header: cc_version=2.1.197.a1b; cc_entrypoint=cli; cch={};"
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
@@ -243,3 +245,48 @@ async def test_a_third_party_gets_the_same_system_prompt_whatever_the_cch(
             )
     first, second = (r.json()["system"] for r in up.received)
     assert first == second == system_blocks()[1:]
+
+
+class TestSessionKey:
+    def request(self, headers: tuple[tuple[bytes, bytes], ...], user: str | None) -> UpstreamRequest:
+        body = body_with(IDENTITY)
+        if user is None:
+            del body["metadata"]
+        else:
+            body["metadata"] = {"user_id": user}
+        return attrs.evolve(request_of(body), headers=headers)
+
+    def test_the_session_header_before_the_user_id(self) -> None:
+        header = ((b"x-claude-code-session-id", b"4f9c-sess"),)
+        assert self.request(header, "u1").session == self.request(header, "u2").session
+        assert self.request(header, "u1").session != self.request((), "u1").session
+        assert self.request((), "u1").session != self.request((), "u2").session
+        assert self.request((), None).session is None
+        assert self.request(((b"x-claude-code-session-id", b" "),), None).session is None
+
+    def test_a_user_id_cannot_pose_as_a_session_header(self) -> None:
+        """Each kind of key has its own namespace in the router's sticky map."""
+        as_header = self.request(((b"x-claude-code-session-id", b"same"),), None)
+        assert as_header.session != self.request((), "same").session
+
+
+async def test_the_session_header_keeps_a_conversation_on_its_provider(
+    nursery: trio.Nursery, balancer_for: BalancerFactory, session_log: list[str]
+) -> None:
+    """Round robin would send the second turn to p1; the session header keeps it on p0, even
+    with another ``metadata.user_id``. The header's value is never logged."""
+    ups = [await FakeUpstream(OK).start(nursery) for _ in range(2)]
+    config = {**provider_config(*ups), "routing": {"strategy": "round_robin", "sticky": True}}
+    b = await balancer_for(config=config)
+    session = "sess-3c1d9e0a-7f21-4b7e-9d55-1f0e2a6b8c4d"
+    async with sdk(b.url) as client:
+        for user in ("user_a", "user_b"):
+            await client.messages.create(
+                model="claude-opus-4-6",
+                max_tokens=64,
+                messages=[{"role": "user", "content": "hi"}],
+                metadata={"user_id": user},
+                extra_headers={"X-Claude-Code-Session-Id": session, **NO_DEDUP},
+            )
+    assert [len(u.received) for u in ups] == [2, 0]
+    assert not any(session in line for line in session_log)
