@@ -197,8 +197,7 @@ class Route:
     targets: tuple[Target, ...] = attrs.field(metadata=spec.tables(Target, noun="target", at_least_one=True))
     strategy: str = attrs.field(default="priority", metadata=spec.string(choices=STRATEGIES))
     # Keep requests of one Claude Code session (its X-Claude-Code-Session-Id header, else
-    # metadata.user_id) on one provider while it
-    # stays healthy: prompt caches live per provider.
+    # metadata.user_id) on one provider while it stays healthy: prompt caches live per provider.
     sticky: bool = attrs.field(default=False, metadata=spec.boolean())
 
 
