@@ -54,6 +54,10 @@ _ONE_LISTENER = SharePolicy()
 _DEFAULT_LIMITS = RelayLimits()
 # Backoff before retrying the same provider after a connect error (doubles each time).
 _RETRY_BACKOFF_S = 0.2
+# What a provider without POST /v1/messages/count_tokens answers to it (many
+# Anthropic-compatible servers): the client gets the balancer's estimate instead.
+_NO_COUNT_ENDPOINT = (404, 405)
+ESTIMATED_HEADER = (b"x-balancer-estimated", b"1")
 
 
 class FlightObserver(Protocol):
@@ -98,6 +102,9 @@ class Flight:
         self._providers = providers
         self._limits = limits
         self._thinking = thinking  # which family signed each thinking block (the app's book)
+        # A token count: optional for the client (Claude Code estimates without it), sent in
+        # bursts, missing on many providers. Its outcome says nothing of a provider's health.
+        self._counting = request.path.endswith("/count_tokens")
         self.observer: FlightObserver = observer or _Unobserved()
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.cancel_scope = trio.CancelScope()
@@ -236,7 +243,7 @@ class Flight:
         """What this response used; None when no provider produced one (errors, refusals)."""
         if not self._committed or self._status != 200 or self._relay is None:
             return None
-        if self.request.path.endswith("/count_tokens"):
+        if self._counting:
             return None  # counting tokens is free
         relay = self._relay
         return relay.tracker.result(self.request.payload, trust_output=relay.usage_reported is not False)
@@ -266,6 +273,9 @@ class Flight:
                     self._error = failure.error.error_type
                     if not failure.sent_to_client:
                         await self._fail(failure.error)
+                    return
+                if self._counting and status in _NO_COUNT_ENDPOINT:
+                    await self._estimate()  # at once: a count is not worth another call
                     return
                 if not failure.verdict.retry:
                     await self._relay_answer(failure)
@@ -302,19 +312,23 @@ class Flight:
     async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         """One provider, with its own retries for connect errors; health updated either way."""
         health = runtime.health
+        judged = not self._counting  # a count's outcome is no verdict on the provider
         retries = 0
         while True:
-            health.begin(trio.current_time())
+            if judged:
+                health.begin(trio.current_time())
             verdict_given = False
             try:
                 await self._try(attempt, runtime)
                 verdict_given = True
-                _succeeded(runtime, self._completed, self.observer)
+                if judged:
+                    _succeeded(runtime, self._completed, self.observer)
                 self._tried.append(AttemptRecord(runtime.name, attempt.model, None, self._status))
                 return
             except AttemptFailed as failure:
                 verdict_given = True
-                _failed(runtime, failure, self.observer)
+                if judged:
+                    _failed(runtime, failure, self.observer)
                 if failure.connect and retries < runtime.config.max_retries and not self._committed:
                     retries += 1
                     reason = failure.error.message
@@ -335,11 +349,8 @@ class Flight:
         self._model = attempt.model
         self._relay = None  # what a failed attempt relayed is not this response's
         req = self.request
-        if provider.kind == "openai" and req.path.endswith("/count_tokens"):
-            # OpenAI-compatible servers have no such endpoint: answer with our own estimate.
-            estimate = json.dumps({"input_tokens": estimate_request(req.payload)}).encode()
-            await self.commit(Head(200, list(JSON_HEADERS)), estimate)
-            self._completed = True
+        if self._counting and (provider.kind == "openai" or not provider.capabilities.count_tokens):
+            await self._estimate()  # OpenAI's format has no such endpoint; others declare its lack
             return
         secrets = secrets_sent(provider, req)
         relay = Relay(
@@ -372,6 +383,12 @@ class Flight:
             relay_response,
             on_headers=self._headers_came,
         )
+
+    async def _estimate(self) -> None:
+        """Answer a token count with the balancer's own estimate, marked as one."""
+        estimate = json.dumps({"input_tokens": estimate_request(self.request.payload)}).encode()
+        await self.commit(Head(200, [*JSON_HEADERS, ESTIMATED_HEADER]), estimate)
+        self._completed = True
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb

@@ -66,9 +66,13 @@ class CachedResponse:
 
 
 class ResponseCache:
-    def __init__(self, *, ttl_s: float, max_bytes: int) -> None:
+    """Completed responses by signature, for ``ttl_s``; the oldest go first past ``max_bytes``
+    (or ``max_items``, for a cache of many tiny answers such as token counts)."""
+
+    def __init__(self, *, ttl_s: float, max_bytes: int, max_items: int | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
+        self.max_items = max_items
         self._items: OrderedDict[str, CachedResponse] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -109,7 +113,7 @@ class ResponseCache:
             status, headers, tuple(chunks), sse, size, now + self.ttl_s, provider, upstream_model
         )
         self.bytes += size
-        while self.bytes > self.max_bytes:
+        while self.bytes > self.max_bytes or (self.max_items is not None and len(self) > self.max_items):
             oldest = next(iter(self._items))
             self._drop(oldest)
         return True
