@@ -33,6 +33,7 @@ from trio_balancer.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
+from trio_balancer.flight.counting import CountFlight
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, SharePolicy
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
@@ -241,7 +242,7 @@ class MessagesEndpoint:
             log.info("route.skip", provider=attempt.provider.name, reason=why)
         share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
         limits = RelayLimits.for_server(state.config.server)
-        flight = Flight(
+        flight = (CountFlight if _counting(request) else Flight)(
             request,
             attempts,
             providers,

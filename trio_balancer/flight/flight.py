@@ -15,7 +15,6 @@ records. While it runs, :meth:`Flight.view` is what the status page shows of it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -39,7 +38,6 @@ from trio_balancer.policy.health import FailureKind, ProviderHealth, State
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
-from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.headers import upstream_url
@@ -54,10 +52,6 @@ _ONE_LISTENER = SharePolicy()
 _DEFAULT_LIMITS = RelayLimits()
 # Backoff before retrying the same provider after a connect error (doubles each time).
 _RETRY_BACKOFF_S = 0.2
-# What a provider without POST /v1/messages/count_tokens answers to it (many
-# Anthropic-compatible servers): the client gets the balancer's estimate instead.
-_NO_COUNT_ENDPOINT = (404, 405)
-ESTIMATED_HEADER = (b"x-balancer-estimated", b"1")
 
 
 class FlightObserver(Protocol):
@@ -85,6 +79,8 @@ class Flight:
     Mutable while it runs (the progress below); :meth:`run` returns the frozen outcome.
     """
 
+    judges_health = True  # whether its attempts' outcomes count for the providers' health
+
     def __init__(
         self,
         request: UpstreamRequest,
@@ -102,9 +98,6 @@ class Flight:
         self._providers = providers
         self._limits = limits
         self._thinking = thinking  # which family signed each thinking block (the app's book)
-        # A token count: optional for the client (Claude Code estimates without it), sent in
-        # bursts, missing on many providers. Its outcome says nothing of a provider's health.
-        self._counting = request.path.endswith("/count_tokens")
         self.observer: FlightObserver = observer or _Unobserved()
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
         self.cancel_scope = trio.CancelScope()
@@ -243,8 +236,6 @@ class Flight:
         """What this response used; None when no provider produced one (errors, refusals)."""
         if not self._committed or self._status != 200 or self._relay is None:
             return None
-        if self._counting:
-            return None  # counting tokens is free
         relay = self._relay
         return relay.tracker.result(self.request.payload, trust_output=relay.usage_reported is not False)
 
@@ -273,9 +264,6 @@ class Flight:
                     self._error = failure.error.error_type
                     if not failure.sent_to_client:
                         await self._fail(failure.error)
-                    return
-                if self._counting and status in _NO_COUNT_ENDPOINT:
-                    await self._estimate()  # at once: a count is not worth another call
                     return
                 if not failure.verdict.retry:
                     await self._relay_answer(failure)
@@ -311,8 +299,7 @@ class Flight:
 
     async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         """One provider, with its own retries for connect errors; health updated either way."""
-        health = runtime.health
-        judged = not self._counting  # a count's outcome is no verdict on the provider
+        health, judged = runtime.health, self.judges_health
         retries = 0
         while True:
             if judged:
@@ -349,9 +336,6 @@ class Flight:
         self._model = attempt.model
         self._relay = None  # what a failed attempt relayed is not this response's
         req = self.request
-        if self._counting and (provider.kind == "openai" or not provider.capabilities.count_tokens):
-            await self._estimate()  # OpenAI's format has no such endpoint; others declare its lack
-            return
         secrets = secrets_sent(provider, req)
         relay = Relay(
             provider,
@@ -383,12 +367,6 @@ class Flight:
             relay_response,
             on_headers=self._headers_came,
         )
-
-    async def _estimate(self) -> None:
-        """Answer a token count with the balancer's own estimate, marked as one."""
-        estimate = json.dumps({"input_tokens": estimate_request(self.request.payload)}).encode()
-        await self.commit(Head(200, [*JSON_HEADERS, ESTIMATED_HEADER]), estimate)
-        self._completed = True
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
