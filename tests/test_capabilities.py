@@ -127,7 +127,9 @@ class TestFit:
         assert sent_betas(fitted.headers) == ["claude-code-20250219", "interleaved-thinking-2025-05-14"]
         assert "context_management" not in body and "output_config" not in body
         assert body["thinking"] == {"type": "enabled", "budget_tokens": 8192}  # medium effort
-        assert body["system"][1]["cache_control"] == {"type": "ephemeral"}
+        assert body["system"][0] == {  # the billing block gone, the TTL and scope too
+            "type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}
+        }  # fmt: skip
         assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
         assert body["system"][-1]["text"] == (
             "[System message, after message 2 of the conversation]\nThe user switched to plan mode."

@@ -25,7 +25,7 @@ from trio_balancer.app.cluster import Cluster
 from trio_balancer.app.flight_reports import FlightReports, apply_remote_health
 from trio_balancer.app.messages import MessagesEndpoint
 from trio_balancer.app.models import model_object, models_page
-from trio_balancer.app.respond import Receive, Scope, Send, require_method, send_error, send_json
+from trio_balancer.app.respond import Receive, Scope, Send, require_method, send_empty, send_error, send_json
 from trio_balancer.app.state import AppState
 from trio_balancer.app.supervisor import FlightSupervisor, count_tasks
 from trio_balancer.app.view import OperatorView
@@ -251,12 +251,17 @@ class BalancerApp:
             elif path == "/v1/models":
                 require_method(method, "GET")
                 self._authenticate(scope)
-                await send_json(send, 200, models_page(self.config))
+                await send_json(send, 200, models_page(self.config, scope.get("query_string", b"")))
             elif path.startswith("/v1/models/"):
                 require_method(method, "GET")
                 self._authenticate(scope)
                 await send_json(send, 200, model_object(self.config, path.removeprefix("/v1/models/")))
             elif path == "/health":
+                await send_json(send, *self._health())
+            elif path == "/" and method == "HEAD":  # Claude Code probes its base URL at start
+                await send_empty(send, self._health()[0])
+            elif path == "/":
+                require_method(method, "GET")
                 await send_json(send, *self._health())
             elif admin.handles(path):
                 keyring = self.state.keyring

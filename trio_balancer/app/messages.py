@@ -33,6 +33,7 @@ from trio_balancer.errors import (
     RequestTooLarge,
     UnsupportedMediaType,
 )
+from trio_balancer.flight.counting import CountFlight
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, SharePolicy
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
@@ -51,6 +52,7 @@ __all__ = ["MessagesEndpoint"]
 log = get_logger("trio_balancer.app.messages")
 
 _Headers = list[tuple[bytes, bytes]]
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 class MessagesEndpoint:
@@ -161,7 +163,7 @@ class MessagesEndpoint:
         ctx.route = self._state.router.route_for(request.model).match
         dedup_key = self._dedup_key(scope, request, ctx)
         if dedup_key is not None:
-            cached = await self._cached(dedup_key)
+            cached = await self._cached(dedup_key, request)
             if cached is not None:
                 ctx.dedup_role = "cache"
                 ctx.shared_from = (cached.provider, cached.upstream_model)
@@ -196,7 +198,9 @@ class MessagesEndpoint:
         )
         return request
 
-    async def _cached(self, dedup_key: str) -> CachedResponse | None:
+    async def _cached(self, dedup_key: str, request: UpstreamRequest) -> CachedResponse | None:
+        if _counting(request):  # counts are cheap to redo: this instance's own cache only
+            return self._state.count_cache.get(dedup_key, trio.current_time())
         cached = self._state.cache.get(dedup_key, trio.current_time())
         cluster = self._state.cluster
         if cached is None and cluster is not None and not cluster.degraded:
@@ -238,7 +242,7 @@ class MessagesEndpoint:
             log.info("route.skip", provider=attempt.provider.name, reason=why)
         share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
         limits = RelayLimits.for_server(state.config.server)
-        flight = Flight(
+        flight = (CountFlight if _counting(request) else Flight)(
             request,
             attempts,
             providers,
@@ -259,8 +263,13 @@ class MessagesEndpoint:
             flight.unsubscribe(listener)
 
     def _dedup_key(self, scope: Scope, request: UpstreamRequest, ctx: RequestContext) -> str | None:
+        """The signature identical requests share a flight and a cached answer by; None: never.
+
+        Token counts are shared too (Claude Code's bursts of the same count), in a cache of
+        their own with a short life (``AppState.count_cache``).
+        """
         dedup = self._state.config.dedup
-        if not dedup.enabled or request.path != "/v1/messages":
+        if not dedup.enabled or request.path not in ("/v1/messages", COUNT_TOKENS_PATH):
             return None
         for name, value in scope["headers"]:
             if name == b"x-balancer-no-dedup" and value.strip() not in (b"", b"0", b"false"):
@@ -277,12 +286,12 @@ class MessagesEndpoint:
     def flight_ended(self, request: UpstreamRequest, outcome: FlightOutcome, key: str | None) -> None:
         """A flight is over: cache what may be reused, and remember the session's provider."""
         if key is not None:
-            self._maybe_cache(key, outcome)
+            self._maybe_cache(key, outcome, request)
         session = request.session
         if session is not None and outcome.completed and outcome.provider is not None:
             self._state.router.remember(session, outcome.provider, trio.current_time())
 
-    def _maybe_cache(self, key: str, outcome: FlightOutcome) -> None:
+    def _maybe_cache(self, key: str, outcome: FlightOutcome, request: UpstreamRequest) -> None:
         """Keep a complete, successful response for identical requests; never errors or cuts."""
         replay = outcome.replay
         if not (outcome.completed and outcome.status == 200 and replay and isinstance(replay[0], Head)):
@@ -290,7 +299,8 @@ class MessagesEndpoint:
         state = self._state
         head = replay[0]
         chunks = [item for item in replay[1:] if type(item) is bytes]
-        state.cache.put(
+        counting = _counting(request)
+        (state.count_cache if counting else state.cache).put(
             key,
             trio.current_time(),
             status=head.status,
@@ -301,7 +311,7 @@ class MessagesEndpoint:
             upstream_model=outcome.upstream_model,
         )
         ttl = state.config.dedup.cache_ttl_s
-        if state.cluster is not None and ttl > 0:
+        if state.cluster is not None and ttl > 0 and not counting:
             body = b"".join(chunks)
             entry = CachedResponse(
                 status=head.status,
@@ -314,6 +324,10 @@ class MessagesEndpoint:
                 upstream_model=outcome.upstream_model,
             )
             state.cluster.cache_put(key, entry, ttl)
+
+
+def _counting(request: UpstreamRequest) -> bool:
+    return request.path == COUNT_TOKENS_PATH
 
 
 def _require_json(headers: Iterable[tuple[bytes, bytes]]) -> None:

@@ -8,7 +8,17 @@ from typing import Any
 
 from trio_balancer.errors import JSON_HEADERS, BalancerError, ClientGone, MethodNotAllowed
 
-__all__ = ["Message", "Receive", "Scope", "Send", "require_method", "send_body", "send_error", "send_json"]
+__all__ = [
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "require_method",
+    "send_body",
+    "send_empty",
+    "send_error",
+    "send_json",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,6 +32,12 @@ async def send_json(
     body = json.dumps(payload, ensure_ascii=False).encode()
     await send({"type": "http.response.start", "status": status, "headers": JSON_HEADERS + (headers or [])})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_empty(send: Send, status: int) -> None:
+    """A response without a body (the answer to ``HEAD``)."""
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def send_body(send: Send, status: int, body: bytes, content_type: str) -> None:

@@ -21,7 +21,13 @@ from trio_balancer.protocol.pricing import PriceTable
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
 
-__all__ = ["AppState"]
+__all__ = ["COUNT_CACHE_ITEMS", "COUNT_CACHE_TTL_S", "AppState"]
+
+# Identical count_tokens requests are answered from here: Claude Code sends bursts of 40-50
+# a second, mostly the same request, while a conversation sits still. Half a minute covers a
+# burst and goes stale before the next turn's count matters; 1,024 answers of ~30 bytes each.
+COUNT_CACHE_TTL_S = 30.0
+COUNT_CACHE_ITEMS = 1024
 
 
 @attrs.define(eq=False)
@@ -34,6 +40,7 @@ class AppState:
     keyring: KeyRing
     limiter: Limiter
     cache: ResponseCache
+    count_cache: ResponseCache  # answers of /v1/messages/count_tokens, local to this instance
     known_models: set[str]  # model ids that may be metric labels
     metrics: Metrics = attrs.Factory(Metrics)
     stats: RecentStats = attrs.Factory(RecentStats)
@@ -53,6 +60,9 @@ class AppState:
             keyring=KeyRing(config.server.client_keys, config.server.admin_key_sha256),
             limiter=Limiter(config.server.max_concurrent),
             cache=ResponseCache(ttl_s=config.dedup.cache_ttl_s, max_bytes=config.dedup.cache_max_bytes),
+            count_cache=ResponseCache(
+                ttl_s=COUNT_CACHE_TTL_S, max_bytes=COUNT_CACHE_ITEMS * 1024, max_items=COUNT_CACHE_ITEMS
+            ),
             known_models=known_models(config),
         )
 

@@ -135,6 +135,11 @@ _ANTHROPIC_COMPATIBLE: Mapping[str, Any] = {
     "system_messages": False,
     "documents": "text",
     "thinking_family": "",  # set to the provider's name: its signatures are its own
+    # Every third party, and so every preset but Anthropic's: the header is Anthropic's billing
+    # attribution and means nothing elsewhere, while its per-request `cch=` at the very front
+    # of the prompt gives prefix-caching servers (DeepSeek, Kimi, Fireworks, llama.cpp, sglang)
+    # 0 % cache hits (claude-code#68900; the fix sglang, higress, new-api made). Anthropic keeps
+    # it; so should a relay in front of Anthropic's own API (set it false there).
     "strip_billing_header": True,
     "count_tokens": False,
 }

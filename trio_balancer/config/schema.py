@@ -196,8 +196,8 @@ class Route:
     match: str = attrs.field(metadata=spec.string())
     targets: tuple[Target, ...] = attrs.field(metadata=spec.tables(Target, noun="target", at_least_one=True))
     strategy: str = attrs.field(default="priority", metadata=spec.string(choices=STRATEGIES))
-    # Keep requests of one Claude Code session (metadata.user_id) on one provider while it
-    # stays healthy: prompt caches live per provider.
+    # Keep requests of one Claude Code session (its X-Claude-Code-Session-Id header, else
+    # metadata.user_id) on one provider while it stays healthy: prompt caches live per provider.
     sticky: bool = attrs.field(default=False, metadata=spec.boolean())
 
 

@@ -3,6 +3,7 @@
 May import base, protocol, config, policy, upstream; never the app, which owns flights.
 """
 
+from trio_balancer.flight.counting import CountFlight
 from trio_balancer.flight.flight import Flight, FlightObserver
 from trio_balancer.flight.hub import (
     LISTENER_BUFFER_BYTES,
@@ -20,6 +21,7 @@ __all__ = [
     "LISTENER_BUFFER_BYTES",
     "Abort",
     "AttemptRecord",
+    "CountFlight",
     "Flight",
     "FlightObserver",
     "FlightOutcome",

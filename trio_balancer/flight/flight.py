@@ -15,7 +15,6 @@ records. While it runs, :meth:`Flight.view` is what the status page shows of it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
@@ -39,7 +38,6 @@ from trio_balancer.policy.health import FailureKind, ProviderHealth, State
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
-from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.headers import upstream_url
@@ -80,6 +78,8 @@ class Flight:
 
     Mutable while it runs (the progress below); :meth:`run` returns the frozen outcome.
     """
+
+    judges_health = True  # whether its attempts' outcomes count for the providers' health
 
     def __init__(
         self,
@@ -236,8 +236,6 @@ class Flight:
         """What this response used; None when no provider produced one (errors, refusals)."""
         if not self._committed or self._status != 200 or self._relay is None:
             return None
-        if self.request.path.endswith("/count_tokens"):
-            return None  # counting tokens is free
         relay = self._relay
         return relay.tracker.result(self.request.payload, trust_output=relay.usage_reported is not False)
 
@@ -301,20 +299,23 @@ class Flight:
 
     async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         """One provider, with its own retries for connect errors; health updated either way."""
-        health = runtime.health
+        health, judged = runtime.health, self.judges_health
         retries = 0
         while True:
-            health.begin(trio.current_time())
+            if judged:
+                health.begin(trio.current_time())
             verdict_given = False
             try:
                 await self._try(attempt, runtime)
                 verdict_given = True
-                _succeeded(runtime, self._completed, self.observer)
+                if judged:
+                    _succeeded(runtime, self._completed, self.observer)
                 self._tried.append(AttemptRecord(runtime.name, attempt.model, None, self._status))
                 return
             except AttemptFailed as failure:
                 verdict_given = True
-                _failed(runtime, failure, self.observer)
+                if judged:
+                    _failed(runtime, failure, self.observer)
                 if failure.connect and retries < runtime.config.max_retries and not self._committed:
                     retries += 1
                     reason = failure.error.message
@@ -335,12 +336,6 @@ class Flight:
         self._model = attempt.model
         self._relay = None  # what a failed attempt relayed is not this response's
         req = self.request
-        if provider.kind == "openai" and req.path.endswith("/count_tokens"):
-            # OpenAI-compatible servers have no such endpoint: answer with our own estimate.
-            estimate = json.dumps({"input_tokens": estimate_request(req.payload)}).encode()
-            await self.commit(Head(200, list(JSON_HEADERS)), estimate)
-            self._completed = True
-            return
         secrets = secrets_sent(provider, req)
         relay = Relay(
             provider,

@@ -2,7 +2,9 @@
 
 Signature: a hash of everything in the request that can change the answer (every body field
 except ``stream`` and ``metadata``, the endpoint, the query string, the ``anthropic-version``
-and ``anthropic-beta`` headers) plus the identity of the client. Requests from different
+and ``anthropic-beta`` headers) plus the identity of the client. The volatile values of Claude
+Code's billing header (``cch=``, new each request in some versions) are left out
+(``protocol/billing.py``): they do not change the answer, and would make every turn unique. Requests from different
 clients never share, whatever they ask: a response is only ever replayed to the key that
 asked for it.
 
@@ -20,6 +22,8 @@ from typing import Any
 
 import attrs
 
+from trio_balancer.protocol.billing import without_billing_volatile
+
 __all__ = ["NOT_SIGNED", "CachedResponse", "ResponseCache", "signature"]
 
 NOT_SIGNED = frozenset({"stream", "metadata"})
@@ -36,7 +40,7 @@ def signature(
     include_max_tokens: bool = True,
 ) -> str:
     skip = NOT_SIGNED if include_max_tokens else NOT_SIGNED | {"max_tokens"}
-    body = {k: v for k, v in payload.items() if k not in skip}
+    body = {k: v for k, v in without_billing_volatile(payload).items() if k not in skip}
     signed_headers = sorted(
         (n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n in _SIGNED_HEADERS
     )
@@ -62,9 +66,13 @@ class CachedResponse:
 
 
 class ResponseCache:
-    def __init__(self, *, ttl_s: float, max_bytes: int) -> None:
+    """Completed responses by signature, for ``ttl_s``; the oldest go first past ``max_bytes``
+    (or ``max_items``, for a cache of many tiny answers such as token counts)."""
+
+    def __init__(self, *, ttl_s: float, max_bytes: int, max_items: int | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
+        self.max_items = max_items
         self._items: OrderedDict[str, CachedResponse] = OrderedDict()
         self.bytes = 0
         self.hits = 0
@@ -105,7 +113,7 @@ class ResponseCache:
             status, headers, tuple(chunks), sse, size, now + self.ttl_s, provider, upstream_model
         )
         self.bytes += size
-        while self.bytes > self.max_bytes:
+        while self.bytes > self.max_bytes or (self.max_items is not None and len(self) > self.max_items):
             oldest = next(iter(self._items))
             self._drop(oldest)
         return True

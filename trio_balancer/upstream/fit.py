@@ -20,6 +20,7 @@ from trio_balancer.config import Capabilities, ProviderConfig
 from trio_balancer.config.capabilities import ALL
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.routing import Attempt
+from trio_balancer.protocol.billing import strip_billing_header
 from trio_balancer.protocol.convert import RequestOptions, to_openai
 from trio_balancer.protocol.documents import documents_as_text
 from trio_balancer.protocol.events import dumps
@@ -107,6 +108,8 @@ def fit_request(
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
         payload = _apply(documents_as_text(payload), changes, payload)
+    if caps.strip_billing_header:  # after folding: a folded system message is not the header
+        payload = _apply(strip_billing_header(payload), changes, payload)
     if caps.schema_dialect != "json-schema":
         payload = _apply(clean_tools(payload, caps.schema_dialect), changes, payload)
     if ALL not in caps.body_fields:
@@ -160,13 +163,18 @@ def _fit_openai(
     provider: ProviderConfig, request: UpstreamRequest, model: str, headers: list[tuple[bytes, bytes]]
 ) -> Fitted:
     caps = provider.capabilities
+    payload: Mapping[str, Any] = request.payload
+    notes: list[str] = []
+    if caps.strip_billing_header:
+        payload = _apply(strip_billing_header(payload), notes, payload)
     options = RequestOptions(
         max_tokens_field=provider.max_tokens_field,
         reasoning_effort=provider.reasoning_effort,
         pdf_file_parts=caps.documents in ("file", "native"),
         reasoning_content=caps.reasoning_content,
     )
-    payload, cleaned = clean_tools(request.payload, caps.schema_dialect)  # before: parameters are clean
+    if caps.schema_dialect != "json-schema":  # before conversion: the parameters come out clean
+        payload = _apply(clean_tools(payload, caps.schema_dialect), notes, payload)
     converted = to_openai(payload, model=model, options=options)
-    changes = (*([cleaned] if cleaned else []), *(f"dropped {f}" for f in converted.dropped))
+    changes = (*notes, *(f"dropped {f}" for f in converted.dropped))
     return Fitted(headers, dumps(converted.body).encode(), changes)

@@ -15,7 +15,9 @@ import attrs
 from trio_balancer.config import ProviderConfig
 from trio_balancer.protocol.features import Need
 
-__all__ = ["UpstreamRequest", "secrets_sent"]
+__all__ = ["SESSION_HEADER", "UpstreamRequest", "secrets_sent"]
+
+SESSION_HEADER = b"x-claude-code-session-id"
 
 
 @attrs.frozen
@@ -40,9 +42,18 @@ class UpstreamRequest:
 
     @property
     def session(self) -> str | None:
+        """The sticky-session key: Claude Code's ``X-Claude-Code-Session-Id`` header when sent
+        (one conversation, as its gateway documentation says), else ``metadata.user_id``.
+
+        Each kind has its own prefix, so one cannot stand for the other. Like ``user_id``, the
+        key lives only in the router's memory: it is never logged nor recorded.
+        """
+        for name, value in self.headers:
+            if name == SESSION_HEADER and (sid := value.strip()):
+                return "session:" + sid.decode("latin-1")
         metadata = self.payload.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, dict) else None
-        return user if isinstance(user, str) and user else None
+        return "user:" + user if isinstance(user, str) and user else None
 
 
 def secrets_sent(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:

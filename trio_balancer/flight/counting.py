@@ -1,0 +1,58 @@
+"""A ``POST /v1/messages/count_tokens`` flight: an optional endpoint that never costs a provider.
+
+Claude Code copes without it (it estimates) and calls it in bursts of 40-50 a second, while
+many providers lack it: one gateway suspended a model for 12 h over one 404. So a count's
+outcome is no verdict on a provider's health (its failures still fail over to the next one),
+and a provider without the endpoint (OpenAI's format; ``capabilities.count_tokens = false``;
+a 404 or 405 answer) gets the balancer's own estimate (``protocol/tokens.py``), marked with
+``x-balancer-estimated: 1``. The app shares identical counts (``app/messages.py``).
+"""
+
+from __future__ import annotations
+
+import json
+
+from trio_balancer.errors import JSON_HEADERS
+from trio_balancer.flight.failures import AttemptFailed
+from trio_balancer.flight.flight import Flight
+from trio_balancer.flight.hub import Head
+from trio_balancer.policy.routing import Attempt
+from trio_balancer.protocol.tokens import estimate_request
+from trio_balancer.protocol.usage import Usage
+from trio_balancer.upstream.providers import ProviderRuntime
+
+__all__ = ["ESTIMATED_HEADER", "NO_COUNT_ENDPOINT", "CountFlight"]
+
+# What a provider without the endpoint answers to it (many Anthropic-compatible servers).
+NO_COUNT_ENDPOINT = (404, 405)
+ESTIMATED_HEADER = (b"x-balancer-estimated", b"1")
+
+
+class CountFlight(Flight):
+    """A token count's flight: the plan's providers asked in turn, health left alone."""
+
+    judges_health = False
+
+    def _usage(self) -> Usage | None:
+        return None  # counting tokens is free
+
+    async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
+        provider = runtime.config
+        if provider.kind == "openai" or not provider.capabilities.count_tokens:
+            self._provider, self._model = provider.name, attempt.model
+            await self._estimate()  # never asked: it has no such endpoint
+            return
+        await super()._try(attempt, runtime)
+
+    async def _relay_answer(self, failure: AttemptFailed) -> None:
+        """A provider without the endpoint: our estimate at once (a count is not worth
+        another provider's call); any other answer as a flight relays it."""
+        if failure.answer is not None and failure.answer.status in NO_COUNT_ENDPOINT:
+            await self._estimate()
+            return
+        await super()._relay_answer(failure)
+
+    async def _estimate(self) -> None:
+        body = json.dumps({"input_tokens": estimate_request(self.request.payload)}).encode()
+        await self.commit(Head(200, [*JSON_HEADERS, ESTIMATED_HEADER]), body)
+        self._completed = True
