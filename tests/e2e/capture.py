@@ -92,7 +92,16 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario(
         "thinking",
-        (("-p", "Think, then read notes.txt and tell me the code.", "--max-turns", "3", "--allowedTools", "Read"),),
+        (
+            (
+                "-p",
+                "Think, then read notes.txt and tell me the code.",
+                "--max-turns",
+                "3",
+                "--allowedTools",
+                "Read",
+            ),
+        ),
         tools=(_read("{work}"),),
         env={"MAX_THINKING_TOKENS": "4096"},
     ),
@@ -199,7 +208,11 @@ def _is_warmup(body: Mapping[str, Any]) -> bool:
     if len(messages) != 1:
         return False
     content = messages[0].get("content")
-    texts = [content] if isinstance(content, str) else [b.get("text") for b in content or [] if isinstance(b, dict)]
+    texts = (
+        [content]
+        if isinstance(content, str)
+        else [b.get("text") for b in content or [] if isinstance(b, dict)]
+    )
     return texts[-1:] == ["Warmup"]
 
 
@@ -237,11 +250,19 @@ def script_for(scenario: Scenario, work: str) -> Callable[[Received], Reply]:
         if "count_tokens" in r.target:
             return Reply(headers=list(JSON_HEADERS), steps=[b'{"input_tokens": 4242}'])
         if r.method != "POST" or "/v1/messages" not in r.target:
-            return Reply(status=404, headers=list(JSON_HEADERS), steps=[b'{"type":"error","error":{"type":"not_found_error","message":"no"}}'])
+            return Reply(
+                status=404,
+                headers=list(JSON_HEADERS),
+                steps=[b'{"type":"error","error":{"type":"not_found_error","message":"no"}}'],
+            )
         body = r.json()
         main = _is_main_turn(body)
         if not main:
-            text = '{"isNewTopic": false, "title": null}' if "isNewTopic" in r.body.decode(errors="replace") else "Greeting"
+            text = (
+                '{"isNewTopic": false, "title": null}'
+                if "isNewTopic" in r.body.decode(errors="replace")
+                else "Greeting"
+            )
         else:
             text = f"The file says the code is {SECRET}."
         if not body.get("stream"):
@@ -328,7 +349,10 @@ def cli_version(command: Sequence[str]) -> str:
 def _cli_env(url: str, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
     env = environment(url, api_key=CLIENT_KEY)
     for name in list(env):
-        if name.startswith(("ANTHROPIC_", "CLAUDE_")) and name not in ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"):
+        if name.startswith(("ANTHROPIC_", "CLAUDE_")) and name not in (
+            "ANTHROPIC_BASE_URL",
+            "ANTHROPIC_API_KEY",
+        ):
             env.pop(name)
     env.update(
         HOME=str(home),
@@ -341,15 +365,19 @@ def _cli_env(url: str, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def _run(command: Sequence[str], args: Sequence[str], work: Path, env: dict[str, str], timeout: float) -> str:
-    with trio.fail_after(timeout):
+async def _run(
+    command: Sequence[str], args: Sequence[str], work: Path, env: dict[str, str], limit: float
+) -> str:
+    with trio.fail_after(limit):
         result = await trio.run_process(
             [*command, *args], cwd=work, env=env, capture_stdout=True, capture_stderr=True,
             check=False, stdin=subprocess.DEVNULL,
         )  # fmt: skip
     out = result.stdout.decode(errors="replace")
     if result.returncode != 0:
-        raise RuntimeError(f"{command} {args} exited {result.returncode}: {out}\n{result.stderr.decode()[-2000:]}")
+        raise RuntimeError(
+            f"{command} {args} exited {result.returncode}: {out}\n{result.stderr.decode()[-2000:]}"
+        )
     return out.strip()
 
 
@@ -371,7 +399,7 @@ class Capture:
 
 
 async def capture_cli(
-    command: Sequence[str], scenarios: Iterable[Scenario] = SCENARIOS, *, timeout: float = 120.0
+    command: Sequence[str], scenarios: Iterable[Scenario] = SCENARIOS, *, limit: float = 120.0
 ) -> Capture:
     """Run ``command`` (the CLI) over ``scenarios`` through a balancer; every request it sent."""
     version = cli_version(command)
@@ -395,7 +423,7 @@ async def capture_cli(
                     first = len(upstream.received)
                     env = _cli_env(balancer.url, home, scenario.env)
                     outputs[scenario.name] = [
-                        await _run(command, args, work, env, timeout) for args in scenario.prompts
+                        await _run(command, args, work, env, limit) for args in scenario.prompts
                     ]
                     await balancer.wait_idle()
                     requests += [
@@ -432,7 +460,10 @@ def shape_of(path: str, headers: Mapping[str, str], body: Any) -> str:
     if not isinstance(body, dict):
         return json.dumps([path.split("?")[0], type(body).__name__])
     messages = [
-        [m.get("role"), [_block_shape(b) for b in m["content"]] if isinstance(m.get("content"), list) else "str"]
+        [
+            m.get("role"),
+            [_block_shape(b) for b in m["content"]] if isinstance(m.get("content"), list) else "str",
+        ]
         for m in body.get("messages") or []
     ]
     system = body.get("system")
@@ -557,7 +588,6 @@ def _blocks(body: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
                 yield block
                 inner = block.get("content")
                 yield from (b for b in inner if isinstance(b, dict)) if isinstance(inner, list) else ()
-    yield from (t for t in body.get("tools") or [] if isinstance(t, dict))
 
 
 def features_of(fixture: Mapping[str, Any]) -> set[str]:
@@ -576,7 +606,7 @@ def features_of(fixture: Mapping[str, Any]) -> set[str]:
     if isinstance(body.get("system"), str):
         found.add("system:string")
     for block in _blocks(body):
-        if "type" in block and "name" not in block or block.get("type") not in (None, "custom"):
+        if block.get("type") is not None:
             found.add(f"block:{block.get('type')}")
         control = block.get("cache_control")
         if isinstance(control, dict):
