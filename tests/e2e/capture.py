@@ -335,6 +335,7 @@ def scrubbed(r: Received, scrubber: Scrubber, *, cli_version: str, scenario: str
 
 def cli_command(cli: Path) -> list[str]:
     """How to run ``cli``: a ``.js`` entry point (the 1.x and 2.0 packages) through node."""
+    cli = cli.resolve()  # the CLI runs in a scratch working directory
     return ["node", str(cli)] if cli.suffix in (".js", ".cjs", ".mjs") else [str(cli)]
 
 
