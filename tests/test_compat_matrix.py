@@ -12,6 +12,7 @@ in the fixtures' README.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -22,9 +23,9 @@ from trio_balancer.protocol.features import needs_of
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
-from .e2e.capture import load_fixtures
+from .e2e.capture import Scrubber, load_fixtures
 from .fakes import FakeUpstream
-from .helpers import BalancerFactory
+from .helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from .matrix import (
     FIXTURES,
     PENDING,
@@ -100,6 +101,31 @@ def test_deferred_tool_field_goes_with_its_beta() -> None:
     betas = dict(fitted.headers).get(b"anthropic-beta", b"").decode()
     assert "advanced-tool-use-2025-11-20" not in betas
     assert not any("defer_loading" in t for t in json.loads(fitted.body)["tools"])
+
+
+def test_fixtures_are_scrubbed_and_small() -> None:
+    """No key, no throwaway path, no real id in what is committed; no file over ~200 KB."""
+    for path in FIXTURES.rglob("*.json"):
+        text = path.read_text()
+        assert len(text) < 200_000, f"{path} is {len(text)} bytes"
+        for secret in (CLIENT_KEY, PROVIDER_KEY, "/tmp/", "cc-capture"):
+            assert secret not in text, f"{secret!r} in {path}"
+        ids = set(re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", text))
+        assert all(i.startswith("00000000-0000-4000-8000-") for i in ids), f"a real id in {path}: {ids}"
+
+
+def test_scrubber_keeps_one_stand_in_per_value() -> None:
+    session, other = "7d2f64a9-3c1e-4b8a-9f00-1234567890ab", "0a1b2c3d-4e5f-4a6b-8c7d-8e9f0a1b2c3d"
+    scrubber = Scrubber([("/tmp/x/work", "/WORKDIR")])
+    body = {
+        "metadata": {"user_id": f"user_{'ab' * 32}_session_{session}"},
+        "text": f"in /tmp/x/work {session} {other}",
+    }
+    out = scrubber.value(body)
+    assert (
+        out["text"] == "in /WORKDIR 00000000-0000-4000-8000-000000000001 00000000-0000-4000-8000-000000000003"
+    )
+    assert out["metadata"]["user_id"] == f"user_{2:064d}_session_00000000-0000-4000-8000-000000000001"
 
 
 if __name__ == "__main__":
