@@ -19,6 +19,7 @@ are listed in ``PENDING``; ``cell_outcome`` says in a few words what the balance
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable, Mapping
@@ -55,6 +56,7 @@ KIND_OF = {p: ("openai" if p in OPENAI_PRESETS else "anthropic") for p in PRESET
 BILLING = "x-anthropic-billing-header"
 
 
+@functools.cache
 def capabilities(preset: str) -> Capabilities:
     return parse_config({"providers": [provider_row(preset, "http://127.0.0.1:1")]}).providers[0].capabilities
 
@@ -110,7 +112,6 @@ PENDING: dict[type[PendingRule], tuple[str, Callable[[Mapping[str, Any], str], b
 
 def expected_refusal(fixture: Mapping[str, Any], preset: str) -> str | None:
     """What a 400 must name when ``preset`` lacks something the request cannot lose, else None."""
-
     if not _is_messages(fixture):
         return None
     return capabilities(preset).first_lack(needs_of(fixture["body"]))
