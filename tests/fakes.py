@@ -502,6 +502,7 @@ OLD_ANTHROPIC_FIELDS = frozenset(
     {"model", "messages", "system", "max_tokens", "metadata", "stop_sequences", "stream",
      "temperature", "top_k", "top_p", "tools", "tool_choice", "thinking"}
 )  # fmt: skip
+OLD_ANTHROPIC_TOOL_FIELDS = frozenset({"name", "description", "input_schema", "cache_control", "type"})
 OLD_ANTHROPIC_BETAS = frozenset(
     {"claude-code-20250219", "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14"}
 )
@@ -523,8 +524,19 @@ def old_anthropic_rejection(r: Received) -> str | None:
     for i, message in enumerate(body["messages"]):
         if message["role"] not in ("user", "assistant"):
             return f"messages.{i}.role: Input should be 'user' or 'assistant'"
+        if extra := set(message) - {"role", "content"}:
+            return f"messages.{i}.{sorted(extra)[0]}: Extra inputs are not permitted"
         if isinstance(message["content"], list):
             blocks += message["content"]
+    for tool in body.get("tools") or []:
+        if extra := set(tool) - OLD_ANTHROPIC_TOOL_FIELDS:
+            return f"tools.{tool.get('name')}.{sorted(extra)[0]}: Extra inputs are not permitted"
+    for block in list(blocks):
+        inner = block.get("content") if block.get("type") == "tool_result" else None
+        for part in inner if isinstance(inner, list) else ():
+            if part.get("type") not in ("text", "image"):
+                return f"tool_result.content: Input tag {part.get('type')!r} does not match any of the expected tags"
+            blocks.append(part)
     for block in blocks + list(body.get("tools") or []):
         control = block.get("cache_control") or {}
         if set(control) - {"type"}:

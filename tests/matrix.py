@@ -12,9 +12,8 @@ behind a fake as strict as that kind of server:
 - a request the provider cannot take as sent (a server tool, MCP servers, a PDF it cannot
   read) is not sent at all: the client gets a 400 naming what it needs.
 
-Every other cell's client gets a 200 and the fake's answer. Rules landing on other branches
-are listed in ``PENDING``; ``cell_outcome`` says in a few words what the balancer does in a cell
-(the table in ``tests/data/claude_code/README.md``).
+Every other cell's client gets a 200 and the fake's answer. ``cell_outcome`` says in a few
+words what the balancer does in a cell (the table in ``tests/data/claude_code/README.md``).
 """
 
 from __future__ import annotations
@@ -79,35 +78,6 @@ def _tools_outside_gemini_schema(fixture: Mapping[str, Any]) -> bool:
 
 def _is_messages(fixture: Mapping[str, Any]) -> bool:
     return "count_tokens" not in fixture["path"]
-
-
-class PendingRule(AssertionError):
-    """A cell failed only because a rule landing on another branch is not here yet."""
-
-
-class PendingSchema(PendingRule):
-    """Tool parameters outside Gemini's schema subset reached a gemini-openai provider."""
-
-
-class PendingBilling(PendingRule):
-    """Claude Code's billing block reached a provider with ``strip_billing_header``."""
-
-
-# Rules landing on other branches: the cells they decide are strict xfails that count only
-# their own failure (``raises=``), so a cell failing for any other reason still fails. Once a
-# branch is merged, its cells XPASS (which fails, being strict): delete its entry here.
-PENDING: dict[type[PendingRule], tuple[str, Callable[[Mapping[str, Any], str], bool]]] = {
-    PendingSchema: (
-        "tool-schema cleaning for gemini-openai lands with h-schema",
-        lambda f, preset: preset == "gemini-openai" and _is_messages(f) and _tools_outside_gemini_schema(f),
-    ),
-    PendingBilling: (
-        "the billing-header strip for providers with strip_billing_header lands with h-ccmisc",
-        lambda f, preset: (
-            capabilities(preset).strip_billing_header and _is_messages(f) and _has_billing_block(f)
-        ),
-    ),
-}
 
 
 def expected_refusal(fixture: Mapping[str, Any], preset: str) -> str | None:
@@ -199,16 +169,13 @@ def assert_sent(fixture: Mapping[str, Any], preset: str, sent: bytes, got: Recei
         assert got.header("anthropic-beta") == fixture["headers"].get("anthropic-beta")
         return
     why = rejection(preset, got)
-    if why is not None and why.startswith("Invalid JSON payload received. Unknown name"):
-        raise PendingSchema(why)
     assert why is None, why
 
 
 async def replay(fixture: Mapping[str, Any], preset: str, upstream: FakeUpstream, b: Balancer) -> None:
     """Send ``fixture`` through ``b`` to ``upstream`` (a provider of ``preset``) and check the cell.
 
-    Raises AssertionError when the cell is wrong, a ``PendingRule`` when only a rule still
-    landing elsewhere is missing.
+    Raises AssertionError when the cell is wrong.
     """
     upstream.script(strict_script(preset))
     first = len(upstream.received)
@@ -232,8 +199,10 @@ async def replay(fixture: Mapping[str, Any], preset: str, upstream: FakeUpstream
     assert_sent(fixture, preset, sent, received[-1])
     assert r.status_code == 200, r.text
     assert client_text(r.content, bool(fixture["body"].get("stream"))) == ANSWER
-    if capabilities(preset).strip_billing_header and BILLING in received[-1].body.decode():
-        raise PendingBilling("the billing block reached a provider with strip_billing_header")
+    if capabilities(preset).strip_billing_header:
+        assert BILLING not in received[-1].body.decode(), (
+            "the billing block reached a provider that strips it"
+        )
 
 
 # -- the table in tests/data/claude_code/README.md ---------------------------------------------
@@ -242,15 +211,8 @@ async def replay(fixture: Mapping[str, Any], preset: str, upstream: FakeUpstream
 def cell_outcome(fixture: Mapping[str, Any], preset: str) -> str:
     """What the balancer does with ``fixture`` for ``preset``, in a few words (from the pure fit)."""
 
-    pending = [
-        r.__name__[len("Pending") :].lower()
-        for r, (_, applies) in PENDING.items()
-        if applies(fixture, preset)
-    ]
-    if not _is_messages(fixture):
-        # What happens today: forwarded by an Anthropic-format provider; the count_tokens
-        # capability (answer here instead) is not acted on yet.
-        return "forwarded" if KIND_OF[preset] == "anthropic" else "estimated here"
+    if not _is_messages(fixture):  # forwarded, or answered here from an estimate (count_tokens = false)
+        return "forwarded" if capabilities(preset).count_tokens else "estimated here"
     if (why := expected_refusal(fixture, preset)) is not None:
         return "400: " + why.split(" (")[0]
     body, raw = fixture["body"], wire_body(fixture)
@@ -268,7 +230,7 @@ def cell_outcome(fixture: Mapping[str, Any], preset: str) -> str:
         tags.insert(0, "converted")
         if capabilities(preset).reasoning_content and _has_prior_thinking(body):
             tags.append("thinking as reasoning_content")
-    return ", ".join(tags) + "".join(f" (xfail: {p})" for p in pending)
+    return ", ".join(tags)
 
 
 _SHORT = (
@@ -280,6 +242,11 @@ _SHORT = (
     (r"^dropped (\w+)$", r"-\1"),
     (r".*system message\(s\) in messages\[\] moved.*", "system folded"),
     (r".*document\(s\) sent as text.*", "docs as text"),
+    (r"^system without Claude Code's billing header$", "-billing header"),
+    (r"^tool schemas in the gemini dialect.*", "gemini schemas"),
+    (r"^defer_loading removed.*", "-deferred tools"),
+    (r"^messages\[\]\.output_config\.effort removed$", "-turn effort"),
+    (r"^fields (.*) removed$", r"-\1"),
     (r"^converted$", ""),
 )
 

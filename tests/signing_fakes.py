@@ -4,7 +4,7 @@
 thinking block it streams, and answers 400 ``Invalid signature in thinking block`` to a request
 carrying a thinking block it did not sign (what Anthropic's API and signing third parties do
 with another family's blocks), and to an open tool loop whose last assistant message does not
-start with a thinking block while thinking is on (Anthropic's rule, in its own words).
+start with a thinking block while thinking is ``enabled`` (Anthropic's rule, in its own words).
 ``ReasoningProvider`` is an OpenAI-compatible reasoning model (DeepSeek's thinking mode): it
 streams ``reasoning_content`` and answers 400 to an assistant tool-call turn sent back without
 it. Both answer from a script, one entry per request: an answer, or a failure ``Reply``.
@@ -88,7 +88,8 @@ class SigningProvider:
                 if mark not in self.signed:
                     return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
         k = open_loop_assistant(messages)
-        if thinking_on(body) and k is not None:
+        enabled = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") == "enabled"
+        if enabled and k is not None:  # adaptive thinking may not think, so has no such rule
             first = messages[k]["content"][0] if isinstance(messages[k]["content"], list) else None
             found = first.get("type") if isinstance(first, dict) else "text"
             if found not in THINKING_TYPES:

@@ -158,6 +158,46 @@ class TestFit:
         full = fit_request(provider(), req, req.model)
         assert full.body == req.body
 
+    def test_a_turns_own_effort_goes_with_the_effort_flag(self) -> None:
+        """Claude Code >= 2.1.3xx (per-turn-control beta) also puts ``output_config.effort`` on a
+        system message: a provider without effort that takes system messages loses it there too."""
+        body = claude_code_body()
+        body["messages"][2] = {**body["messages"][2], "output_config": {"effort": "high"}}
+        row = {"preset": "anthropic-compatible", "capabilities": {"system_messages": True}}
+        req = request_of(body)
+        sent = json.loads(fit_request(provider(**row), req, req.model).body)
+        assert sent["messages"][2] == {"role": "system", "content": "The user switched to plan mode."}
+        assert fit_request(provider(), req, req.model).body == req.body
+
+    def test_deferred_tools_without_tool_search(self) -> None:
+        """Claude Code >= 2.1.3xx marks tools ``defer_loading`` (loaded when its tool search
+        finds them) under ``advanced-tool-use-``: a provider without it gets neither the flag nor
+        the field. A deferred tool the conversation never used is not in the model's context on
+        Anthropic either, so it goes; one it used is loaded, and a ``tool_reference`` it got
+        back becomes text."""
+        tools = [
+            {"name": "Read", "input_schema": {"type": "object"}},
+            {"name": "DeferredToolPlaceholder", "input_schema": {"type": "object"}, "defer_loading": True},
+            {"name": "Grep", "input_schema": {"type": "object"}, "defer_loading": True},
+        ]
+        messages = [
+            {"role": "user", "content": "find it"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "s1", "name": "ToolSearch", "input": {"query": "grep"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "s1", "content": [{"type": "tool_reference", "tool_name": "Grep"}]}]},
+        ]  # fmt: skip
+        req = request_of(
+            {"model": "claude-opus-4-6", "max_tokens": 100, "tools": tools, "messages": messages},
+            betas="claude-code-20250219,advanced-tool-use-2025-11-20",
+        )
+        fitted = fit_request(provider(preset="anthropic-compatible"), req, req.model)
+        body = json.loads(fitted.body)
+        assert sent_betas(fitted.headers) == ["claude-code-20250219"]
+        assert body["tools"] == [tools[0], {"name": "Grep", "input_schema": {"type": "object"}}]
+        assert body["messages"][2]["content"][0]["content"] == [{"type": "text", "text": "Tool loaded: Grep"}]
+        assert fit_request(provider(), req, req.model).body == req.body
+        converted = json.loads(fit_request(provider("openai"), req, req.model).body)
+        assert [t["function"]["name"] for t in converted["tools"]] == ["Read", "Grep"]
+
     def test_a_flag_the_provider_refuses_takes_its_field_along(self) -> None:
         """``betas`` without the context-management flag: the field goes too, never one alone."""
         caps = {"betas": ["claude-code-20250219"]}

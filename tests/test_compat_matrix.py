@@ -3,10 +3,8 @@
 The fixtures under ``tests/data/claude_code/`` are real requests captured from the CLI through
 the balancer (``tests/e2e/capture.py``; one folder per CLI version) plus ``synthetic-*.json``
 for shapes the CLI does not send headless here. Each cell replays one through the balancer to
-one provider of one preset (``tests/matrix.py`` says what each cell must hold). Cells that wait
-for a rule landing on another branch are strict xfails, from ``matrix.PENDING``: remove an
-entry once its branch is merged. ``python -m tests.test_compat_matrix`` prints the table kept
-in the fixtures' README.
+one provider of one preset (``tests/matrix.py`` says what each cell must hold).
+``python -m tests.test_compat_matrix`` prints the table kept in the fixtures' README.
 """
 
 from __future__ import annotations
@@ -28,9 +26,6 @@ from .fakes import FakeUpstream
 from .helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from .matrix import (
     FIXTURES,
-    PENDING,
-    PendingRule,
-    expected_refusal,
     matrix_table,
     provider_row,
     replay,
@@ -39,51 +34,22 @@ from .matrix import (
 
 
 def _cells() -> list[Any]:
-    cells = []
-    for fixture_id, fixture in load_fixtures(FIXTURES):
-        for preset in PRESETS:
-            refused = expected_refusal(fixture, preset) is not None  # never sent: nothing pending
-            pending = [
-                (r, why) for r, (why, applies) in PENDING.items() if not refused and applies(fixture, preset)
-            ]
-            rules = tuple(r for r, _ in pending)
-            marks = (
-                [pytest.mark.xfail(strict=True, raises=PendingRule, reason="; ".join(w for _, w in pending))]
-                if pending
-                else []
-            )
-            cells.append(pytest.param(fixture, preset, rules, id=f"{fixture_id}-{preset}", marks=marks))
-    return cells
+    return [
+        pytest.param(fixture, preset, id=f"{fixture_id}-{preset}")
+        for fixture_id, fixture in load_fixtures(FIXTURES)
+        for preset in PRESETS
+    ]
 
 
-@pytest.mark.parametrize(("fixture", "preset", "pending"), _cells())
+@pytest.mark.parametrize(("fixture", "preset"), _cells())
 async def test_cell(
-    fixture: dict[str, Any],
-    preset: str,
-    pending: tuple[type[PendingRule], ...],
-    upstream: FakeUpstream,
-    balancer_for: BalancerFactory,
+    fixture: dict[str, Any], preset: str, upstream: FakeUpstream, balancer_for: BalancerFactory
 ) -> None:
-    """One cell: ``fixture`` replayed to a provider of ``preset``.
-
-    A pending rule's failure becomes an xfail only in the cells marked for it (pytest-trio
-    passes exceptions on in a group, which ``xfail(raises=)`` cannot see into, but it turns a
-    lone ``pytest.xfail()`` into one); anywhere else, and any other failure, fails the cell.
-    """
-    try:
-        b = await balancer_for(config={"providers": [provider_row(preset, upstream.url)]})
-        await replay(fixture, preset, upstream, b)
-    except PendingRule as exc:
-        if not isinstance(exc, pending):
-            raise AssertionError(f"{type(exc).__name__} in a cell not marked for it: {exc}") from exc
-        pytest.xfail(f"{PENDING[type(exc)][0]}: {exc}")
+    """One cell: ``fixture`` replayed to a provider of ``preset``."""
+    b = await balancer_for(config={"providers": [provider_row(preset, upstream.url)]})
+    await replay(fixture, preset, upstream, b)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="no rule yet: 2.1.x marks a tool defer_loading under advanced-tool-use-2025-11-20; the flag "
-    "is stripped for anthropic-compatible providers but the field stays (found by this matrix)",
-)
 def test_deferred_tool_field_goes_with_its_beta() -> None:
     """Never the flag gone and the field kept: ``tools[].defer_loading`` belongs to its beta."""
 

@@ -213,6 +213,8 @@ class TestFitThinking:
         assert fit_thinking(closed, "anthropic", book_with()) == (closed, None)
         off = body_of(*body["messages"][1:], thinking=None)
         assert fit_thinking(off, "anthropic", book_with()) == (off, None)
+        adaptive = body_of(*body["messages"][1:], thinking={"type": "adaptive"})  # may not think: no rule
+        assert fit_thinking(adaptive, "anthropic", book_with()) == (adaptive, None)
 
     def test_open_loop_kept_thinking_when_its_leading_block_is_the_targets(self) -> None:
         body = body_of(
@@ -468,7 +470,9 @@ async def test_a_conversation_moves_a_b_c_a_with_tool_calls_and_every_hop_succee
     assert [blk["type"] for m in last["messages"] for blk in _blocks(m) if blk["type"] == "thinking"] == [
         "thinking"
     ]
-    assert "thinking" not in last  # the open loop's last message was C's: its thinking went
+    # The open loop's last message was C's: its thinking went, and adaptive thinking (which may
+    # choose not to think) has no rule that the loop start with a thinking block: kept.
+    assert last["thinking"] == {"type": "adaptive"}
     # Every thinking block in the client's history is one it got (the history is its own).
     assert len(a.bodies) == 3 and len(b.bodies) == 3 and len(c.bodies) == 2
 

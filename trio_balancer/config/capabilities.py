@@ -58,6 +58,8 @@ class Capabilities:
     container: bool = attrs.field(default=True, metadata=spec.boolean())
     cache_ttl: bool = attrs.field(default=True, metadata=spec.boolean())  # cache_control.ttl "1h"
     cache_scope: bool = attrs.field(default=True, metadata=spec.boolean())  # cache_control.scope
+    # Deferred tools (`defer_loading`, found by a tool search; `tool_reference` results).
+    tool_search: bool = attrs.field(default=True, metadata=spec.boolean())
     # Server tool type prefixes it runs ("web_search", "web_fetch", "code_execution", ...); ["*"]: all.
     server_tools: tuple[str, ...] = attrs.field(default=(ALL,), metadata=spec.strings())
     # role "system" inside messages[] (Claude Code >= 2.1.153).
@@ -131,6 +133,7 @@ _ANTHROPIC_COMPATIBLE: Mapping[str, Any] = {
     "container": False,
     "cache_ttl": False,
     "cache_scope": False,
+    "tool_search": False,
     "server_tools": (),
     "system_messages": False,
     "documents": "text",

@@ -40,6 +40,7 @@ FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
     "container": ("code-execution-", "skills-"),
     "cache_ttl": ("extended-cache-ttl-",),
     "cache_scope": ("prompt-caching-scope-",),
+    "tool_search": ("advanced-tool-use-", "tool-search-tool-"),
 }
 # Features whose removal keeps the answer's meaning: removed when the provider lacks them, in
 # this order (adaptive thinking reads the effort before the effort goes).
@@ -47,7 +48,7 @@ FEATURE_BETAS: Mapping[str, tuple[str, ...]] = {
 # one skips the providers that lack it (see :func:`needs_of`).
 DROPPABLE = (
     "context_management", "adaptive_thinking", "effort", "structured_outputs", "mcp_servers",
-    "container", "cache_ttl", "cache_scope",
+    "container", "cache_ttl", "cache_scope", "tool_search",
 )  # fmt: skip
 
 
@@ -179,15 +180,96 @@ def drop_feature(payload: Mapping[str, Any], feature: str) -> tuple[dict[str, An
             del body[feature]
             return body, f"{feature} removed"
     elif feature in ("effort", "structured_outputs"):
-        return _without_output_key(body, "effort" if feature == "effort" else "format")
+        body, note = _without_output_key(body, "effort" if feature == "effort" else "format")
+        if feature == "effort":  # Claude Code >= 2.1.3xx also sets it per turn, on a message
+            turns = _without_turn_effort(body)
+            note = note or turns
+        return body, note
     elif feature == "adaptive_thinking":
         return _adaptive_to_budget(body)
+    elif feature == "tool_search":
+        return _without_deferred_tools(body)
     elif feature in ("cache_ttl", "cache_scope"):
         key = "ttl" if feature == "cache_ttl" else "scope"
         changed = _without_cache_key(body, key)
         if changed:
             return body, f"cache_control.{key} removed ({changed} blocks)"
     return body, None
+
+
+def _without_turn_effort(body: dict[str, Any]) -> str | None:
+    """Messages without their own ``output_config.effort`` (the per-turn-control beta)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(
+        isinstance(m, dict) and "output_config" in m for m in messages
+    ):
+        return None
+    out = []
+    for message in messages:
+        if isinstance(message, dict) and "output_config" in message:
+            inner, _ = _without_output_key({"output_config": message["output_config"]}, "effort")
+            rest = {k: v for k, v in message.items() if k != "output_config"}
+            message = {**rest, **inner}
+        out.append(message)
+    body["messages"] = out
+    return "messages[].output_config.effort removed"
+
+
+def _without_deferred_tools(body: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Tools without ``defer_loading``, for a provider with no tool search.
+
+    A deferred tool is out of the model's context until the tool search finds it (Claude Code
+    sends a ``DeferredToolPlaceholder`` that says "never call this tool"), so one the
+    conversation never used goes; one it used (a ``tool_use`` of it, or the search's
+    ``tool_reference`` to it) is loaded, and each ``tool_reference`` becomes text.
+    """
+    tools = body.get("tools")
+    if not isinstance(tools, list) or not any(isinstance(t, dict) and "defer_loading" in t for t in tools):
+        return body, None
+    used = _tools_used(body.get("messages"))
+    kept, left = [], 0
+    for tool in tools:
+        if not (isinstance(tool, dict) and "defer_loading" in tool):
+            kept.append(tool)
+        elif tool["defer_loading"] and tool.get("name") not in used:
+            left += 1
+        else:
+            kept.append({k: v for k, v in tool.items() if k != "defer_loading"})
+    body["tools"] = kept
+    if isinstance(body.get("messages"), list):
+        body["messages"] = [_references_as_text(m) for m in body["messages"]]
+    return body, f"defer_loading removed ({left} deferred tools the conversation never used left out)"
+
+
+def _tools_used(messages: Any) -> set[str]:
+    """Names of the tools a conversation called or its tool search returned."""
+    used: set[str] = set()
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use" and isinstance(block.get("name"), str):
+                used.add(block["name"])
+            inner = block.get("content") if block.get("type") == "tool_result" else None
+            for ref in inner if isinstance(inner, list) else ():
+                if isinstance(ref, dict) and ref.get("type") == "tool_reference":
+                    used.add(str(ref.get("tool_name")))
+    return used
+
+
+def _references_as_text(message: Any) -> Any:
+    """A message whose tool results' ``tool_reference`` blocks are text (the tool is loaded)."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, list):
+        return message
+
+    def ref_text(block: Any) -> Any:
+        if isinstance(block, dict) and block.get("type") == "tool_reference":
+            return {"type": "text", "text": f"Tool loaded: {block.get('tool_name')}"}
+        return block
+
+    return {**message, "content": [_in_tool_result(b, ref_text) for b in content]}
 
 
 def _without_output_key(body: dict[str, Any], key: str) -> tuple[dict[str, Any], str | None]:

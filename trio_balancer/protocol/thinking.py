@@ -20,9 +20,10 @@ The rules, and why:
   can verify; turned into a text block it would become words the assistant said, and could not
   open a tool-loop turn either. Prior reasoning as plain text goes where it is wanted: to
   OpenAI-compatible reasoning models, as ``reasoning_content`` (``convert/request.py``).
-- **An open tool loop keeps Anthropic's rule.** With thinking on, Anthropic's API rejects a
-  request whose final assistant message (the one the ending ``tool_result`` answers) does not
-  start with a thinking block: "When `thinking` is enabled, a final `assistant` message must
+- **An open tool loop keeps Anthropic's rule.** With thinking ``enabled``, Anthropic's API
+  rejects a request whose final assistant message (the one the ending ``tool_result`` answers)
+  does not start with a thinking block (adaptive thinking may choose not to think, so it has
+  no such rule): "When `thinking` is enabled, a final `assistant` message must
   start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result`
   blocks) ... To avoid this requirement, disable `thinking`." When that block is missing
   (dropped here as another family's, or left out by Claude Code, which drops the thinking of a
@@ -315,7 +316,7 @@ def _starts_with_thinking(message: Any) -> bool:
 
 
 def _open_loop_lacks_thinking(payload: Mapping[str, Any], before: list[Any], after: list[Any]) -> bool:
-    """Thinking is on and the open tool loop's last assistant message does not start with it.
+    """Thinking is ``enabled`` and the open tool loop's last assistant message does not start with it.
 
     Anthropic's API (and every signing family) answers that with a 400, and says "to avoid this
     requirement, disable thinking". Its thinking may have been dropped here (another family's),
@@ -323,8 +324,11 @@ def _open_loop_lacks_thinking(payload: Mapping[str, Any], before: list[Any], aft
     provider that answered under its own model name), so a tool loop begun on one provider and
     continued on another arrives so. Thinking goes for that one request; the loop goes on.
     """
+    thinking = payload.get("thinking")
+    if not (isinstance(thinking, dict) and thinking.get("type") == "enabled"):
+        return False
     k = _open_loop_assistant(before)
-    return _thinking_on(payload) and k is not None and not _starts_with_thinking(after[k])
+    return k is not None and not _starts_with_thinking(after[k])
 
 
 def _without_thinking(body: dict[str, Any]) -> None:

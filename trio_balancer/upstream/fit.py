@@ -99,11 +99,11 @@ def fit_request(
         lacking.add("adaptive_thinking")
     payload: Mapping[str, Any] = request.payload
     changes: list[str] = []
-    if thinking is not None:  # first: it may turn thinking off, which the rules below then see
-        payload = _apply(fit_thinking(payload, caps.thinking_family, thinking), changes, payload)
     for feature in DROPPABLE:
         if feature in lacking:
             payload = _apply(drop_feature(payload, feature), changes, payload)
+    if thinking is not None:  # after: adaptive thinking may have become "enabled", whose rule it keeps
+        payload = _apply(fit_thinking(payload, caps.thinking_family, thinking), changes, payload)
     if not caps.system_messages:
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
@@ -173,6 +173,8 @@ def _fit_openai(
         pdf_file_parts=caps.documents in ("file", "native"),
         reasoning_content=caps.reasoning_content,
     )
+    if not caps.tool_search:
+        payload = _apply(drop_feature(payload, "tool_search"), notes, payload)
     if caps.schema_dialect != "json-schema":  # before conversion: the parameters come out clean
         payload = _apply(clean_tools(payload, caps.schema_dialect), notes, payload)
     converted = to_openai(payload, model=model, options=options)
