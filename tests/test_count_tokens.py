@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from trio_balancer.config import parse_config
-from trio_balancer.policy.health import State
+from trio_balancer.policy.health import FailureKind, State
 from trio_balancer.protocol.dedup import ResponseCache
 from trio_balancer.protocol.tokens import estimate_request
 
@@ -78,6 +78,28 @@ class TestHealth:
             await client.messages.create(model="claude-opus-4-6", max_tokens=8, messages=MESSAGES)
         assert [r.target for r in p0.received] == ["/v1/messages/count_tokens", "/v1/messages"]
 
+    async def test_a_count_the_client_leaves_keeps_a_half_open_trial(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        """A count is no verdict, not even by leaving: the half-open trial out for a message
+        stays out (found by the structure review)."""
+        hold = Pause()
+        upstream.script(Reply(headers=JSON_HEADERS, steps=[hold, b'{"input_tokens": 1}']))
+        b = await balancer_for(upstream)
+        assert b.app.registry is not None
+        health = b.app.registry.runtimes["p0"].health
+        health.failed(trio.current_time(), FailureKind.SERVER, "x", retry_after=0.001)
+        health.begin(trio.current_time() + 1)  # a message's trial is out
+        assert health.trial_in_flight
+        with trio.move_on_after(10) as scope:
+            async with trio.open_nursery() as n:
+                n.start_soon(count, b)
+                await hold.wait_reached()
+                n.cancel_scope.cancel()  # the client leaves mid-count
+        assert not scope.cancelled_caught
+        await b.wait_idle()
+        assert health.trial_in_flight
+
     @pytest.mark.parametrize("status", [404, 405])
     async def test_a_provider_without_the_endpoint_gets_the_local_estimate(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory, status: int
@@ -118,6 +140,17 @@ class TestLocal:
         n, headers = await count(b, **NO_DEDUP)
         assert n == estimate_request(COUNT) and headers["x-balancer-estimated"] == "1"
         assert up.received == []
+
+
+    async def test_a_count_needing_a_server_tool_is_still_counted(
+        self, upstream: FakeUpstream, balancer_for: BalancerFactory
+    ) -> None:
+        """Counting a request is not running it: a web search no provider runs is no 400."""
+        b = await balancer_for(upstream, preset="anthropic-compatible")
+        tools = [{"type": "web_search_20250305", "name": "web_search"}]
+        r = await b.client.post("/v1/messages/count_tokens", json={**COUNT, "tools": tools}, headers=NO_DEDUP)
+        assert r.status_code == 200 and r.headers["x-balancer-estimated"] == "1", r.text
+        assert upstream.received == []
 
 
 class TestCache:

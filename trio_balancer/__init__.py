@@ -4,13 +4,13 @@ The package is a layered house; a module may import its own layer and the layers
 never one above (``tests/test_layers.py`` walks every import to hold this):
 
     base       errors, logging, redaction      what every layer needs: error shapes, logs, scrubbing
-    protocol/  sse, events, commit, convert/... the wire formats, sans-I/O (no trio, no httpx)
+    protocol/  sse, events, commit, convert/... the wire formats and request rules, sans-I/O
     tools/     simulator, claude_code          run beside the balancer; only cli imports them
     config/    schema, spec, parse             the configuration, frozen and strictly parsed
     policy/    health, failover, routing, ...  decisions without I/O
     ledger/    record, migrations, store, ...  the usage ledger
-    upstream/  headers, providers              talking to providers: header rules, HTTP clients
-    flight/    hub, attempt, relay, flight     one request's upstream lifetime, fan-out, outcome
+    upstream/  headers, providers, fit         talking to providers: header rules, HTTP clients, fitting
+    flight/    hub, attempt, relay, flight,... one request's upstream lifetime, fan-out, outcome
     app/       asgi, messages, writer, ...     the ASGI app: requests, records, operator pages
     cli        cli, asgi (the Hypercorn entry)  the command line and the documented app path, on top
 """

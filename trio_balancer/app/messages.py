@@ -235,14 +235,15 @@ class MessagesEndpoint:
             # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
             need_tokens=len(request.body) // 4,
         )
-        attempts, skipped = fit_plan(attempts, request.needs)
+        counting = _counting(request)  # counting a request is not running it: nothing it needs
+        attempts, skipped = fit_plan(attempts, () if counting else request.needs)
         if state.cluster is not None:  # whose thinking this is may be known on another instance
             await state.cluster.recall_thinking(signatures_in(request.payload))
         for attempt, why in skipped:
             log.info("route.skip", provider=attempt.provider.name, reason=why)
         share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
         limits = RelayLimits.for_server(state.config.server)
-        flight = (CountFlight if _counting(request) else Flight)(
+        flight = (CountFlight if counting else Flight)(
             request,
             attempts,
             providers,

@@ -3,7 +3,8 @@
 ``schema`` holds the classes (each key and default written once; a provider's capabilities
 and their presets in ``capabilities``), ``spec`` the vocabulary
 their field metadata uses, ``parse`` the reader derived from both. May import the base
-modules and protocol (price rates); nothing that does I/O at run time.
+modules and protocol (price rates; the feature, document and schema-dialect names the
+capabilities speak of); nothing that does I/O at run time.
 """
 
 from trio_balancer.config.capabilities import Capabilities

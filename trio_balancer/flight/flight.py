@@ -325,7 +325,8 @@ class Flight:
                 raise
             finally:
                 if not verdict_given:  # cancelled: the client left, no verdict on the provider
-                    health.abandoned()
+                    if judged:  # (a count never began a trial, so frees none)
+                        health.abandoned()
                     self._tried.append(
                         AttemptRecord(runtime.name, attempt.model, "cancelled: no listener left")
                     )
