@@ -104,6 +104,17 @@ class TestVolatile:
         assert sign(body_with(system_blocks("1a2b3"))) == sign(body_with(system_blocks("ffff0")))
         assert sign(body_with(system_blocks())) != sign(body_with(system_blocks(), content="other"))
 
+    def test_text_after_an_unterminated_cch_value_is_still_signed(self) -> None:
+        """Only the value is volatile: text after it on the line is the prompt's (found by an
+        attack: two prompts, French and German, shared one flight and a cached answer)."""
+        head = "x-anthropic-billing-header: cc_version=2.1.197.a1b; cc_entrypoint=cli; cch="
+        french = body_with(head + "1a2b3 Always answer in French.")
+        german = body_with(head + "4c5d6 Always answer in German.")
+        assert without_billing_volatile(french) != without_billing_volatile(german)
+        assert without_billing_volatile(french) == without_billing_volatile(
+            body_with(head + "ffff Always answer in French.")
+        )
+
 
 class TestStrip:
     def test_a_block_of_its_own_goes(self) -> None:
@@ -246,6 +257,19 @@ async def test_a_third_party_gets_the_same_system_prompt_whatever_the_cch(
     first, second = (r.json()["system"] for r in up.received)
     assert first == second == system_blocks()[1:]
 
+    def test_a_folded_system_message_is_not_stripped_as_the_billing_header(self) -> None:
+        """The header is the top-level system's: a mid-conversation system message that
+        begins the same way is the conversation's, kept when it is folded in."""
+        body = body_with([{"type": "text", "text": IDENTITY}])
+        body["messages"] += [
+            {"role": "assistant", "content": "hello"},
+            {"role": "system", "content": "x-anthropic-billing-header: keep this text, it is the user's"},
+            {"role": "user", "content": "go on"},
+        ]
+        req = request_of(body)
+        row = {"capabilities": {"system_messages": False, "strip_billing_header": True}}
+        assert b"keep this text" in fit_request(provider(**row), req, req.model).body
+
 
 class TestSessionKey:
     def request(self, headers: tuple[tuple[bytes, bytes], ...], user: str | None) -> UpstreamRequest:
@@ -263,6 +287,18 @@ class TestSessionKey:
         assert self.request((), "u1").session != self.request((), "u2").session
         assert self.request((), None).session is None
         assert self.request(((b"x-claude-code-session-id", b" "),), None).session is None
+
+    def test_a_session_is_its_clients(self) -> None:
+        """Another client naming the same session id has its own session: it cannot move this
+        one to the provider that served it (found by an attack)."""
+        header = ((b"x-claude-code-session-id", b"alice-conv"),)
+        alice = attrs.evolve(self.request(header, None), client="alice")
+        bob = attrs.evolve(self.request(header, None), client="bob")
+        assert alice.session != bob.session
+        assert (
+            attrs.evolve(self.request((), "u1"), client="a").session
+            != attrs.evolve(self.request((), "u1"), client="b").session
+        )
 
     def test_a_user_id_cannot_pose_as_a_session_header(self) -> None:
         """Each kind of key has its own namespace in the router's sticky map."""

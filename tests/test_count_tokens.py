@@ -141,7 +141,6 @@ class TestLocal:
         assert n == estimate_request(COUNT) and headers["x-balancer-estimated"] == "1"
         assert up.received == []
 
-
     async def test_a_count_needing_a_server_tool_is_still_counted(
         self, upstream: FakeUpstream, balancer_for: BalancerFactory
     ) -> None:
@@ -222,3 +221,37 @@ def test_the_preset_without_the_endpoint() -> None:
     caps = parse_config({"providers": [{**row, "preset": "anthropic-compatible"}]}).providers[0].capabilities
     assert not caps.count_tokens
     assert parse_config({"providers": [row]}).providers[0].capabilities.count_tokens
+
+
+async def test_a_200_that_is_not_a_count_gets_the_estimate(
+    upstream: FakeUpstream, balancer_for: BalancerFactory
+) -> None:
+    """A provider (or a proxy before it) answering a count with a page is not relayed: the
+    client gets the estimate, said as such (found by an attack)."""
+    upstream.script(Reply(headers=JSON_HEADERS, steps=[b"<html>oops</html>"]))
+    b = await balancer_for(upstream)
+    r = await b.client.post("/v1/messages/count_tokens", json=COUNT, headers=NO_DEDUP)
+    assert r.status_code == 200 and r.json() == {"input_tokens": estimate_request(COUNT)}
+    assert r.headers["x-balancer-estimated"] == "1"
+
+
+async def test_a_failed_count_does_not_move_the_sticky_session(
+    nursery: trio.Nursery, balancer_for: BalancerFactory
+) -> None:
+    """A count is no turn of the conversation: where it went leaves the session where it was."""
+    p0 = await FakeUpstream(by_path(error_reply(500, "api_error"))).start(nursery)
+    p1 = await FakeUpstream(by_path(counted(5))).start(nursery)
+    b = await balancer_for(config={**two_providers(p0, p1), "routing": {"sticky": True}})
+    session = {"x-claude-code-session-id": "conv-1", **NO_DEDUP}
+    async with sdk(b) as client:
+        await client.messages.create(
+            model="claude-opus-4-6", max_tokens=8, messages=MESSAGES, extra_headers=session
+        )
+        n = await client.messages.count_tokens(
+            model="claude-opus-4-6", messages=MESSAGES, extra_headers=session
+        )
+        assert n.input_tokens == 5
+        await client.messages.create(
+            model="claude-opus-4-6", max_tokens=8, messages=MESSAGES, extra_headers=session
+        )
+    assert [r.target for r in p0.received].count("/v1/messages") == 2, "the session moved to p1"

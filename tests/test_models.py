@@ -115,3 +115,15 @@ async def test_head_and_get_of_the_base_url(nursery: trio.Nursery, balancer_for:
     assert get.status_code == 200 and get.json()["status"] == "ok"
     assert up.received == []
     assert_error(await b.client.post("/"), 405, "invalid_request_error")
+
+
+@pytest.mark.parametrize("limit", ["%C2%B2", "9" * 5000])
+async def test_an_odd_limit_is_a_400_naming_it(
+    upstream: FakeUpstream, balancer_for: BalancerFactory, limit: str
+) -> None:
+    """ "²" is a digit to str.isdigit but not to int; 5000 digits pass Python's int bound: both
+    were a 500 with an empty body (found by an attack)."""
+    b = await balancer_for(upstream)
+    r = await b.client.get(f"/v1/models?limit={limit}")
+    assert_error(r, 400, "invalid_request_error")
+    assert "limit" in r.text and len(r.text) < 500

@@ -184,7 +184,7 @@ class MessagesEndpoint:
             body = await _read_body(scope, receive, server.max_body_bytes)
         if body_scope.cancelled_caught:
             raise RequestTimeout(f"request body not complete within {server.body_timeout_s:g} s")
-        request = _parse_request(scope, body)
+        request = _parse_request(scope, body, ctx.client)
         ctx.model, ctx.stream = request.model, request.stream
         if key is not None and key.models and not any(fnmatchcase(request.model, g) for g in key.models):
             raise PermissionDenied(f"client {key.name!r} may not use model {request.model!r}")
@@ -285,11 +285,17 @@ class MessagesEndpoint:
         )
 
     def flight_ended(self, request: UpstreamRequest, outcome: FlightOutcome, key: str | None) -> None:
-        """A flight is over: cache what may be reused, and remember the session's provider."""
+        """A flight is over: cache what may be reused, and remember the session's provider
+        (a count is no turn of the conversation: where it went moves nothing)."""
         if key is not None:
             self._maybe_cache(key, outcome, request)
         session = request.session
-        if session is not None and outcome.completed and outcome.provider is not None:
+        if (
+            session is not None
+            and outcome.completed
+            and outcome.provider is not None
+            and not _counting(request)
+        ):
             self._state.router.remember(session, outcome.provider, trio.current_time())
 
     def _maybe_cache(self, key: str, outcome: FlightOutcome, request: UpstreamRequest) -> None:
@@ -355,7 +361,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return bytes(body)
 
 
-def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
+def _parse_request(scope: Scope, body: bytes, client: str) -> UpstreamRequest:
     payload = parse_request_body(body)
     validate_messages_request(payload)
     return UpstreamRequest(
@@ -367,4 +373,5 @@ def _parse_request(scope: Scope, body: bytes) -> UpstreamRequest:
         model=payload["model"],
         stream=payload.get("stream", False),
         needs=needs_of(payload),
+        client=client,
     )

@@ -61,8 +61,10 @@ def model_object(config: Config, model_id: str) -> dict[str, Any]:
 
 
 def _limit(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
-        raise InvalidRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}, not {text!r}")
+    # ASCII digits only ("²" is a digit to str.isdigit, not to int), and few of them (a value
+    # past Python's 4300-digit bound would raise): anything else is the client's 400.
+    if not (text.isascii() and text.isdigit() and len(text) <= 4) or not 1 <= int(text) <= MAX_LIMIT:
+        raise InvalidRequest(f"limit: must be an integer from 1 to {MAX_LIMIT}, not {text[:20]!r}")
     return int(text)
 
 

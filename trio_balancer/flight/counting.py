@@ -15,13 +15,16 @@ import json
 from trio_balancer.errors import JSON_HEADERS
 from trio_balancer.flight.failures import AttemptFailed
 from trio_balancer.flight.flight import Flight
-from trio_balancer.flight.hub import Head
+from trio_balancer.flight.hub import Head, Item
+from trio_balancer.logging import get_logger
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.providers import ProviderRuntime
 
 __all__ = ["ESTIMATED_HEADER", "NO_COUNT_ENDPOINT", "CountFlight"]
+
+log = get_logger("trio_balancer.flight.counting")
 
 # What a provider without the endpoint answers to it (many Anthropic-compatible servers).
 NO_COUNT_ENDPOINT = (404, 405)
@@ -32,6 +35,21 @@ class CountFlight(Flight):
     """A token count's flight: the plan's providers asked in turn, health left alone."""
 
     judges_health = False
+    _replaced = False  # a provider's 200 was no count: our estimate went instead, the rest is dropped
+
+    async def commit(self, head: Head, first: bytes | None, *, held_events: int = 0) -> None:
+        """A 200 that is not a count (an HTML page, a proxy's error) is not relayed: the
+        client gets our estimate, said as such."""
+        if head.status == 200 and not self._replaced and not _is_count(first):
+            log.warning("count.not_a_count", provider=self._provider)
+            self._replaced = True
+            await self._estimate()
+            return
+        await super().commit(head, first, held_events=held_events)
+
+    async def publish(self, item: Item) -> None:
+        if not self._replaced:
+            await super().publish(item)
 
     def _usage(self) -> Usage | None:
         return None  # counting tokens is free
@@ -53,6 +71,17 @@ class CountFlight(Flight):
         await super()._relay_answer(failure)
 
     async def _estimate(self) -> None:
+        self._replaced = True  # whatever the provider sends after this is not the answer
         body = json.dumps({"input_tokens": estimate_request(self.request.payload)}).encode()
         await self.commit(Head(200, [*JSON_HEADERS, ESTIMATED_HEADER]), body)
         self._completed = True
+
+
+def _is_count(body: bytes | None) -> bool:
+    """A count_tokens answer: a JSON object with an integer ``input_tokens``."""
+    try:
+        value = json.loads(body or b"")
+    except (ValueError, RecursionError):
+        return False
+    tokens = value.get("input_tokens") if isinstance(value, dict) else None
+    return isinstance(tokens, int) and not isinstance(tokens, bool)

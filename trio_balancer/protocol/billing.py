@@ -42,7 +42,8 @@ STRIP_NOTE = "system without Claude Code's billing header"
 # or, as the last line, with the one before it: the text around it stays as it was.
 _P = re.escape(BILLING_PREFIX)
 _LINE = re.compile(rf"^{_P}[^\n]*\n|(?:^|\n){_P}[^\n]*\Z", re.MULTILINE)
-_VOLATILE = re.compile(rf"[ \t]*\b(?:{'|'.join(VOLATILE_FIELDS)})=[^;\n]*;?")
+# A value is one token: what follows it on the line, past a space, is the prompt's own text.
+_VOLATILE = re.compile(rf"[ \t]*\b(?:{'|'.join(VOLATILE_FIELDS)})=[^;\s]*;?")
 
 
 def billing_line(payload: Mapping[str, Any]) -> str | None:

@@ -104,12 +104,12 @@ def fit_request(
             payload = _apply(drop_feature(payload, feature), changes, payload)
     if thinking is not None:  # after: adaptive thinking may have become "enabled", whose rule it keeps
         payload = _apply(fit_thinking(payload, caps.thinking_family, thinking), changes, payload)
+    if caps.strip_billing_header:  # before folding: a folded system message is not the header
+        payload = _apply(strip_billing_header(payload), changes, payload)
     if not caps.system_messages:
         payload = _apply(fold_system_messages(payload), changes, payload)
     if caps.documents != "native":
         payload = _apply(documents_as_text(payload), changes, payload)
-    if caps.strip_billing_header:  # after folding: a folded system message is not the header
-        payload = _apply(strip_billing_header(payload), changes, payload)
     if caps.schema_dialect != "json-schema":
         payload = _apply(clean_tools(payload, caps.schema_dialect), changes, payload)
     if ALL not in caps.body_fields:

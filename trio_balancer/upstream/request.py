@@ -33,6 +33,7 @@ class UpstreamRequest:
     stream: bool
     # What the request cannot lose (server tools, MCP, documents...): found once, at parse.
     needs: tuple[Need, ...] = ()
+    client: str = ""  # who sent it (a client key's name or identity): sessions are theirs
 
     def body_for(self, model: str) -> bytes:
         """The body to send upstream: the client's own bytes unless the model is renamed."""
@@ -45,15 +46,17 @@ class UpstreamRequest:
         """The sticky-session key: Claude Code's ``X-Claude-Code-Session-Id`` header when sent
         (one conversation, as its gateway documentation says), else ``metadata.user_id``.
 
-        Each kind has its own prefix, so one cannot stand for the other. Like ``user_id``, the
-        key lives only in the router's memory: it is never logged nor recorded.
+        Each kind has its own prefix, so one cannot stand for the other, and the key is the
+        client's: another client naming the same session id has a session of its own, and
+        cannot move this one. Like ``user_id``, the key lives only in the router's memory: it
+        is never logged nor recorded.
         """
         for name, value in self.headers:
             if name == SESSION_HEADER and (sid := value.strip()):
-                return "session:" + sid.decode("latin-1")
+                return f"{self.client}\x00session:" + sid.decode("latin-1")
         metadata = self.payload.get("metadata")
         user = metadata.get("user_id") if isinstance(metadata, dict) else None
-        return "user:" + user if isinstance(user, str) and user else None
+        return f"{self.client}\x00user:" + user if isinstance(user, str) and user else None
 
 
 def secrets_sent(provider: ProviderConfig, request: UpstreamRequest) -> list[str]:
