@@ -36,18 +36,27 @@ from ..fakes import JSON_HEADERS, FakeUpstream, Received, Reply, anthropic_messa
 from ..helpers import CLIENT_KEY, PROVIDER_KEY, start_balancer
 
 __all__ = [
+    "CACHE",
     "SCENARIOS",
+    "SECRET",
+    "Capture",
     "Captured",
     "Scenario",
+    "Scrubber",
     "capture_cli",
+    "classify",
     "cli_command",
     "cli_version",
+    "distinct",
+    "features_of",
     "load_fixtures",
     "shape_of",
     "write_fixtures",
 ]
 
 SECRET = "PURPLE-ELEPHANT-4242"
+# Where the e2e suite installs the CLI from npm (kept between runs; see conftest.py).
+CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
 HOME_PLACEHOLDER = "/HOME"
 WORK_PLACEHOLDER = "/WORKDIR"
 TMP_PLACEHOLDER = "/TMP"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_balancer.tools.claude_code import ClaudeCodeNotFound, environment, install
+from trio_balancer.tools.claude_code import environment
 
 from ..fakes import (
     SSE_HEADERS,
@@ -35,24 +34,7 @@ from ..fakes import (
 )
 from ..helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from ..signing_fakes import Answer, ReasoningProvider, SigningProvider, Step, thinking_on
-
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
-SECRET = "PURPLE-ELEPHANT-4242"
-
-
-@pytest.fixture(scope="session")
-def claude_bin() -> Path:
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed here: cannot install the Claude Code CLI")
-    try:
-        return install(CACHE, timeout=600)
-    except subprocess.CalledProcessError as exc:
-        stderr = (exc.stderr or b"").decode(errors="replace")
-        if re.search(r"ENOTFOUND|ECONNREFUSED|ETIMEDOUT|EAI_AGAIN|network", stderr):
-            pytest.skip(f"the npm registry cannot be reached: {stderr.strip()[:300]}")
-        raise
-    except ClaudeCodeNotFound as exc:
-        pytest.fail(f"npm installed {CACHE} but no Claude Code binary was found: {exc}")
+from .capture import CACHE, SECRET
 
 
 async def run_claude(

@@ -16,38 +16,16 @@ the fixtures with ``python -m tests.e2e.capture --cli PATH`` when this reports s
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import trio
 
 from trio_balancer.config.capabilities import PRESETS
-from trio_balancer.tools.claude_code import ClaudeCodeNotFound, install
 
 from ..fakes import FakeUpstream
 from ..helpers import BalancerFactory
 from ..matrix import FIXTURES, provider_row, replay
 from .capture import Capture, capture_cli, cli_command, distinct, features_of, load_fixtures
-
-CACHE = Path(__file__).resolve().parents[2] / ".cache" / "claude-code"
-
-
-@pytest.fixture(scope="session")
-def current_cli() -> Path:
-    if shutil.which("npm") is None:
-        pytest.skip("npm is not installed here: cannot install the Claude Code CLI")
-    try:
-        return install(CACHE, timeout=600)
-    except subprocess.CalledProcessError as exc:
-        stderr = (exc.stderr or b"").decode(errors="replace")
-        if re.search(r"ENOTFOUND|ECONNREFUSED|ETIMEDOUT|EAI_AGAIN|network", stderr):
-            pytest.skip(f"the npm registry cannot be reached: {stderr.strip()[:300]}")
-        raise
-    except ClaudeCodeNotFound as exc:
-        pytest.fail(f"npm installed {CACHE} but no Claude Code binary was found: {exc}")
 
 
 def novelty(capture: Capture) -> str:
@@ -67,9 +45,9 @@ def novelty(capture: Capture) -> str:
 
 
 async def test_current_cli_shapes_through_every_preset(
-    current_cli: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
+    claude_bin: Path, nursery: trio.Nursery, balancer_for: BalancerFactory
 ) -> None:
-    capture = await capture_cli(cli_command(current_cli))
+    capture = await capture_cli(cli_command(claude_bin))
     report = novelty(capture)
     print(report)  # shown with -s or -rP even when every cell passes
     shapes = [c.as_json() for c in distinct(capture.requests)]
