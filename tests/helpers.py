@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from functools import partial
 from typing import Any
 
@@ -22,10 +22,12 @@ import trio.testing
 from trio_balancer.app import asgi
 from trio_balancer.app.asgi import BalancerApp, create_app
 from trio_balancer.app.server import hypercorn_config, serve
-from trio_balancer.config import Config
+from trio_balancer.config import Config, ProviderConfig, parse_config
 from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
 from trio_balancer.policy.routing import Ewma
+from trio_balancer.protocol.features import needs_of
+from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import FakeUpstream, Pause
 
@@ -227,3 +229,28 @@ async def read_until(
 def env() -> dict[str, str]:
     """The environment for a balancer subprocess: ours, unbuffered (its lines come as written)."""
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+# -- one request made to fit one provider (the pure fit, no sockets) ---------------------------
+
+
+def fit_provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
+    """One provider named ``p`` of ``kind``, its row's other keys (``preset``, ``capabilities``...)."""
+    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
+    return parse_config({"providers": [data]}).providers[0]
+
+
+def fit_request_of(body: dict[str, Any], betas: str = "") -> UpstreamRequest:
+    """The parsed request a client sending ``body`` (and these beta flags) makes."""
+    headers: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
+    if betas:
+        headers += ((b"anthropic-beta", betas.encode()),)
+    return UpstreamRequest(
+        path="/v1/messages", query=b"", headers=headers, body=json.dumps(body).encode(), payload=body,
+        model=body["model"], stream=bool(body.get("stream")), needs=needs_of(body),
+    )  # fmt: skip
+
+
+def sent_betas(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The beta flags a fitted request sends, in order."""
+    return [f for n, v in headers if n == b"anthropic-beta" for f in v.decode().split(",") if f]

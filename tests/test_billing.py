@@ -20,15 +20,13 @@ import attrs
 import pytest
 import trio
 
-from trio_balancer.config import ProviderConfig, parse_config
 from trio_balancer.protocol.billing import billing_line, strip_billing_header, without_billing_volatile
 from trio_balancer.protocol.dedup import signature
-from trio_balancer.protocol.features import needs_of
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import JSON_HEADERS, FakeUpstream, Reply, anthropic_message
-from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, provider_config
+from .helpers import NO_DEDUP, BalancerFactory, fit_provider, fit_request_of, provider_config
 
 BILLING = "x-anthropic-billing-header: cc_version=2.1.197.a1b; cc_entrypoint=cli; cch={};"
 IDENTITY = "You are Claude Code, Anthropic's official CLI for Claude."
@@ -172,23 +170,10 @@ class TestStrip:
         assert strip_billing_header({"model": "m", "messages": []})[1] is None
 
 
-def provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
-    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
-    return parse_config({"providers": [data]}).providers[0]
-
-
-def request_of(body: dict[str, Any]) -> UpstreamRequest:
-    raw = json.dumps(body).encode()
-    return UpstreamRequest(
-        path="/v1/messages", query=b"", headers=((b"content-type", b"application/json"),), body=raw,
-        payload=body, model=body["model"], stream=False, needs=needs_of(body),
-    )  # fmt: skip
-
-
 class TestFit:
     def test_anthropic_keeps_its_billing_block_byte_for_byte(self) -> None:
-        req = request_of(body_with(system_blocks()))
-        fitted = fit_request(provider(), req, req.model)
+        req = fit_request_of(body_with(system_blocks()))
+        fitted = fit_request(fit_provider(), req, req.model)
         assert fitted.body == req.body and fitted.changes == ()
 
     @pytest.mark.parametrize(
@@ -204,8 +189,8 @@ class TestFit:
     )
     def test_every_third_party_preset_strips_it(self, kind: str, preset: str | None) -> None:
         row = {"preset": preset} if preset else {}
-        req = request_of(body_with(system_blocks()))
-        fitted = fit_request(provider(kind, **row), req, req.model)
+        req = fit_request_of(body_with(system_blocks()))
+        fitted = fit_request(fit_provider(kind, **row), req, req.model)
         assert b"x-anthropic-billing-header" not in fitted.body
         assert IDENTITY.encode() in fitted.body
         assert "system without Claude Code's billing header" in fitted.changes
@@ -213,8 +198,8 @@ class TestFit:
     def test_the_capability_turns_it_off(self) -> None:
         """A relay in front of Anthropic's own API may want the block kept: it says so."""
         caps = {"strip_billing_header": False}
-        req = request_of(body_with(system_blocks()))
-        fitted = fit_request(provider(preset="anthropic-compatible", capabilities=caps), req, req.model)
+        req = fit_request_of(body_with(system_blocks()))
+        fitted = fit_request(fit_provider(preset="anthropic-compatible", capabilities=caps), req, req.model)
         assert b"x-anthropic-billing-header" in fitted.body
 
 
@@ -266,9 +251,9 @@ async def test_a_third_party_gets_the_same_system_prompt_whatever_the_cch(
             {"role": "system", "content": "x-anthropic-billing-header: keep this text, it is the user's"},
             {"role": "user", "content": "go on"},
         ]
-        req = request_of(body)
+        req = fit_request_of(body)
         row = {"capabilities": {"system_messages": False, "strip_billing_header": True}}
-        assert b"keep this text" in fit_request(provider(**row), req, req.model).body
+        assert b"keep this text" in fit_request(fit_provider(**row), req, req.model).body
 
 
 class TestSessionKey:
@@ -278,7 +263,7 @@ class TestSessionKey:
             del body["metadata"]
         else:
             body["metadata"] = {"user_id": user}
-        return attrs.evolve(request_of(body), headers=headers)
+        return attrs.evolve(fit_request_of(body), headers=headers)
 
     def test_the_session_header_before_the_user_id(self) -> None:
         header = ((b"x-claude-code-session-id", b"4f9c-sess"),)

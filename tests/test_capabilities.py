@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from trio_balancer.config import ConfigError, ProviderConfig, parse_config
+from trio_balancer.config import ConfigError, ProviderConfig
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import needs_of
@@ -28,7 +28,15 @@ from .fakes import (
     old_anthropic,
     old_anthropic_rejection,
 )
-from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, assert_error
+from .helpers import (
+    NO_DEDUP,
+    PROVIDER_KEY,
+    BalancerFactory,
+    assert_error,
+    fit_provider,
+    fit_request_of,
+    sent_betas,
+)
 
 BETAS = (
     "claude-code-20250219,interleaved-thinking-2025-05-14,context-management-2025-06-27,"
@@ -64,36 +72,22 @@ def claude_code_body(**extra: Any) -> dict[str, Any]:
 
 
 def request_of(body: dict[str, Any], betas: str = BETAS) -> UpstreamRequest:
-    raw = json.dumps(body).encode()
-    headers = ((b"content-type", b"application/json"), (b"anthropic-beta", betas.encode()))
-    return UpstreamRequest(
-        path="/v1/messages", query=b"", headers=headers, body=raw, payload=body,
-        model=body["model"], stream=bool(body.get("stream")), needs=needs_of(body),
-    )  # fmt: skip
-
-
-def provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
-    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
-    return parse_config({"providers": [data]}).providers[0]
-
-
-def sent_betas(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    return [f for n, v in headers if n == b"anthropic-beta" for f in v.decode().split(",")]
+    return fit_request_of(body, betas)
 
 
 class TestCapabilityConfig:
     def test_anthropic_lacks_nothing_and_openai_kind_takes_what_conversion_carries(self) -> None:
-        full = provider().capabilities
+        full = fit_provider().capabilities
         assert full.accepts_beta("anything-2030-01-01") and full.runs_server_tool("web_search_20250305")
         assert (full.thinking_family, full.documents, full.system_messages) == ("anthropic", "native", True)
-        oai = provider("openai").capabilities
+        oai = fit_provider("openai").capabilities
         assert oai.betas == () and not oai.context_management and oai.system_messages
         assert oai.thinking_family == "p"  # a third party's reasoning is its own
 
     def test_preset_then_table_override(self) -> None:
-        caps = provider("openai", preset="deepseek", capabilities={"context_window": 64000}).capabilities
+        caps = fit_provider("openai", preset="deepseek", capabilities={"context_window": 64000}).capabilities
         assert caps.reasoning_content and caps.context_window == 64000
-        old = provider(preset="anthropic-compatible", capabilities={"system_messages": True}).capabilities
+        old = fit_provider(preset="anthropic-compatible", capabilities={"system_messages": True}).capabilities
         assert old.system_messages and not old.context_management and old.thinking_family == "p"
 
     @pytest.mark.parametrize(
@@ -110,19 +104,19 @@ class TestCapabilityConfig:
     )
     def test_bad_capabilities_name_the_key(self, row: dict[str, Any], message: str) -> None:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-            provider(**row)
+            fit_provider(**row)
 
 
 class TestFit:
     def test_a_provider_that_lacks_nothing_gets_the_clients_bytes(self) -> None:
         req = request_of(claude_code_body())
-        fitted = fit_request(provider(), req, req.model)
+        fitted = fit_request(fit_provider(), req, req.model)
         assert fitted.body == req.body and fitted.changes == ()
         assert sent_betas(fitted.headers) == BETAS.split(",")
 
     def test_older_anthropic_compatible_gets_header_and_body_made_consistent(self) -> None:
         req = request_of(claude_code_body())
-        fitted = fit_request(provider(preset="anthropic-compatible"), req, req.model)
+        fitted = fit_request(fit_provider(preset="anthropic-compatible"), req, req.model)
         body = json.loads(fitted.body)
         assert sent_betas(fitted.headers) == ["claude-code-20250219", "interleaved-thinking-2025-05-14"]
         assert "context_management" not in body and "output_config" not in body
@@ -145,7 +139,7 @@ class TestFit:
         """A field Claude Code starts sending tomorrow ("Extra inputs are not permitted" on a
         strict server) goes only to providers that take every field, or list it."""
         req = request_of(claude_code_body(speed="fast", diagnostics={"x": 1}))
-        fitted = fit_request(provider(preset="anthropic-compatible"), req, req.model)
+        fitted = fit_request(fit_provider(preset="anthropic-compatible"), req, req.model)
         body = json.loads(fitted.body)
         assert "speed" not in body and "diagnostics" not in body
         assert any("diagnostics, speed" in c for c in fitted.changes)
@@ -153,9 +147,9 @@ class TestFit:
             "POST", "/v1/messages", [("anthropic-beta", ",".join(sent_betas(fitted.headers)))], fitted.body
         )
         assert old_anthropic_rejection(received) is None
-        listed = provider(preset="anthropic-compatible", capabilities={"body_fields": ["*"]})
+        listed = fit_provider(preset="anthropic-compatible", capabilities={"body_fields": ["*"]})
         assert "speed" in json.loads(fit_request(listed, req, req.model).body)
-        full = fit_request(provider(), req, req.model)
+        full = fit_request(fit_provider(), req, req.model)
         assert full.body == req.body
 
     def test_a_turns_own_effort_goes_with_the_effort_flag(self) -> None:
@@ -165,9 +159,9 @@ class TestFit:
         body["messages"][2] = {**body["messages"][2], "output_config": {"effort": "high"}}
         row = {"preset": "anthropic-compatible", "capabilities": {"system_messages": True}}
         req = request_of(body)
-        sent = json.loads(fit_request(provider(**row), req, req.model).body)
+        sent = json.loads(fit_request(fit_provider(**row), req, req.model).body)
         assert sent["messages"][2] == {"role": "system", "content": "The user switched to plan mode."}
-        assert fit_request(provider(), req, req.model).body == req.body
+        assert fit_request(fit_provider(), req, req.model).body == req.body
 
     def test_deferred_tools_without_tool_search(self) -> None:
         """Claude Code >= 2.1.3xx marks tools ``defer_loading`` (loaded when its tool search
@@ -189,20 +183,20 @@ class TestFit:
             {"model": "claude-opus-4-6", "max_tokens": 100, "tools": tools, "messages": messages},
             betas="claude-code-20250219,advanced-tool-use-2025-11-20",
         )
-        fitted = fit_request(provider(preset="anthropic-compatible"), req, req.model)
+        fitted = fit_request(fit_provider(preset="anthropic-compatible"), req, req.model)
         body = json.loads(fitted.body)
         assert sent_betas(fitted.headers) == ["claude-code-20250219"]
         assert body["tools"] == [tools[0], {"name": "Grep", "input_schema": {"type": "object"}}]
         assert body["messages"][2]["content"][0]["content"] == [{"type": "text", "text": "Tool loaded: Grep"}]
-        assert fit_request(provider(), req, req.model).body == req.body
-        converted = json.loads(fit_request(provider("openai"), req, req.model).body)
+        assert fit_request(fit_provider(), req, req.model).body == req.body
+        converted = json.loads(fit_request(fit_provider("openai"), req, req.model).body)
         assert [t["function"]["name"] for t in converted["tools"]] == ["Read", "Grep"]
 
     def test_a_flag_the_provider_refuses_takes_its_field_along(self) -> None:
         """``betas`` without the context-management flag: the field goes too, never one alone."""
         caps = {"betas": ["claude-code-20250219"]}
         req = request_of(claude_code_body())
-        fitted = fit_request(provider(capabilities=caps), req, req.model)
+        fitted = fit_request(fit_provider(capabilities=caps), req, req.model)
         body = json.loads(fitted.body)
         assert sent_betas(fitted.headers) == ["claude-code-20250219"]
         assert "context_management" not in body and "effort" not in body.get("output_config", {})
@@ -210,15 +204,15 @@ class TestFit:
 
     def test_adaptive_thinking_budget_stays_under_max_tokens(self) -> None:
         req = request_of(claude_code_body(max_tokens=1500))
-        body = json.loads(fit_request(provider(preset="anthropic-compatible"), req, req.model).body)
+        body = json.loads(fit_request(fit_provider(preset="anthropic-compatible"), req, req.model).body)
         assert body["thinking"] == {"type": "enabled", "budget_tokens": 1499}
         req = request_of(claude_code_body(max_tokens=800))
-        body = json.loads(fit_request(provider(preset="anthropic-compatible"), req, req.model).body)
+        body = json.loads(fit_request(fit_provider(preset="anthropic-compatible"), req, req.model).body)
         assert "thinking" not in body
 
     def test_a_renamed_model_with_nothing_else_to_change(self) -> None:
         req = request_of({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}, "")
-        fitted = fit_request(provider(preset="anthropic-compatible"), req, "other")
+        fitted = fit_request(fit_provider(preset="anthropic-compatible"), req, "other")
         assert json.loads(fitted.body)["model"] == "other" and fitted.changes == ()
 
 
@@ -233,20 +227,20 @@ class TestPlan:
 
     def test_server_tool_skips_a_provider_that_does_not_run_it(self) -> None:
         body = claude_code_body(tools=[WEB_SEARCH])
-        old, full = provider(name="old", preset="anthropic-compatible"), provider(name="full")
+        old, full = fit_provider(name="old", preset="anthropic-compatible"), fit_provider(name="full")
         kept, why = self.plan(body, old, full)
         assert kept == ["full"] and why == ["does not run the server tool web_search_20250305 (tools[0])"]
 
     def test_nothing_left_is_a_400_naming_the_block(self) -> None:
         body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [PDF]}]}
         with pytest.raises(InvalidRequest, match=r"messages\[0\]\.content\[0\]") as info:
-            self.plan(body, provider("openai", name="ds", preset="deepseek"))
+            self.plan(body, fit_provider("openai", name="ds", preset="deepseek"))
         assert "cannot read a pdf document" in str(info.value)
 
     def test_mcp_servers_keep_their_flag_on_a_provider_that_has_them(self) -> None:
         body = claude_code_body(mcp_servers=[{"type": "url", "url": "https://mcp.example", "name": "x"}])
         req = request_of(body, "mcp-client-2025-04-04")
-        fitted = fit_request(provider(capabilities={"context_management": False}), req, req.model)
+        fitted = fit_request(fit_provider(capabilities={"context_management": False}), req, req.model)
         assert sent_betas(fitted.headers) == ["mcp-client-2025-04-04"]
         assert json.loads(fitted.body)["mcp_servers"] == body["mcp_servers"]
 
@@ -256,7 +250,7 @@ class TestOpenAIFit:
         body = claude_code_body()
         body["messages"][3]["content"].append(PDF)
         req = request_of(body)
-        sent = json.loads(fit_request(provider("openai", preset="openai"), req, "gpt").body)
+        sent = json.loads(fit_request(fit_provider("openai", preset="openai"), req, "gpt").body)
         roles = [m["role"] for m in sent["messages"]]
         assert roles == ["system", "user", "assistant", "system", "user"]
         assert sent["messages"][3]["content"] == "The user switched to plan mode."

@@ -14,12 +14,10 @@ from typing import Any
 
 import trio
 
-from trio_balancer.config import ProviderConfig, parse_config
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import FAMILY_NAMES_MAX, SignatureBook
 from trio_balancer.upstream.fit import fit_plan, fit_request
-from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import (
     FakeUpstream,
@@ -30,28 +28,8 @@ from .fakes import (
     old_anthropic_rejection,
     openai_rejection,
 )
-from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory
+from .helpers import NO_DEDUP, BalancerFactory, fit_provider, fit_request_of, sent_betas
 from .signing_fakes import SigningProvider
-
-
-def request_of(body: dict[str, Any], betas: str = "") -> UpstreamRequest:
-    raw = json.dumps(body).encode()
-    headers: tuple[tuple[bytes, bytes], ...] = ((b"content-type", b"application/json"),)
-    if betas:
-        headers += ((b"anthropic-beta", betas.encode()),)
-    return UpstreamRequest(
-        path="/v1/messages", query=b"", headers=headers, body=raw, payload=body,
-        model=body["model"], stream=bool(body.get("stream")), needs=needs_of(body),
-    )  # fmt: skip
-
-
-def provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
-    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
-    return parse_config({"providers": [data]}).providers[0]
-
-
-def sent_betas(headers: list[tuple[bytes, bytes]]) -> list[str]:
-    return [f for n, v in headers if n == b"anthropic-beta" for f in v.decode().split(",") if f]
 
 
 def old_rejects(fitted: Any) -> str | None:
@@ -77,8 +55,8 @@ class TestOldAnthropicEmptyFields:
 
     def test_empty_mcp_servers_with_its_flag(self) -> None:
         """``mcp_servers: []`` with the mcp-client flag: the flag is stripped, the field kept."""
-        req = request_of(base(mcp_servers=[]), "claude-code-20250219,mcp-client-2025-04-04")
-        fitted = fit_request(provider(**OLD), req, req.model)
+        req = fit_request_of(base(mcp_servers=[]), "claude-code-20250219,mcp-client-2025-04-04")
+        fitted = fit_request(fit_provider(**OLD), req, req.model)
         body = json.loads(fitted.body)
         assert "mcp-client-2025-04-04" not in sent_betas(fitted.headers)
         assert "mcp_servers" not in body, "flag stripped but field kept"
@@ -86,26 +64,26 @@ class TestOldAnthropicEmptyFields:
         assert why is None, why
 
     def test_null_context_management(self) -> None:
-        req = request_of(base(context_management=None), "context-management-2025-06-27")
-        fitted = fit_request(provider(**OLD), req, req.model)
+        req = fit_request_of(base(context_management=None), "context-management-2025-06-27")
+        fitted = fit_request(fit_provider(**OLD), req, req.model)
         why = old_rejects(fitted)
         assert why is None, why
 
     def test_empty_output_config(self) -> None:
-        req = request_of(base(output_config={}), "effort-2025-11-24")
-        fitted = fit_request(provider(**OLD), req, req.model)
+        req = fit_request_of(base(output_config={}), "effort-2025-11-24")
+        fitted = fit_request(fit_provider(**OLD), req, req.model)
         why = old_rejects(fitted)
         assert why is None, why
 
     def test_output_config_with_null_format(self) -> None:
-        req = request_of(base(output_config={"effort": "low", "format": None}))
-        fitted = fit_request(provider(**OLD), req, req.model)
+        req = fit_request_of(base(output_config={"effort": "low", "format": None}))
+        fitted = fit_request(fit_provider(**OLD), req, req.model)
         why = old_rejects(fitted)
         assert why is None, why
 
     def test_null_container(self) -> None:
-        req = request_of(base(container=None))
-        fitted = fit_request(provider(**OLD), req, req.model)
+        req = fit_request_of(base(container=None))
+        fitted = fit_request(fit_provider(**OLD), req, req.model)
         why = old_rejects(fitted)
         assert why is None, why
 
@@ -119,8 +97,8 @@ def test_cache_ttl_inside_a_tool_result_is_removed_with_its_flag() -> None:
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
             {"type": "text", "text": "out", "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}]},
     ])  # fmt: skip
-    req = request_of(body, "extended-cache-ttl-2025-04-11")
-    fitted = fit_request(provider(**OLD), req, req.model)
+    req = fit_request_of(body, "extended-cache-ttl-2025-04-11")
+    fitted = fit_request(fit_provider(**OLD), req, req.model)
     assert sent_betas(fitted.headers) == []
     inner = json.loads(fitted.body)["messages"][2]["content"][0]["content"][0]
     assert inner["cache_control"] == {"type": "ephemeral"}
@@ -130,9 +108,9 @@ def test_provider_configured_beta_header_survives_fitting() -> None:
     """A provider's own ``headers`` table sets anthropic-beta (its override of the client's):
     when a client flag must go, the fitted header is rebuilt from the client's flags and the
     configured value is lost."""
-    p = provider(**OLD, headers={"anthropic-beta": "claude-code-20250219"})
-    req = request_of(base(), "interleaved-thinking-2025-05-14,context-management-2025-06-27")
-    plain = request_of(base(), "claude-code-20250219")
+    p = fit_provider(**OLD, headers={"anthropic-beta": "claude-code-20250219"})
+    req = fit_request_of(base(), "interleaved-thinking-2025-05-14,context-management-2025-06-27")
+    plain = fit_request_of(base(), "claude-code-20250219")
     unchanged = fit_request(p, plain, plain.model)
     fitted = fit_request(p, req, req.model)
     assert sent_betas(unchanged.headers) == ["claude-code-20250219"]
@@ -169,8 +147,8 @@ def test_open_tool_loop_behind_a_system_message_moved_to_another_family() -> Non
     body = tool_loop(
         between=[{"role": "system", "content": "Reminder: be brief."}], signature="anthropic-sig"
     )
-    req = request_of(body)
-    fitted = fit_request(provider(**OLD), req, req.model, thinking=book)
+    req = fit_request_of(body)
+    fitted = fit_request(fit_provider(**OLD), req, req.model, thinking=book)
     sent = json.loads(fitted.body)
     why = SigningProvider(family="p", script=[]).rejection(sent)
     assert why is None, why
@@ -180,8 +158,8 @@ def test_open_tool_loop_without_system_message_is_fine() -> None:
     """The control: the same loop without the system message is sent without thinking."""
     book = SignatureBook()
     book.remember("anthropic-sig", "anthropic")
-    req = request_of(tool_loop(between=[], signature="anthropic-sig"))
-    sent = json.loads(fit_request(provider(**OLD), req, req.model, thinking=book).body)
+    req = fit_request_of(tool_loop(between=[], signature="anthropic-sig"))
+    sent = json.loads(fit_request(fit_provider(**OLD), req, req.model, thinking=book).body)
     assert SigningProvider(family="p", script=[]).rejection(sent) is None
 
 
@@ -192,8 +170,8 @@ def test_open_tool_loop_with_the_tool_result_and_text_in_two_user_messages() -> 
     book.remember("anthropic-sig", "anthropic")
     body = tool_loop(between=[], signature="anthropic-sig")
     body["messages"].append({"role": "user", "content": [{"type": "text", "text": "and then?"}]})
-    req = request_of(body)
-    sent = json.loads(fit_request(provider(**OLD), req, req.model, thinking=book).body)
+    req = fit_request_of(body)
+    sent = json.loads(fit_request(fit_provider(**OLD), req, req.model, thinking=book).body)
     messages = sent["messages"]
     # what the provider sees after joining consecutive user messages
     joined = [*messages[:-2], {"role": "user", "content": messages[-2]["content"] + messages[-1]["content"]}]
@@ -215,10 +193,10 @@ def test_pdf_returned_by_a_tool_reaches_an_openai_provider_that_reads_pdfs() -> 
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {"file_path": "report.pdf"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [PDF]}]},
     ])  # fmt: skip
-    p = provider("openai", preset="openai")
+    p = fit_provider("openai", preset="openai")
     kept, skipped = fit_plan([Attempt(p, "gpt")], needs_of(body))
     assert kept and not skipped
-    req = request_of(body)
+    req = fit_request_of(body)
     fitted = fit_request(p, req, "gpt")
     sent = json.loads(fitted.body)
     assert openai_rejection(sent, files=True) is None
@@ -233,10 +211,10 @@ def test_text_document_returned_by_a_tool_reaches_an_openai_provider() -> None:
         {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Read", "input": {}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [doc]}]},
     ])  # fmt: skip
-    p = provider("openai", preset="deepseek")
+    p = fit_provider("openai", preset="deepseek")
     kept, _ = fit_plan([Attempt(p, "ds")], needs_of(body))
     assert kept
-    req = request_of(body)
+    req = fit_request_of(body)
     fitted = fit_request(p, req, "ds")
     text = fitted.body.decode()
     assert "SECRET-NOTES" in text, f"document lost: {fitted.changes}"
@@ -339,10 +317,10 @@ def test_property_full_provider_bytes_and_payload_untouched(
 ) -> None:
     body = base(messages=copy.deepcopy(messages), **dict(fields))
     snapshot = copy.deepcopy(body)
-    req = request_of(body, ",".join(betas))
-    full = fit_request(provider(), req, req.model, thinking=SignatureBook())
+    req = fit_request_of(body, ",".join(betas))
+    full = fit_request(fit_provider(), req, req.model, thinking=SignatureBook())
     assert full.body == req.body and full.changes == ()
-    old = fit_request(provider(**OLD), req, req.model, thinking=SignatureBook())
+    old = fit_request(fit_provider(**OLD), req, req.model, thinking=SignatureBook())
     assert body == snapshot
     why = old_rejects(old)
     assert why is None or why.startswith("Unexpected value(s) ` Interleaved"), why

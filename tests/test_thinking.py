@@ -17,9 +17,7 @@ from typing import Any
 import anthropic
 import trio
 
-from trio_balancer.config import ProviderConfig, parse_config
 from trio_balancer.protocol.convert import RequestOptions, StreamConverter, to_anthropic_message, to_openai
-from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.sse import SSEEvent
 from trio_balancer.protocol.thinking import (
     MINTED_PREFIX,
@@ -31,10 +29,9 @@ from trio_balancer.protocol.thinking import (
     signatures_in,
 )
 from trio_balancer.upstream.fit import fit_request
-from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import JSON_HEADERS, FakeUpstream, Reply, error_reply, oai_chunk, openai_rejection
-from .helpers import CLIENT_KEY, NO_DEDUP, PROVIDER_KEY, BalancerFactory
+from .helpers import CLIENT_KEY, NO_DEDUP, PROVIDER_KEY, BalancerFactory, fit_provider, fit_request_of
 from .signing_fakes import Answer, ReasoningProvider, SigningProvider
 
 THINKING = {"type": "enabled", "budget_tokens": 2048}
@@ -66,19 +63,6 @@ def book_with(**families: str) -> SignatureBook:
     for signature, family in families.items():
         book.remember(signature, family)
     return book
-
-
-def provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
-    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
-    return parse_config({"providers": [data]}).providers[0]
-
-
-def request_of(body: dict[str, Any]) -> UpstreamRequest:
-    raw = json.dumps(body).encode()
-    return UpstreamRequest(
-        path="/v1/messages", query=b"", headers=((b"content-type", b"application/json"),), body=raw,
-        payload=body, model=body["model"], stream=True, needs=needs_of(body),
-    )  # fmt: skip
 
 
 class TestSignatureBook:
@@ -245,8 +229,8 @@ class TestFitRequest:
         body = body_of(
             {"role": "assistant", "content": [thought("a", "sigA"), tool_use("t1")]}, tool_result("t1")
         )
-        req = request_of(body)
-        fitted = fit_request(provider(), req, req.model, thinking=book_with(sigA="anthropic"))
+        req = fit_request_of(body)
+        fitted = fit_request(fit_provider(), req, req.model, thinking=book_with(sigA="anthropic"))
         assert fitted.body == req.body and fitted.changes == ()
 
     def test_another_family_gets_its_own_blocks_only(self) -> None:
@@ -254,8 +238,8 @@ class TestFitRequest:
             {"role": "assistant", "content": [thought("a", "sigA"), {"type": "text", "text": "x"}]},
             {"role": "user", "content": "more"},
         )
-        req = request_of(body)
-        b = provider(name="b", preset="anthropic-compatible")
+        req = fit_request_of(body)
+        b = fit_provider(name="b", preset="anthropic-compatible")
         fitted = fit_request(b, req, req.model, thinking=book_with(sigA="anthropic"))
         assert json.loads(fitted.body)["messages"][1]["content"] == [{"type": "text", "text": "x"}]
         assert any("thinking block" in c for c in fitted.changes)
@@ -264,8 +248,8 @@ class TestFitRequest:
         body = body_of(
             {"role": "assistant", "content": [thought("plan", "sigA"), tool_use("t1")]}, tool_result("t1")
         )
-        req = request_of(body)
-        sent = json.loads(fit_request(provider("openai", preset="deepseek"), req, "ds").body)
+        req = fit_request_of(body)
+        sent = json.loads(fit_request(fit_provider("openai", preset="deepseek"), req, "ds").body)
         assert sent["messages"][1]["reasoning_content"] == "plan"
         assert sent["messages"][1]["tool_calls"][0]["id"] == "t1"
 
