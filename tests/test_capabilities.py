@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
-from trio_balancer.config import ConfigError, ProviderConfig
+from trio_balancer.config import Capabilities, ConfigError, ProviderConfig
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.routing import Attempt
-from trio_balancer.protocol.features import needs_of
+from trio_balancer.protocol.features import DROPPABLE, FEATURE_BETAS, needs_of
 from trio_balancer.upstream.fit import fit_plan, fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
@@ -71,11 +72,30 @@ def claude_code_body(**extra: Any) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# A request that needs everything a request can need but a document.
+SERVER_TOOL_BODY: dict[str, Any] = {
+    "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "m"}],
+    "container": "c1",
+    "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
+    "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+    "messages": [],
+}
+
+
 def request_of(body: dict[str, Any], betas: str = BETAS) -> UpstreamRequest:
     return fit_request_of(body, betas)
 
 
 class TestCapabilityConfig:
+    def test_every_feature_name_is_a_capability(self) -> None:
+        """Features, droppable features and needs name ``Capabilities`` fields (fit reads them by name)."""
+        fields = {f.name: f.type for f in attrs.fields(Capabilities)}
+        names = {*FEATURE_BETAS, *DROPPABLE} | {
+            n.what for n in needs_of(SERVER_TOOL_BODY) if n.what != "server_tools"
+        }
+        assert names <= fields.keys()
+        assert all(fields[n] == "bool" for n in names), {n: fields[n] for n in names}
+
     def test_anthropic_lacks_nothing_and_openai_kind_takes_what_conversion_carries(self) -> None:
         full = fit_provider().capabilities
         assert full.accepts_beta("anything-2030-01-01") and full.runs_server_tool("web_search_20250305")

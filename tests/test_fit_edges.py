@@ -13,6 +13,8 @@ import json
 from typing import Any
 
 import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import needs_of
@@ -284,8 +286,6 @@ async def test_empty_mcp_servers_reaches_an_older_server_as_a_400(
 
 # -- properties that held up (kept as guards) ----------------------------------------------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _FIELD = st.sampled_from([
     ("context_management", {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]}),

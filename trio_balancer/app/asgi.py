@@ -44,7 +44,7 @@ from trio_balancer.ledger import Ledger, LedgerUnavailable
 from trio_balancer.policy.auth import ClientKey, check_browser_reach, is_loopback
 from trio_balancer.protocol.dedup import ResponseCache
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
-from trio_balancer.upstream.request import UpstreamRequest
+from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["CONFIG_ENV", "BalancerApp", "count_tasks", "create_app"]
 
@@ -244,7 +244,7 @@ class BalancerApp:
         path: str = scope["path"]
         method: str = scope["method"]
         try:
-            if path in ("/v1/messages", "/v1/messages/count_tokens"):
+            if path in (MESSAGES_PATH, COUNT_TOKENS_PATH):
                 require_method(method, "POST")
                 key = self._authenticate(scope)
                 await self._messages.handle(scope, receive, send, key)

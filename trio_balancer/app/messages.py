@@ -45,14 +45,13 @@ from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
 from trio_balancer.upstream.fit import fit_plan
-from trio_balancer.upstream.request import UpstreamRequest
+from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]
 
 log = get_logger("trio_balancer.app.messages")
 
 _Headers = list[tuple[bytes, bytes]]
-COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 class MessagesEndpoint:
@@ -199,7 +198,7 @@ class MessagesEndpoint:
         return request
 
     async def _cached(self, dedup_key: str, request: UpstreamRequest) -> CachedResponse | None:
-        if _counting(request):  # counts are cheap to redo: this instance's own cache only
+        if request.counts_tokens:  # counts are cheap to redo: this instance's own cache only
             return self._state.count_cache.get(dedup_key, trio.current_time())
         cached = self._state.cache.get(dedup_key, trio.current_time())
         cluster = self._state.cluster
@@ -235,7 +234,7 @@ class MessagesEndpoint:
             # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
             need_tokens=len(request.body) // 4,
         )
-        counting = _counting(request)  # counting a request is not running it: nothing it needs
+        counting = request.counts_tokens  # counting a request is not running it: nothing it needs
         attempts, skipped = fit_plan(attempts, () if counting else request.needs)
         if state.cluster is not None:  # whose thinking this is may be known on another instance
             await state.cluster.recall_thinking(signatures_in(request.payload))
@@ -270,7 +269,7 @@ class MessagesEndpoint:
         their own with a short life (``AppState.count_cache``).
         """
         dedup = self._state.config.dedup
-        if not dedup.enabled or request.path not in ("/v1/messages", COUNT_TOKENS_PATH):
+        if not dedup.enabled or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
             return None
         for name, value in scope["headers"]:
             if name == b"x-balancer-no-dedup" and value.strip() not in (b"", b"0", b"false"):
@@ -294,7 +293,7 @@ class MessagesEndpoint:
             session is not None
             and outcome.completed
             and outcome.provider is not None
-            and not _counting(request)
+            and not request.counts_tokens
         ):
             self._state.router.remember(session, outcome.provider, trio.current_time())
 
@@ -306,7 +305,7 @@ class MessagesEndpoint:
         state = self._state
         head = replay[0]
         chunks = [item for item in replay[1:] if type(item) is bytes]
-        counting = _counting(request)
+        counting = request.counts_tokens
         (state.count_cache if counting else state.cache).put(
             key,
             trio.current_time(),
@@ -331,10 +330,6 @@ class MessagesEndpoint:
                 upstream_model=outcome.upstream_model,
             )
             state.cluster.cache_put(key, entry, ttl)
-
-
-def _counting(request: UpstreamRequest) -> bool:
-    return request.path == COUNT_TOKENS_PATH
 
 
 def _require_json(headers: Iterable[tuple[bytes, bytes]]) -> None:

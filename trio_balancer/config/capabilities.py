@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from trio_balancer.config import spec
-from trio_balancer.protocol.documents import takes_document
+from trio_balancer.protocol.documents import MODE_TAKES, takes_document
 from trio_balancer.protocol.features import Need
 from trio_balancer.protocol.schema_dialect import DIALECTS
 
@@ -27,7 +27,6 @@ __all__ = [
     "ALL",
     "DOCUMENT_MODES",
     "PRESETS",
-    "SCHEMA_DIALECTS",
     "Capabilities",
     "preset_for",
 ]
@@ -35,9 +34,7 @@ __all__ = [
 ALL = "*"  # in a list of beta flags or server tools: every one
 # How a provider takes `document` blocks: as Anthropic's blocks; as OpenAI `file` content
 # parts (PDFs) and text; as text only (text documents; a PDF skips the provider); not at all.
-DOCUMENT_MODES = ("native", "file", "text", "none")
-# Which JSON-Schema a provider's tool parameters may use (``protocol/schema_dialect.py``).
-SCHEMA_DIALECTS = DIALECTS
+DOCUMENT_MODES = tuple(MODE_TAKES)
 
 
 @attrs.frozen
@@ -71,7 +68,7 @@ class Capabilities:
     # OpenAI-compatible reasoning models (DeepSeek, Kimi, ...): prior thinking goes back as
     # `reasoning_content` on assistant turns, which they require on tool-call turns.
     reasoning_content: bool = attrs.field(default=False, metadata=spec.boolean())
-    schema_dialect: str = attrs.field(default="json-schema", metadata=spec.string(choices=SCHEMA_DIALECTS))
+    schema_dialect: str = attrs.field(default="json-schema", metadata=spec.string(choices=DIALECTS))
     # Remove Claude Code's `x-anthropic-billing-header` text from the system prompt: its
     # per-request value would defeat the provider's prompt cache, and it means nothing there.
     strip_billing_header: bool = attrs.field(default=False, metadata=spec.boolean())
@@ -152,7 +149,6 @@ _OPENAI: Mapping[str, Any] = {
     "betas": (),
     "body_fields": (ALL,),  # conversion carries only the fields it knows
     "system_messages": True,  # a system message in place is OpenAI's own format
-    "thinking_family": "",
 }
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "anthropic": {},

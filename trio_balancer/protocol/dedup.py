@@ -4,8 +4,8 @@ Signature: a hash of everything in the request that can change the answer (every
 except ``stream`` and ``metadata``, the endpoint, the query string, the ``anthropic-version``
 and ``anthropic-beta`` headers) plus the identity of the client. The volatile values of Claude
 Code's billing header (``cch=``, new each request in some versions) are left out
-(``protocol/billing.py``): they do not change the answer, and would make every turn unique. Requests from different
-clients never share, whatever they ask: a response is only ever replayed to the key that
+(``protocol/billing.py``): they do not change the answer, and would make every turn unique.
+Requests from different clients never share, whatever they ask: a response is only ever replayed to the key that
 asked for it.
 
 The cache keeps completed responses (ended with ``message_stop``, or a complete JSON body; never

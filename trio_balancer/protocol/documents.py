@@ -12,17 +12,28 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from trio_balancer.protocol.system_messages import system_text
+from trio_balancer.protocol.blocks import content_text
 
-__all__ = ["MODE_TAKES", "document_as_text", "documents_as_text", "takes_document"]
+__all__ = ["MODE_TAKES", "document_as_text", "document_kind", "documents_as_text", "takes_document"]
 
-# What each mode takes, of the kinds ``features.document_kind`` tells apart.
+# What each mode takes, of the kinds :func:`document_kind` tells apart.
 MODE_TAKES: Mapping[str, frozenset[str]] = {
     "native": frozenset({"pdf", "text", "url", "file"}),
     "file": frozenset({"pdf", "text"}),
     "text": frozenset({"text"}),
     "none": frozenset(),
 }
+
+
+def document_kind(block: Mapping[str, Any]) -> str:
+    """``pdf`` (base64 data), ``text`` (plain text or content blocks), ``url`` or ``file`` (Files API)."""
+    source = block.get("source")
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind in ("text", "content"):
+        return "text"
+    if kind in ("url", "file"):
+        return str(kind)
+    return "pdf"
 
 
 def takes_document(mode: str, kind: str) -> bool:
@@ -33,7 +44,7 @@ def document_as_text(block: Mapping[str, Any]) -> str:
     """A text document's content as one text, headed by its title and context when given."""
     source = block.get("source") or {}
     if source.get("type") == "content":
-        body = system_text(source.get("content"))
+        body = content_text(source.get("content"))
     else:
         body = str(source.get("data", ""))
     head = [f"Document: {block['title']}"] if block.get("title") else []
@@ -43,11 +54,7 @@ def document_as_text(block: Mapping[str, Any]) -> str:
 
 
 def _is_text_document(block: Any) -> bool:
-    return (
-        isinstance(block, dict)
-        and block.get("type") == "document"
-        and (block.get("source") or {}).get("type") in ("text", "content")
-    )
+    return isinstance(block, dict) and block.get("type") == "document" and document_kind(block) == "text"
 
 
 def _as_text_block(block: Mapping[str, Any]) -> dict[str, Any]:

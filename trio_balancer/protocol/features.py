@@ -17,12 +17,13 @@ from typing import Any
 
 import attrs
 
+from trio_balancer.protocol.documents import document_kind
+
 __all__ = [
     "DROPPABLE",
     "FEATURE_BETAS",
     "Need",
     "beta_flags",
-    "document_kind",
     "drop_feature",
     "feature_of_beta",
     "join_betas",
@@ -134,17 +135,6 @@ def needs_of(payload: Mapping[str, Any]) -> tuple[Need, ...]:
             seen.add(kind)
             needs.append(Need("documents", kind, where))
     return tuple(needs)
-
-
-def document_kind(block: Mapping[str, Any]) -> str:
-    """``pdf`` (base64 data), ``text`` (plain text or content blocks), ``url`` or ``file`` (Files API)."""
-    source = block.get("source")
-    kind = source.get("type") if isinstance(source, dict) else None
-    if kind in ("text", "content"):
-        return "text"
-    if kind in ("url", "file"):
-        return str(kind)
-    return "pdf"
 
 
 def _document_blocks(payload: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:

@@ -12,19 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["fold_system_messages", "has_system_messages", "system_text"]
+from trio_balancer.protocol.blocks import content_text
+
+__all__ = ["fold_system_messages", "has_system_messages"]
 
 
 def has_system_messages(payload: Mapping[str, Any]) -> bool:
     return any(isinstance(m, dict) and m.get("role") == "system" for m in payload.get("messages") or ())
-
-
-def system_text(content: Any) -> str:
-    """The text of a system message's content: a string, or its text blocks joined."""
-    if isinstance(content, str):
-        return content
-    parts = [b.get("text", "") for b in content or () if isinstance(b, dict) and b.get("type") == "text"]
-    return "\n\n".join(str(p) for p in parts)
 
 
 def fold_system_messages(payload: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -36,7 +30,7 @@ def fold_system_messages(payload: Mapping[str, Any]) -> tuple[dict[str, Any], st
     for message in payload.get("messages") or ():
         if isinstance(message, dict) and message.get("role") == "system":
             where = f"after message {len(kept)}" if kept else "before the first message"
-            text = f"[System message, {where} of the conversation]\n{system_text(message.get('content'))}"
+            text = f"[System message, {where} of the conversation]\n{content_text(message.get('content'))}"
             folded.append({"type": "text", "text": text})
         else:
             kept.append(message)

@@ -279,11 +279,6 @@ def fit_thinking(
     return body, "; ".join(notes)
 
 
-def _thinking_on(payload: Mapping[str, Any]) -> bool:
-    thinking = payload.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
-
-
 def _open_loop_assistant(messages: list[Any]) -> int | None:
     """The index of the assistant message the request's ending ``tool_result`` answers, if any.
 

@@ -18,6 +18,8 @@ from trio_balancer.protocol.features import Need
 __all__ = ["SESSION_HEADER", "UpstreamRequest", "secrets_sent"]
 
 SESSION_HEADER = b"x-claude-code-session-id"
+MESSAGES_PATH = "/v1/messages"
+COUNT_TOKENS_PATH = "/v1/messages/count_tokens"
 
 
 @attrs.frozen
@@ -34,6 +36,11 @@ class UpstreamRequest:
     # What the request cannot lose (server tools, MCP, documents...): found once, at parse.
     needs: tuple[Need, ...] = ()
     client: str = ""  # who sent it (a client key's name or identity): sessions are theirs
+
+    @property
+    def counts_tokens(self) -> bool:
+        """A ``count_tokens`` request: counted, never run (so it needs nothing and moves nothing)."""
+        return self.path == COUNT_TOKENS_PATH
 
     def body_for(self, model: str) -> bytes:
         """The body to send upstream: the client's own bytes unless the model is renamed."""

@@ -27,9 +27,8 @@ from typing import Any
 
 import attrs
 
-from trio_balancer.protocol.documents import document_as_text
-from trio_balancer.protocol.features import document_kind
-from trio_balancer.protocol.system_messages import system_text
+from trio_balancer.protocol.blocks import content_text
+from trio_balancer.protocol.documents import document_as_text, document_kind
 
 __all__ = ["NO_REASONING", "Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
 
@@ -82,7 +81,7 @@ def to_openai(
         if role == "assistant":
             messages.append(_assistant(content, dropped, i, options.reasoning_content))
         elif role == "system":  # Claude Code >= 2.1.153: a system message in place, OpenAI's own way
-            messages.append({"role": "system", "content": system_text(content)})
+            messages.append({"role": "system", "content": content_text(content)})
         else:
             messages.extend(_user(content, dropped, i, options))
 
