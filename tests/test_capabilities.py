@@ -16,9 +16,10 @@ import trio
 
 from trio_balancer.config import Capabilities, ConfigError, ProviderConfig
 from trio_balancer.errors import InvalidRequest
+from trio_balancer.policy.plan import fit_plan
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import DROPPABLE, FEATURE_BETAS, needs_of
-from trio_balancer.upstream.fit import fit_plan, fit_request
+from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import (

@@ -16,10 +16,11 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trio_balancer.policy.plan import fit_plan
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import FAMILY_NAMES_MAX, SignatureBook
-from trio_balancer.upstream.fit import fit_plan, fit_request
+from trio_balancer.upstream.fit import fit_request
 
 from .fakes import (
     FakeUpstream,

@@ -40,11 +40,11 @@ from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
 from trio_balancer.flight.relay import RelayLimits
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
+from trio_balancer.policy.plan import fit_plan
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
-from trio_balancer.upstream.fit import fit_plan
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]

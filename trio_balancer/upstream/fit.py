@@ -6,20 +6,18 @@ provider's capabilities call for, in one pass, and says what it changed. A provi
 nothing gets the client's own bytes: passthrough to Anthropic stays byte-identical.
 
 Which providers a request may go to at all (it needs a server tool, MCP, a document kind) is
-decided before, by :func:`skip_reason` on the plan.
+decided before, on the plan (``policy/plan.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from trio_balancer.config import Capabilities, ProviderConfig
 from trio_balancer.config.capabilities import ALL
-from trio_balancer.errors import InvalidRequest
-from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.billing import strip_billing_header
 from trio_balancer.protocol.convert import RequestOptions, to_openai
 from trio_balancer.protocol.documents import documents_as_text
@@ -27,7 +25,6 @@ from trio_balancer.protocol.events import dumps
 from trio_balancer.protocol.features import (
     DROPPABLE,
     FEATURE_BETAS,
-    Need,
     beta_flags,
     drop_feature,
     feature_of_beta,
@@ -40,7 +37,7 @@ from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
 from trio_balancer.upstream.headers import request_headers
 from trio_balancer.upstream.request import UpstreamRequest
 
-__all__ = ["Fitted", "fit_plan", "fit_request", "skip_reason"]
+__all__ = ["Fitted", "fit_request"]
 
 
 @attrs.frozen
@@ -50,33 +47,6 @@ class Fitted:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     changes: tuple[str, ...] = ()
-
-
-def skip_reason(provider: ProviderConfig, needs: Sequence[Need]) -> str | None:
-    """Why ``provider`` must not get a request with ``needs`` (dropping would change the answer)."""
-    return provider.capabilities.first_lack(needs)
-
-
-def fit_plan(
-    attempts: Sequence[Attempt], needs: Sequence[Need]
-) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
-    """The plan's attempts that can take the request as it is, and the skipped ones with why.
-
-    With none left, the client gets a 400 that names what its request needs and what each
-    provider lacks: sending it anyway, stripped, would answer a different question.
-    """
-    kept: list[Attempt] = []
-    skipped: list[tuple[Attempt, str]] = []
-    for attempt in attempts:
-        why = skip_reason(attempt.provider, needs) if needs else None
-        if why is None:
-            kept.append(attempt)
-        else:
-            skipped.append((attempt, why))
-    if not kept and skipped:
-        each = "; ".join(f"{a.provider.name} {why}" for a, why in skipped)
-        raise InvalidRequest(f"no provider for this model can take this request as sent: {each}")
-    return kept, skipped
 
 
 def fit_request(
