@@ -18,7 +18,9 @@ from trio_balancer.config import Capabilities, ConfigError, ProviderConfig
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.plan import fit_plan
 from trio_balancer.policy.routing import Attempt
-from trio_balancer.protocol.features import DROPPABLE, FEATURE_BETAS, needs_of
+from trio_balancer.protocol import feature_drops
+from trio_balancer.protocol.feature_drops import DROPPABLE
+from trio_balancer.protocol.features import FEATURE_BETAS, needs_of
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
@@ -96,6 +98,7 @@ class TestCapabilityConfig:
         }
         assert names <= fields.keys()
         assert all(fields[n] == "bool" for n in names), {n: fields[n] for n in names}
+        assert set(feature_drops._REMOVERS) == set(DROPPABLE)  # each droppable feature has its remover
 
     def test_anthropic_lacks_nothing_and_openai_kind_takes_what_conversion_carries(self) -> None:
         full = fit_provider().capabilities

@@ -22,15 +22,8 @@ from trio_balancer.protocol.billing import strip_billing_header
 from trio_balancer.protocol.convert import RequestOptions, to_openai
 from trio_balancer.protocol.documents import documents_as_text
 from trio_balancer.protocol.events import dumps
-from trio_balancer.protocol.features import (
-    DROPPABLE,
-    FEATURE_BETAS,
-    beta_flags,
-    drop_feature,
-    feature_of_beta,
-    join_betas,
-    without_fields,
-)
+from trio_balancer.protocol.feature_drops import DROPPABLE, drop_feature, without_fields
+from trio_balancer.protocol.features import FEATURE_BETAS, beta_flags, feature_of_beta, join_betas
 from trio_balancer.protocol.schema_dialect import clean_tools
 from trio_balancer.protocol.system_messages import fold_system_messages
 from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
