@@ -231,7 +231,7 @@ class _Gemini:
         self.notes.add("allOf merged")
         merged: dict[str, Any] = {}
         dead: set[str] = set()  # keys whose parts disagree: said once, then left out
-        self._merge_part({k: v for k, v in schema.items() if k != "allOf"}, merged, facts, dead)
+        _merge_part({k: v for k, v in schema.items() if k != "allOf"}, merged, facts, dead, self.notes)
         unique = {_compact(p): p for p in parts}.values() if isinstance(parts, list) else ()  # A and A: A
         for part in unique:
             if part is False:
@@ -243,58 +243,8 @@ class _Gemini:
             part, more, part_refs = self._inline(part, refs)
             facts.extend(more)
             part = self._merge_all_of(part, depth + 1, part_refs, facts)
-            self._merge_part(part, merged, facts, dead)
+            _merge_part(part, merged, facts, dead, self.notes)
         return merged
-
-    def _merge_part(
-        self, part: Mapping[str, Any], merged: dict[str, Any], facts: list[str], dead: set[str]
-    ) -> None:
-        """One ``allOf`` part into ``merged``: its ``null`` type folded into ``type``, ``const`` as ``enum``."""
-        part = _null_in_type(part)
-        for key, value in part.items():
-            if key == "const":
-                key, value = "enum", [value]
-            if key in dead:
-                continue
-            if key not in merged:
-                merged[key] = value
-            elif not _same(merged[key], value):
-                self._merge_key(key, merged[key], value, merged, facts, dead)
-
-    def _merge_key(
-        self, key: str, have: Any, value: Any, merged: dict[str, Any], facts: list[str], dead: set[str]
-    ) -> None:
-        """Two parts' different values for ``key``: both must hold."""
-        both_dicts = isinstance(have, dict) and isinstance(value, dict)
-        if key == "properties" and both_dicts:
-            props = dict(have)
-            for name, sub in value.items():
-                props[name] = (
-                    {"allOf": [props[name], sub]} if name in props and not _same(props[name], sub) else sub
-                )
-            merged[key] = props
-        elif key == "items" and (isinstance(have, (dict, bool)) and isinstance(value, (dict, bool))):
-            merged[key] = {"allOf": [have, value]}
-        elif key == "required" and isinstance(have, list) and isinstance(value, list):
-            seen = {_compact(r) for r in have}
-            merged[key] = have + [r for r in value if _compact(r) not in seen]
-        elif key == "description" and isinstance(have, str) and isinstance(value, str):
-            merged[key] = _joined_text(have, value)
-        elif key == "nullable":
-            merged[key] = have is True and value is True
-        elif key in _LOWER | _UPPER and _number(have) and _number(value):
-            merged[key] = max(have, value) if key in _LOWER else min(have, value)
-        elif key in ("type", "enum") and (met := _meet(key, have, value)) is not None:
-            if met:
-                merged[key] = met
-                return
-            self.notes.add("allOf conflict described")
-            facts.append(f"{_NEVER}: allOf parts disagree on {key}: {_disagreement(key, have, value)}")
-            del merged[key]
-            dead.add(key)
-        elif key not in _MERGED_QUIETLY:
-            self.notes.add("allOf conflict described")
-            facts.append(f"also, from allOf: {_fact(key, value)}")
 
     # -- types ---------------------------------------------------------------------------------
 
@@ -359,7 +309,7 @@ class _Gemini:
             else:
                 self.notes.add("bad enum dropped")
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            self._exclusive(key, value, schema, out, facts)
+            _exclusive(key, value, schema, out, facts, self.notes)
         elif key in _NUMBER_KEYS:
             if _number(value):
                 _bound(key, value, out)
@@ -478,29 +428,91 @@ class _Gemini:
             else:
                 facts.append(f"one of: {', '.join(_compact(v) for v in values)}")
 
-    def _exclusive(
-        self, key: str, value: Any, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str]
-    ) -> None:
-        """An exclusive bound as an inclusive one: the next integer for integers, else said as text."""
-        low = key == "exclusiveMinimum"
-        plain = "minimum" if low else "maximum"
-        bound: Any = value
-        if isinstance(value, bool):  # draft 4: a flag on ``minimum``/``maximum``
-            bound = schema.get(plain)
-            if not value or not _number(bound):
-                self.notes.add(f"{key} dropped")
-                return
-        elif not _number(value):
-            self.notes.add(f"bad {key} dropped")
+
+# -- allOf parts and bounds ---------------------------------------------------------------
+
+
+def _merge_part(
+    part: Mapping[str, Any], merged: dict[str, Any], facts: list[str], dead: set[str], notes: set[str]
+) -> None:
+    """One ``allOf`` part into ``merged``: its ``null`` type folded into ``type``, ``const`` as ``enum``."""
+    part = _null_in_type(part)
+    for key, value in part.items():
+        if key == "const":
+            key, value = "enum", [value]
+        if key in dead:
+            continue
+        if key not in merged:
+            merged[key] = value
+        elif not _same(merged[key], value):
+            _merge_key(key, merged[key], value, merged, facts, dead, notes)
+
+
+def _merge_key(
+    key: str,
+    have: Any,
+    value: Any,
+    merged: dict[str, Any],
+    facts: list[str],
+    dead: set[str],
+    notes: set[str],
+) -> None:
+    """Two parts' different values for ``key``: both must hold."""
+    both_dicts = isinstance(have, dict) and isinstance(value, dict)
+    if key == "properties" and both_dicts:
+        props = dict(have)
+        for name, sub in value.items():
+            props[name] = (
+                {"allOf": [props[name], sub]} if name in props and not _same(props[name], sub) else sub
+            )
+        merged[key] = props
+    elif key == "items" and (isinstance(have, (dict, bool)) and isinstance(value, (dict, bool))):
+        merged[key] = {"allOf": [have, value]}
+    elif key == "required" and isinstance(have, list) and isinstance(value, list):
+        seen = {_compact(r) for r in have}
+        merged[key] = have + [r for r in value if _compact(r) not in seen]
+    elif key == "description" and isinstance(have, str) and isinstance(value, str):
+        merged[key] = _joined_text(have, value)
+    elif key == "nullable":
+        merged[key] = have is True and value is True
+    elif key in _LOWER | _UPPER and _number(have) and _number(value):
+        merged[key] = max(have, value) if key in _LOWER else min(have, value)
+    elif key in ("type", "enum") and (met := _meet(key, have, value)) is not None:
+        if met:
+            merged[key] = met
             return
-        self.notes.add(f"{key} as {plain}")
-        if schema.get("type") == "integer":
-            step = math.floor(bound) + 1 if low else math.ceil(bound) - 1
-            _bound(plain, step, out)
+        notes.add("allOf conflict described")
+        facts.append(f"{_NEVER}: allOf parts disagree on {key}: {_disagreement(key, have, value)}")
+        del merged[key]
+        dead.add(key)
+    elif key not in _MERGED_QUIETLY:
+        notes.add("allOf conflict described")
+        facts.append(f"also, from allOf: {_fact(key, value)}")
+
+
+def _exclusive(
+    key: str, value: Any, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str], notes: set[str]
+) -> None:
+    """An exclusive bound as an inclusive one: the next integer for integers, else said as text."""
+    low = key == "exclusiveMinimum"
+    plain = "minimum" if low else "maximum"
+    bound: Any = value
+    if isinstance(value, bool):  # draft 4: a flag on ``minimum``/``maximum``
+        bound = schema.get(plain)
+        if not value or not _number(bound):
+            notes.add(f"{key} dropped")
             return
-        _bound(plain, bound, out)
-        if out.get(plain) == bound:
-            facts.append(f"{'greater' if low else 'less'} than {_compact(bound)}, not equal")
+    elif not _number(value):
+        notes.add(f"bad {key} dropped")
+        return
+    notes.add(f"{key} as {plain}")
+    if schema.get("type") == "integer":
+        step = math.floor(bound) + 1 if low else math.ceil(bound) - 1
+        _bound(plain, step, out)
+        return
+    _bound(plain, bound, out)
+    if out.get(plain) == bound:
+        facts.append(f"{'greater' if low else 'less'} than {_compact(bound)}, not equal")
 
 
 def _number(value: Any) -> bool:
