@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from trio_balancer.config import ProviderConfig, parse_config
 from trio_balancer.protocol.convert import to_openai
 from trio_balancer.protocol.features import needs_of
-from trio_balancer.protocol.schema_dialect import GEMINI_KEYS, clean_schema, clean_tools
+from trio_balancer.protocol.schema_dialect import GEMINI_KEYS, MAX_NODES, clean_schema, clean_tools
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
 
@@ -255,16 +255,224 @@ class TestRules:
         assert "too deep" in json.dumps(out)
 
 
+def nodes_of(schema: Any) -> int:
+    """How many schema nodes a cleaned schema holds (its size, counted without a clock)."""
+    if not isinstance(schema, dict):
+        return 0
+    subs = [*(schema.get("properties") or {}).values(), *(schema.get("anyOf") or [])]
+    if isinstance(schema.get("items"), dict):
+        subs.append(schema["items"])
+    return 1 + sum(nodes_of(s) for s in subs)
+
+
+def chained_defs(k: int, n: int) -> dict[str, Any]:
+    """``n`` definitions, each an object of ``k`` properties that all name the next: k**n leaves."""
+    defs: dict[str, Any] = {
+        f"d{i}": {"type": "object", "properties": {f"p{j}": {"$ref": f"#/$defs/d{i + 1}"} for j in range(k)}}
+        for i in range(n)
+    }
+    defs[f"d{n}"] = {"type": "string"}
+    return {"type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}}
+
+
+class TestAttacks:
+    """Regressions from an attack on the cleaner: each once crashed, blew up, or changed a meaning."""
+
+    @pytest.mark.parametrize("key", ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"])
+    def test_a_huge_integer_bound_does_not_crash_the_cleaner(self, key: str) -> None:
+        """json.loads reads a 400-digit literal as an int: math.isfinite() raised OverflowError (a 500)."""
+        huge = 10**400
+        digits = "1" + "0" * 400
+        schema = json.loads(
+            f'{{"type": "object", "properties": {{"x": {{"type": "integer", "{key}": {digits}}}}}}}'
+        )
+        cleaned, _ = clean_schema(schema, "gemini")
+        assert _schema_rejection(cleaned, "t") is None
+        out = cleaned["properties"]["x"]
+        assert out["type"] == "integer"
+        plain = key.replace("exclusiveM", "m")
+        assert out[plain] == {"minimum": huge, "maximum": huge, "exclusiveMinimum": huge + 1,
+                              "exclusiveMaximum": huge - 1}[key]  # fmt: skip
+
+    def test_a_huge_number_bound_is_kept(self) -> None:
+        assert prop({"type": "number", "exclusiveMaximum": 10**400})["maximum"] == 10**400
+
+    @pytest.mark.parametrize("bound", [float("inf"), float("nan")])
+    def test_a_draft4_flag_on_a_non_finite_bound_is_dropped(self, bound: float) -> None:
+        """``Infinity`` and ``NaN`` parse in Python's json: math.floor() of them raised."""
+        out = prop({"type": "integer", "minimum": bound, "exclusiveMinimum": True})
+        assert out == {"type": "integer"}
+
+    def test_ref_expansion_is_bounded_in_size(self) -> None:
+        """A 2 KB schema of chained $defs must not blow up into megabytes (and seconds of CPU,
+        synchronously, on the event loop: 8 properties x 8 levels was 230 MB and 20 s)."""
+        schema = chained_defs(5, 8)
+        size_in = len(json.dumps(schema))
+        out = gemini(schema)
+        size_out = len(json.dumps(out))
+        assert size_out <= 100 * size_in, f"{size_in} bytes in, {size_out} bytes out"
+        assert "too large to inline: the same schema as #/$defs/d" in json.dumps(out)
+
+    @pytest.mark.parametrize("k", [2, 8, 20])
+    def test_ref_expansion_produces_a_bounded_number_of_nodes(self, k: int) -> None:
+        """The work is bounded with the output: nodes counted, whatever the fan-out."""
+        out = gemini(chained_defs(k, 8))
+        assert nodes_of(out) <= MAX_NODES + 16 * (k + 2)  # the input's own nodes and the cut ones
+        again = clean_schema(out, "gemini")
+        assert again == (out, ())
+
+    def test_allof_ref_expansion_is_bounded_too(self) -> None:
+        """allOf parts are merged before any node is made: their expansions count on the budget."""
+        defs: dict[str, Any] = {
+            f"d{i}": {"allOf": [{"$ref": f"#/$defs/d{i + 1}", "title": f"t{j}"} for j in range(6)]}
+            for i in range(6)
+        }
+        defs["d6"] = {"type": "string"}
+        out = gemini({"type": "object", "$defs": defs, "properties": {"x": {"$ref": "#/$defs/d0"}}})[
+            "properties"
+        ]["x"]
+        assert "too large to inline: the same schema as #/$defs/d" in out["description"]
+
+    def test_a_big_schema_without_refs_is_not_cut(self) -> None:
+        many = {
+            f"p{i}": {"type": "object", "properties": {"q": {"$ref": "#/$defs/s"}}} for i in range(MAX_NODES)
+        }
+        out = gemini({"type": "object", "$defs": {"s": {"type": "string"}}, "properties": many})
+        assert "too large" not in json.dumps(out) and out["properties"][f"p{MAX_NODES - 1}"]["properties"][
+            "q"
+        ] == {"type": "string"}
+
+    def test_a_small_tree_of_refs_is_still_inlined_whole(self) -> None:
+        out = gemini(chained_defs(2, 6))
+        assert "too large" not in json.dumps(out) and nodes_of(out) == 2 + sum(2**i for i in range(1, 7))
+
+    def test_anyof_with_a_false_branch_keeps_the_other_branch(self) -> None:
+        """``false`` matches nothing: anyOf [false, string] means string, not "anything"."""
+        assert prop({"anyOf": [False, {"type": "string"}]}) == {"type": "string"}
+        assert prop({"oneOf": [{"type": "integer"}, False, {"type": "string"}]}) == {
+            "anyOf": [{"type": "integer"}, {"type": "string"}]
+        }
+        assert prop({"anyOf": [True, {"type": "string"}]}) == {}
+
+    def test_anyof_of_only_false_branches_matches_no_value(self) -> None:
+        assert prop({"anyOf": [False, {"allOf": [False]}]}) == {"description": "(no value is allowed here)"}
+
+    def test_allof_false_is_not_turned_into_anything(self) -> None:
+        assert prop({"allOf": [False]}) == {"description": "(no value is allowed here)"}
+        assert prop({"allOf": [{"type": "string"}, False]}) == {
+            "type": "string",
+            "description": "(no value is allowed here)",
+        }
+        assert prop({"allOf": [True, {"type": "string"}]}) == {"type": "string"}
+
+    def test_allof_with_conflicting_types_is_not_silently_the_first(self) -> None:
+        out = prop({"allOf": [{"type": "string"}, {"type": "integer"}]})
+        assert out == {
+            "description": "(no value is allowed here: allOf parts disagree on type: string, integer)"
+        }
+        assert prop(
+            {"anyOf": [{"allOf": [{"type": "string"}, {"type": "integer"}]}, {"type": "boolean"}]}
+        ) == {"type": "boolean"}
+
+    def test_allof_types_are_intersected(self) -> None:
+        assert prop({"allOf": [{"type": "number"}, {"type": "integer"}]}) == {"type": "integer"}
+        assert prop({"allOf": [{"type": ["string", "null"]}, {"type": ["integer", "string"]}]}) == {
+            "type": "string"
+        }
+        assert prop({"allOf": [{"type": ["string", "null"]}, {"type": "string", "nullable": True}]}) == {
+            "type": "string",
+            "nullable": True,
+        }
+
+    def test_allof_bounds_keep_the_stricter(self) -> None:
+        out = prop({"allOf": [{"type": "string", "minLength": 2, "maxLength": 9},
+                              {"minLength": 4, "maxLength": 20}]})  # fmt: skip
+        assert out == {"type": "string", "minLength": 4, "maxLength": 9}
+        assert (
+            prop({"allOf": [{"type": "integer", "minimum": 1}, {"minimum": 10**400}]})["minimum"] == 10**400
+        )
+
+    def test_allof_enums_are_intersected_and_consts_compared(self) -> None:
+        assert prop({"allOf": [{"enum": ["a", "b", "c"]}, {"enum": ["c", "b", "d"]}]}) == {
+            "type": "string",
+            "enum": ["b", "c"],
+        }
+        assert prop({"allOf": [{"const": "a"}, {"const": "b"}]}) == {
+            "description": '(no value is allowed here: allOf parts disagree on enum: ["a"], ["b"])'
+        }
+        assert prop({"allOf": [{"enum": ["a"]}, {"enum": ["b"]}]})["description"].startswith(
+            "(no value is allowed here"
+        )
+
+    def test_allof_giving_one_property_two_schemas_says_the_conflict(self) -> None:
+        out = prop(
+            {"allOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"a": {"type": "integer"}}}]}
+        )
+        assert out["properties"]["a"] == {
+            "description": "(no value is allowed here: allOf parts disagree on type: string, integer)"
+        }
+        same = prop(
+            {"allOf": [{"properties": {"a": {"type": "string"}}}, {"properties": {"a": {"type": "string"}}}]}
+        )
+        assert same == {"type": "object", "properties": {"a": {"type": "string"}}}
+
+    def test_allof_other_conflicting_constraints_are_said(self) -> None:
+        out = prop({"allOf": [{"type": "string", "pattern": "^a"}, {"pattern": "b$"}]})
+        assert out == {"type": "string", "pattern": "^a", "description": '(also, from allOf: pattern: "b$")'}
+
+    def test_anchor_ref_resolves_to_its_anchor_not_the_root(self) -> None:
+        schema = {
+            "type": "object",
+            "$defs": {"s": {"$anchor": "name", "type": "string", "minLength": 1}},
+            "properties": {"x": {"$ref": "#name"}},
+        }
+        assert gemini(schema)["properties"]["x"] == {"type": "string", "minLength": 1}
+
+    def test_draft7_plain_name_id_is_an_anchor_too(self) -> None:
+        schema = {"type": "object", "definitions": {"s": {"$id": "#n", "type": "integer"}},
+                  "properties": {"x": {"$ref": "#n"}}}  # fmt: skip
+        assert gemini(schema)["properties"]["x"] == {"type": "integer"}
+
+    def test_unknown_anchor_is_cut_with_a_note_never_the_root(self) -> None:
+        out = prop({"$ref": "#nowhere"})
+        assert out == {"description": '(schema: "#nowhere")'}
+
+    def test_percent_encoded_pointer_resolves(self) -> None:
+        schema = {
+            "type": "object",
+            "$defs": {"a b": {"type": "boolean"}},
+            "properties": {"x": {"$ref": "#/$defs/a%20b"}},
+        }
+        assert gemini(schema)["properties"]["x"] == {"type": "boolean"}
+
+    def test_boolean_schemas_as_properties(self) -> None:
+        """``true`` is any value; ``false`` is no value (the key must be absent), said in words."""
+        out = gemini({"type": "object", "properties": {"any": True, "none": False}})
+        assert out["properties"] == {"any": {}, "none": {"description": "(no value is allowed here)"}}
+        assert prop({"type": "array", "items": False}) == {
+            "type": "array",
+            "items": {"description": "(no value is allowed here)"},
+        }
+
+    def test_tuple_items_are_said_in_order(self) -> None:
+        out = prop({"type": "array", "items": [{"type": "string"}, {"type": "integer"}]})
+        assert out == {
+            "type": "array",
+            "description": '(items in order: [{"type":"string"},{"type":"integer"}])',
+        }
+
+
 def json_schemas() -> st.SearchStrategy[Any]:
     """Schema-shaped JSON: known keywords with plausible (and implausible) values, nested."""
     keys = st.sampled_from(sorted(GEMINI_SCHEMA_KEYS | {
         "$schema", "$id", "$ref", "$defs", "const", "exclusiveMinimum", "exclusiveMaximum", "propertyNames",
         "additionalProperties", "patternProperties", "oneOf", "allOf", "not", "if", "then", "uniqueItems",
-        "multipleOf", "examples", "contains", "prefixItems", "dependentRequired", "x-vendor", "nullable"}))  # fmt: skip
+        "multipleOf", "examples", "contains", "prefixItems", "dependentRequired", "x-vendor", "nullable",
+        "$anchor"}))  # fmt: skip
     scalars = st.one_of(
         st.none(), st.booleans(), st.integers(-5, 5), st.floats(-3, 3, allow_nan=False), st.text(max_size=4),
         st.sampled_from(["string", "integer", "number", "object", "array", "null", "boolean", "uri", "date-time",
-                         "#", "#/$defs/a", "#/properties/a", "a"]),
+                         "#", "#/$defs/a", "#/properties/a", "a", "#a"]),
     )  # fmt: skip
 
     def extend(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -430,6 +638,27 @@ async def test_claude_code_tools_reach_gemini_through_the_balancer(
     assert "Gemini " in r.text and "here." in r.text
     [sent] = up.received
     assert [t["function"]["name"] for t in sent.json()["tools"]] == [t["name"] for t in TOOLS]
+
+
+async def test_a_huge_integer_bound_through_the_balancer_is_not_a_500(
+    nursery: trio.Nursery, balancer_for: BalancerFactory
+) -> None:
+    """A 400-digit ``minimum`` in a tool schema once crashed the cleaner: the client got a 500."""
+    up = await FakeUpstream(fake_gemini).start(nursery)
+    row = {"name": "g", "kind": "openai", "preset": "gemini-openai", "base_url": up.url + "/v1",
+           "api_key": PROVIDER_KEY}  # fmt: skip
+    b = await balancer_for(config={"providers": [row]})
+    schema = '{"type":"object","properties":{"n":{"type":"integer","minimum":1' + "0" * 400 + "}}}"
+    raw = (
+        '{"model":"claude-opus-4-6","max_tokens":16,"stream":true,"messages":[{"role":"user","content":"hi"}],'
+        '"tools":[{"name":"t","description":"d","input_schema":' + schema + "}]}"
+    )
+    r = await b.client.post(
+        "/v1/messages", content=raw.encode(), headers={"content-type": "application/json", **NO_DEDUP}
+    )
+    assert r.status_code == 200, (r.status_code, r.text[:300])
+    [sent] = up.received
+    assert sent.json()["tools"][0]["function"]["parameters"]["properties"]["n"]["minimum"] == 10**400
 
 
 async def test_anthropic_provider_in_the_gemini_dialect_gets_clean_schemas_and_the_default_the_bytes(

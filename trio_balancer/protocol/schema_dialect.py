@@ -21,8 +21,9 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import unquote
 
-__all__ = ["DIALECTS", "GEMINI_KEYS", "clean_schema", "clean_tools"]
+__all__ = ["DIALECTS", "GEMINI_KEYS", "MAX_NODES", "clean_schema", "clean_tools"]
 
 DIALECTS = ("json-schema", "gemini")
 
@@ -52,6 +53,19 @@ _UNCONSTRAINING = frozenset({"description", "title", "default", "example"})
 MAX_DEPTH = 64
 # A ``$ref`` is expanded at most this many times along one path: recursive schemas are cut.
 MAX_REF_DEPTH = 8
+# Past this many nodes produced for one schema, a ``$ref`` is no longer expanded but cut with its
+# name said. MAX_REF_DEPTH bounds a path, not the tree: a 1.6 KB chain of $defs whose k properties
+# each name the next expands k**depth times (k=8, 8 levels: 232 MB and 21 s of CPU on the event
+# loop). Claude Code's largest tool has a dozen nodes; 1,000 are ~100 KB for Gemini to read.
+MAX_NODES = 1000  # beyond the input's own
+# What a schema that admits no value (``false``, an ``allOf`` whose parts disagree) says instead:
+# Gemini has no such schema, and leaving it out would mean "any value".
+_NEVER = "no value is allowed here"
+# allOf parts' keys where the stricter value of two holds (the larger minimum, the smaller maximum).
+_LOWER = frozenset({"minimum", "exclusiveMinimum", "minItems", "minLength", "minProperties"})
+_UPPER = frozenset({"maximum", "exclusiveMaximum", "maxItems", "maxLength", "maxProperties"})
+# allOf parts' keys where a second, different value says nothing a model acts on: the first is kept.
+_MERGED_QUIETLY = _SILENT | {"title", "default", "example", "examples", "$defs", "definitions"}
 
 
 def clean_schema(schema: Any, dialect: str) -> tuple[Any, tuple[str, ...]]:
@@ -129,15 +143,19 @@ class _Gemini:
     def __init__(self, root: Mapping[str, Any]) -> None:
         self.root = root
         self.notes: set[str] = set()
+        self.produced = 0  # nodes made and $refs expanded so far, against the budget
+        self.budget = MAX_NODES + _size(root)  # a big schema without $refs is never cut
+        self._anchors: dict[str, dict[str, Any]] | None = None
 
     # -- one node ----------------------------------------------------------------------------
 
     def node(self, schema: Any, depth: int, refs: tuple[str, ...]) -> dict[str, Any]:
         """One schema node in Gemini's dialect (anything not a schema becomes the empty schema)."""
+        self.produced += 1
         if not isinstance(schema, dict):
             if schema is not True:  # ``true`` is JSON Schema's "anything"; ``false`` has no equal
                 self.notes.add("non-object schema")
-            return {} if schema is not False else {"description": "(no value is allowed here)"}
+            return {} if schema is not False else {"description": f"({_NEVER})"}
         if depth >= MAX_DEPTH:
             self.notes.add("cut at depth")
             return {"description": "(nested too deep to describe)"}
@@ -157,54 +175,75 @@ class _Gemini:
     ) -> tuple[dict[str, Any], list[str], tuple[str, ...]]:
         """``schema`` with its ``$ref`` replaced by what it names (its siblings kept over it).
 
-        Also the refs expanded on the way here, so a recursive schema is cut where it recurs.
+        Also the refs expanded on the way here, so a recursive schema is cut where it recurs; a
+        ``$ref`` that recurs, nests too deep or comes past MAX_NODES is cut to its target's type
+        and description, its name said.
         """
         if "$ref" not in schema:
             return schema, [], refs
         ref = schema["$ref"]
         self.notes.add("$ref inlined")
         rest = {k: v for k, v in schema.items() if k != "$ref"}
-        target = _resolve(self.root, ref) if isinstance(ref, str) else None
+        target = self._target(ref) if isinstance(ref, str) else None
         if target is None:
             return rest, [f"schema: {_compact(ref)}"], refs
-        if ref in refs or len(refs) >= MAX_REF_DEPTH:
-            self.notes.add("recursion cut")
+        why = (
+            "recursive" if ref in refs
+            else "nested too deep to inline" if len(refs) >= MAX_REF_DEPTH
+            else "too large to inline" if self.produced >= self.budget
+            else None
+        )  # fmt: skip
+        if why is not None:
+            self.notes.add("recursion cut" if ref in refs else "$ref cut")
             base: dict[str, Any] = {
                 k: target[k] for k in ("type", "description") if isinstance(target.get(k), str)
             }
             kept = {k: v for k, v in rest.items() if k in ("description", "title")}
-            return {**base, **kept}, [f"recursive: the same schema as {ref}"], refs
+            return {**base, **kept}, [f"{why}: the same schema as {ref}"], refs
+        self.produced += 1  # an allOf merges what it expands without making nodes: count it here
         inner, facts, inner_refs = self._inline(target, (*refs, ref))
         return {**inner, **rest}, facts, inner_refs
+
+    def _target(self, ref: str) -> dict[str, Any] | None:
+        """The schema a local ``$ref`` names: a JSON pointer (``#``, ``#/$defs/X``) or an anchor
+        (``#name``: the schema whose ``$anchor``, or draft 7 ``$id``, is ``name``), else None."""
+        if ref == "#" or ref.startswith("#/"):
+            return _resolve(self.root, unquote(ref))
+        if not ref.startswith("#") or len(ref) == 1:
+            return None
+        if self._anchors is None:
+            self._anchors = _anchors(self.root)
+        return self._anchors.get(unquote(ref[1:]))
 
     def _merge_all_of(
         self, schema: dict[str, Any], depth: int, refs: tuple[str, ...], facts: list[str]
     ) -> dict[str, Any]:
-        """``allOf`` folded into one schema: properties and ``required`` joined, first value of others."""
+        """``allOf`` folded into one schema that says what every part says.
+
+        Properties and ``required`` are joined, types and enums intersected, bounds the stricter
+        kept. Where no value can satisfy every part (a ``false`` part, types or enums with nothing
+        in common) that is said ("no value is allowed here"), never left as "any value" or as the
+        first part's claim; any other key two parts set differently keeps the first, the second said.
+        """
         parts = schema.get("allOf")
         if "allOf" not in schema:
             return schema
         self.notes.add("allOf merged")
-        merged: dict[str, Any] = {k: v for k, v in schema.items() if k != "allOf"}
-        for part in parts if isinstance(parts, list) else []:
+        merged: dict[str, Any] = {}
+        dead: set[str] = set()  # keys whose parts disagree: said once, then left out
+        _merge_part({k: v for k, v in schema.items() if k != "allOf"}, merged, facts, dead, self.notes)
+        unique = {_compact(p): p for p in parts}.values() if isinstance(parts, list) else ()  # A and A: A
+        for part in unique:
+            if part is False:
+                self.notes.add("allOf false described")
+                facts.append(_NEVER)
+                continue
             if not isinstance(part, dict) or depth >= MAX_DEPTH:
                 continue
             part, more, part_refs = self._inline(part, refs)
             facts.extend(more)
             part = self._merge_all_of(part, depth + 1, part_refs, facts)
-            for key, value in part.items():
-                if key == "properties" and isinstance(value, dict):
-                    props = dict(merged.get("properties") or {})
-                    for name, sub in value.items():
-                        props[name] = {"allOf": [props[name], sub]} if name in props else sub
-                    merged["properties"] = props
-                elif key == "required" and isinstance(value, list):
-                    have = list(merged.get("required") or [])
-                    merged["required"] = have + [r for r in value if r not in have]
-                elif key == "description" and isinstance(value, str):
-                    merged["description"] = _joined_text(merged.get("description"), value)
-                else:
-                    merged.setdefault(key, value)
+            _merge_part(part, merged, facts, dead, self.notes)
         return merged
 
     # -- types ---------------------------------------------------------------------------------
@@ -270,9 +309,9 @@ class _Gemini:
             else:
                 self.notes.add("bad enum dropped")
         elif key in ("exclusiveMinimum", "exclusiveMaximum"):
-            self._exclusive(key, value, schema, out, facts)
+            _exclusive(key, value, schema, out, facts, self.notes)
         elif key in _NUMBER_KEYS:
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _number(value):
                 _bound(key, value, out)
             else:
                 self.notes.add(f"bad {key} dropped")
@@ -335,7 +374,15 @@ class _Gemini:
         if not isinstance(value, list):
             self.notes.add(f"bad {key} dropped")
             return
-        branches = list({_compact(b): b for b in (self.node(b, depth + 1, refs) for b in value)}.values())
+        cleaned = (self.node(b, depth + 1, refs) for b in value if b is not False)
+        branches = list({_compact(b): b for b in cleaned}.values())
+        possible = [b for b in branches if _NEVER not in b.get("description", "")]
+        if len(possible) < len(value):  # ``false`` (or what admits nothing) adds no value: dropped
+            self.notes.add("no-value branch dropped")
+            branches = possible
+            if not branches:
+                facts.append(_NEVER)
+                return
         if any(not set(b) - _UNCONSTRAINING for b in branches):
             self.notes.add("anyOf with an any-value branch dropped")  # X or anything: anything
             return
@@ -381,30 +428,182 @@ class _Gemini:
             else:
                 facts.append(f"one of: {', '.join(_compact(v) for v in values)}")
 
-    def _exclusive(
-        self, key: str, value: Any, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str]
-    ) -> None:
-        """An exclusive bound as an inclusive one: the next integer for integers, else said as text."""
-        low = key == "exclusiveMinimum"
-        plain = "minimum" if low else "maximum"
-        if isinstance(value, bool):  # draft 4: a flag on ``minimum``/``maximum``
-            bound = schema.get(plain)
-            if not value or not isinstance(bound, (int, float)) or isinstance(bound, bool):
-                self.notes.add(f"{key} dropped")
-                return
-        elif isinstance(value, (int, float)) and math.isfinite(value):
-            bound = value
-        else:
-            self.notes.add(f"bad {key} dropped")
+
+# -- allOf parts and bounds ---------------------------------------------------------------
+
+
+def _merge_part(
+    part: Mapping[str, Any], merged: dict[str, Any], facts: list[str], dead: set[str], notes: set[str]
+) -> None:
+    """One ``allOf`` part into ``merged``: its ``null`` type folded into ``type``, ``const`` as ``enum``."""
+    part = _null_in_type(part)
+    for key, value in part.items():
+        if key == "const":
+            key, value = "enum", [value]
+        if key in dead:
+            continue
+        if key not in merged:
+            merged[key] = value
+        elif not _same(merged[key], value):
+            _merge_key(key, merged[key], value, merged, facts, dead, notes)
+
+
+def _merge_key(
+    key: str,
+    have: Any,
+    value: Any,
+    merged: dict[str, Any],
+    facts: list[str],
+    dead: set[str],
+    notes: set[str],
+) -> None:
+    """Two parts' different values for ``key``: both must hold."""
+    both_dicts = isinstance(have, dict) and isinstance(value, dict)
+    if key == "properties" and both_dicts:
+        props = dict(have)
+        for name, sub in value.items():
+            props[name] = (
+                {"allOf": [props[name], sub]} if name in props and not _same(props[name], sub) else sub
+            )
+        merged[key] = props
+    elif key == "items" and (isinstance(have, (dict, bool)) and isinstance(value, (dict, bool))):
+        merged[key] = {"allOf": [have, value]}
+    elif key == "required" and isinstance(have, list) and isinstance(value, list):
+        seen = {_compact(r) for r in have}
+        merged[key] = have + [r for r in value if _compact(r) not in seen]
+    elif key == "description" and isinstance(have, str) and isinstance(value, str):
+        merged[key] = _joined_text(have, value)
+    elif key == "nullable":
+        merged[key] = have is True and value is True
+    elif key in _LOWER | _UPPER and _number(have) and _number(value):
+        merged[key] = max(have, value) if key in _LOWER else min(have, value)
+    elif key in ("type", "enum") and (met := _meet(key, have, value)) is not None:
+        if met:
+            merged[key] = met
             return
-        self.notes.add(f"{key} as {plain}")
-        if schema.get("type") == "integer":
-            step = math.floor(bound) + 1 if low else math.ceil(bound) - 1
-            _bound(plain, step, out)
+        notes.add("allOf conflict described")
+        facts.append(f"{_NEVER}: allOf parts disagree on {key}: {_disagreement(key, have, value)}")
+        del merged[key]
+        dead.add(key)
+    elif key not in _MERGED_QUIETLY:
+        notes.add("allOf conflict described")
+        facts.append(f"also, from allOf: {_fact(key, value)}")
+
+
+def _exclusive(
+    key: str, value: Any, schema: Mapping[str, Any], out: dict[str, Any], facts: list[str], notes: set[str]
+) -> None:
+    """An exclusive bound as an inclusive one: the next integer for integers, else said as text."""
+    low = key == "exclusiveMinimum"
+    plain = "minimum" if low else "maximum"
+    bound: Any = value
+    if isinstance(value, bool):  # draft 4: a flag on ``minimum``/``maximum``
+        bound = schema.get(plain)
+        if not value or not _number(bound):
+            notes.add(f"{key} dropped")
             return
-        _bound(plain, bound, out)
-        if out.get(plain) == bound:
-            facts.append(f"{'greater' if low else 'less'} than {_compact(bound)}, not equal")
+    elif not _number(value):
+        notes.add(f"bad {key} dropped")
+        return
+    notes.add(f"{key} as {plain}")
+    if schema.get("type") == "integer":
+        step = math.floor(bound) + 1 if low else math.ceil(bound) - 1
+        _bound(plain, step, out)
+        return
+    _bound(plain, bound, out)
+    if out.get(plain) == bound:
+        facts.append(f"{'greater' if low else 'less'} than {_compact(bound)}, not equal")
+
+
+def _number(value: Any) -> bool:
+    """A usable bound: any int (a 400-digit one too: ``math.isfinite`` of it raises
+    OverflowError), a finite float; not a bool."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _anchors(root: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every ``$anchor`` (and draft 7 plain-name ``$id: "#name"``) in the document: the first wins.
+
+    Walked without recursion (the document is already bounded by the request's size).
+    """
+    found: dict[str, dict[str, Any]] = {}
+    stack: list[Any] = [root]
+    while stack:
+        here = stack.pop()
+        if isinstance(here, list):
+            stack.extend(reversed(here))
+            continue
+        if not isinstance(here, dict):
+            continue
+        names = [here.get("$anchor")]
+        if isinstance(here.get("$id"), str) and here["$id"].startswith("#"):
+            names.append(here["$id"][1:])
+        for name in names:
+            if isinstance(name, str) and name:
+                found.setdefault(name, here)
+        stack.extend(reversed(list(here.values())))
+    return found
+
+
+def _size(root: Mapping[str, Any]) -> int:
+    """How many objects the document holds (its schema nodes, roughly), walked without recursion."""
+    count = 0
+    stack: list[Any] = [root]
+    while stack:
+        here = stack.pop()
+        if isinstance(here, dict):
+            count += 1
+            stack.extend(here.values())
+        elif isinstance(here, list):
+            stack.extend(here)
+    return count
+
+
+def _null_in_type(schema: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An OpenAPI ``nullable: true`` beside a ``type`` as ``"null"`` in it, so types intersect."""
+    kind = schema.get("type")
+    if schema.get("nullable") is not True or not isinstance(kind, (str, list)):
+        return schema
+    names = [kind] if isinstance(kind, str) else kind
+    rest = {k: v for k, v in schema.items() if k != "nullable"}
+    return {**rest, "type": names if "null" in names else [*names, "null"]}
+
+
+def _meet(key: str, have: Any, value: Any) -> list[Any] | str | None:
+    """What two ``type``s (``integer`` within ``number``) or two ``enum``s both allow, [] if
+    nothing, None if either is not a well-formed one."""
+    if key == "enum":
+        if not isinstance(have, list) or not isinstance(value, list):
+            return None
+        allowed = {_compact(w) for w in value}
+        return [v for v in have if _compact(v) in allowed]
+    a, b = _type_names(have), _type_names(value)
+    if a is None or b is None:
+        return None
+    both: list[str] = []
+    for n in a:
+        if n in b or (n == "integer" and "number" in b):
+            both.append(n)
+        elif n == "number" and "integer" in b:
+            both.append("integer")
+    both = list(dict.fromkeys(both))
+    return both[0] if len(both) == 1 else both
+
+
+def _type_names(kind: Any) -> list[str] | None:
+    if isinstance(kind, str):
+        return [kind]
+    if isinstance(kind, list) and all(isinstance(n, str) for n in kind):
+        return kind
+    return None
+
+
+def _disagreement(key: str, have: Any, value: Any) -> str:
+    if key == "type":
+        return ", ".join(dict.fromkeys([*(_type_names(have) or []), *(_type_names(value) or [])]))
+    return f"{_compact(have)}, {_compact(value)}"
 
 
 def _resolve(root: Mapping[str, Any], ref: str) -> dict[str, Any] | None:
@@ -504,9 +703,7 @@ def _joined_enums(branches: Sequence[Mapping[str, Any]]) -> dict[str, Any] | Non
         return None
     if not all("enum" in b for b in branches):
         return None
-    values: list[Any] = []
-    for b in branches:
-        values.extend(v for v in b["enum"] if v not in values)
+    values = list(dict.fromkeys(v for b in branches for v in b["enum"]))  # cleaned: strings
     joined: dict[str, Any] = {"type": kinds.pop(), "enum": values}
     texts = [b["description"] for b in branches if "description" in b]
     if texts:
