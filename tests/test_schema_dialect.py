@@ -2,9 +2,9 @@
 
 Each rewrite rule of ``protocol/schema_dialect.py`` is pinned on a small schema; a hypothesis
 property checks that any JSON-Schema-ish input comes out with only keys Gemini takes, and
-stays put when cleaned again; then the real Claude Code tool list (``tests/data``, captured
-from the CLI by ``tests/data/capture_tools.py``) is cleaned and sent through the balancer to a
-fake Gemini that answers 400 to what the real one rejects.
+stays put when cleaned again; then the real Claude Code tool lists (the captured fixtures in
+``tests/data/claude_code``) are cleaned and sent through the balancer to a fake Gemini that
+answers 400 to what the real one rejects.
 """
 
 from __future__ import annotations
@@ -19,12 +19,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_balancer.config import ProviderConfig, parse_config
 from trio_balancer.protocol.convert import to_openai
-from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.schema_dialect import GEMINI_KEYS, MAX_NODES, clean_schema, clean_tools
 from trio_balancer.upstream.fit import fit_request
-from trio_balancer.upstream.request import UpstreamRequest
 
 from .fakes import (
     GEMINI_SCHEMA_KEYS,
@@ -38,10 +35,16 @@ from .fakes import (
     openai_rejection,
     openai_text_stream,
 )
-from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory
+from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, fit_provider, fit_request_of
 
-CLAUDE_CODE = json.loads((Path(__file__).parent / "data" / "claude_code_tools.json").read_text())
-TOOLS: list[dict[str, Any]] = CLAUDE_CODE["tools"]
+# Every tool list Claude Code sent in the captured fixtures (tests/data/claude_code/README.md):
+# several per version (the main loop's, subagents'); 2.1.197's main one is the reference.
+FIXTURES = Path(__file__).parent / "data" / "claude_code"
+TOOL_LISTS: dict[str, list[dict[str, Any]]] = {
+    p.relative_to(FIXTURES).as_posix(): json.loads(p.read_text())
+    for p in sorted(FIXTURES.glob("*/shared/tools-*.json"))
+}
+TOOLS = TOOL_LISTS["2.1.197/shared/tools-50550b9bbe.json"]
 
 
 def gemini(schema: dict[str, Any]) -> dict[str, Any]:
@@ -507,8 +510,17 @@ def test_the_module_and_the_fake_agree_on_gemini_keys() -> None:
 
 class TestClaudeCodeTools:
     def test_the_fixture_is_a_real_capture(self) -> None:
-        assert CLAUDE_CODE["cli_version"].count(".") == 2
         assert len(TOOLS) >= 15 and {"Bash", "Read", "Edit", "Write"} <= {t["name"] for t in TOOLS}
+        assert {v.split("/")[0] for v in TOOL_LISTS} >= {"2.0.77", "2.1.197", "2.1.332"}
+
+    @pytest.mark.parametrize("name", sorted(TOOL_LISTS))
+    def test_every_captured_tool_list_is_cleaned_with_its_names_kept(self, name: str) -> None:
+        tools = [t for t in TOOL_LISTS[name] if "input_schema" in t]
+        cleaned, _ = clean_tools({"tools": tools}, "gemini")
+        for old, new in zip(tools, cleaned["tools"], strict=True):
+            assert _schema_rejection(new["input_schema"], new["name"]) is None
+            assert names_of(new["input_schema"]) == names_of(old["input_schema"])
+            assert enums_of(new["input_schema"]) >= enums_of(old["input_schema"])
 
     def test_gemini_rejects_the_tools_as_sent(self) -> None:
         rejected = [t["name"] for t in TOOLS if _schema_rejection(t["input_schema"], "t")]
@@ -567,47 +579,34 @@ def enums_of(schema: Any) -> set[str]:
 # -- in fit_request and through the balancer -----------------------------------------------------
 
 
-def provider(kind: str = "anthropic", **row: Any) -> ProviderConfig:
-    data = {"name": "p", "kind": kind, "base_url": "http://127.0.0.1:1", "api_key": PROVIDER_KEY, **row}
-    return parse_config({"providers": [data]}).providers[0]
-
-
 def claude_code_turn() -> dict[str, Any]:
     return {"model": "claude-opus-4-6", "max_tokens": 1024, "stream": True, "tools": TOOLS,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
 
 
-def request_of(body: dict[str, Any]) -> UpstreamRequest:
-    raw = json.dumps(body).encode()
-    return UpstreamRequest(
-        path="/v1/messages", query=b"", headers=((b"content-type", b"application/json"),), body=raw,
-        payload=body, model=body["model"], stream=True, needs=needs_of(body),
-    )  # fmt: skip
-
-
 class TestFit:
     def test_default_anthropic_provider_gets_the_bytes_as_sent(self) -> None:
-        request = request_of(claude_code_turn())
-        fitted = fit_request(provider(), request, "claude-opus-4-6")
+        request = fit_request_of(claude_code_turn())
+        fitted = fit_request(fit_provider(), request, "claude-opus-4-6")
         assert fitted.body == request.body and fitted.changes == ()
 
     def test_anthropic_provider_with_the_gemini_dialect_gets_clean_input_schemas(self) -> None:
-        p = provider(capabilities={"schema_dialect": "gemini"})
-        fitted = fit_request(p, request_of(claude_code_turn()), "claude-opus-4-6")
+        p = fit_provider(capabilities={"schema_dialect": "gemini"})
+        fitted = fit_request(p, fit_request_of(claude_code_turn()), "claude-opus-4-6")
         sent = json.loads(fitted.body)
         assert [t["name"] for t in sent["tools"]] == [t["name"] for t in TOOLS]
         assert all(_schema_rejection(t["input_schema"], t["name"]) is None for t in sent["tools"])
         assert any(c.startswith("tool schemas in the gemini dialect") for c in fitted.changes)
 
     def test_gemini_openai_preset_gets_clean_function_parameters(self) -> None:
-        p = provider("openai", preset="gemini-openai")
-        fitted = fit_request(p, request_of(claude_code_turn()), "gemini-2.5-pro")
+        p = fit_provider("openai", preset="gemini-openai")
+        fitted = fit_request(p, fit_request_of(claude_code_turn()), "gemini-2.5-pro")
         assert openai_rejection(json.loads(fitted.body), gemini_schema=True) is None
         assert openai_rejection(to_openai(claude_code_turn(), model="g").body, gemini_schema=True) is not None
         assert fitted.changes[0].startswith("tool schemas in the gemini dialect")
 
     def test_other_openai_providers_keep_the_schemas(self) -> None:
-        fitted = fit_request(provider("openai"), request_of(claude_code_turn()), "gpt")
+        fitted = fit_request(fit_provider("openai"), fit_request_of(claude_code_turn()), "gpt")
         params = [t["function"]["parameters"] for t in json.loads(fitted.body)["tools"]]
         assert params == [t["input_schema"] for t in TOOLS]
 
