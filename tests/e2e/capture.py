@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -39,6 +40,7 @@ __all__ = [
     "CACHE",
     "SCENARIOS",
     "SECRET",
+    "SUBAGENT",
     "Capture",
     "Captured",
     "Scenario",
@@ -70,6 +72,8 @@ KEPT_HEADERS = (
     "user-agent",
     "x-app",
     "x-claude-code-session-id",
+    "x-claude-code-agent-id",  # 2.1.x: a subagent's requests (its own random id)
+    "x-claude-code-parent-agent-id",  # 2.1.x: a subagent started by a subagent
 )
 SHARED_MIN_CHARS = 4000  # a top-level body value this big is stored once per version
 
@@ -120,6 +124,26 @@ SCENARIOS: tuple[Scenario, ...] = (
         (("-p", "say hello", "--max-turns", "1"), ("-c", "-p", "and once more", "--max-turns", "1")),
     ),
 )
+
+
+# The main conversation asks for a subagent (``Agent`` in 2.1.x, ``Task`` before); the fake
+# answers the subagent's own requests, found by this marker in its prompt, in text.
+SUBAGENT_MARK = "SUBAGENT-TASK-7731"
+SUBAGENT = Scenario(
+    "subagent",
+    (("-p", "Use a subagent to read notes.txt and tell me the code.", "--max-turns", "3"),),
+    tools=(
+        (
+            "Agent",
+            {
+                "description": "Read the notes",
+                "prompt": f"{SUBAGENT_MARK}: read notes.txt and report the launch code.",
+                "subagent_type": "general-purpose",
+            },
+        ),
+    ),
+)
+EXTRA_SCENARIOS: tuple[Scenario, ...] = (SUBAGENT,)  # run on request (``--scenario subagent``)
 
 
 @attrs.frozen
@@ -231,6 +255,23 @@ def _is_main_turn(body: Mapping[str, Any]) -> bool:
     return any(t.get("name") == "Read" for t in tools) and not _is_warmup(body)
 
 
+def _is_capture_subagent(body: Mapping[str, Any]) -> bool:
+    """A request of the subagent the ``subagent`` scenario starts: its first message is the
+    prompt the fake gave it (the parent's history holds the mark only in a ``tool_use`` input)."""
+    messages = body.get("messages") or []
+    first = messages[0].get("content") if messages and isinstance(messages[0], dict) else None
+    texts = (
+        [first]
+        if isinstance(first, str)
+        else [b.get("text") or "" for b in first or [] if isinstance(b, dict)]
+    )
+    return any(SUBAGENT_MARK in t for t in texts)
+
+
+def _has_tool(body: Mapping[str, Any], name: str) -> bool:
+    return any(isinstance(t, dict) and t.get("name") == name for t in body.get("tools") or [])
+
+
 def _wants_thinking(body: Mapping[str, Any]) -> bool:
     thinking = body.get("thinking")
     return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
@@ -245,6 +286,8 @@ def classify(r: Received) -> str:
     body = r.json()
     if _is_warmup(body):
         return "subagent warmup"
+    if _is_capture_subagent(body):
+        return "subagent turn"
     if not _is_main_turn(body):
         return "background call (no coding tools)"
     answered = _answered_calls(body)
@@ -265,7 +308,7 @@ def script_for(scenario: Scenario, work: str) -> Callable[[Received], Reply]:
                 steps=[b'{"type":"error","error":{"type":"not_found_error","message":"no"}}'],
             )
         body = r.json()
-        main = _is_main_turn(body)
+        main = _is_main_turn(body) and not _is_capture_subagent(body)
         if not main:
             text = (
                 '{"isNewTopic": false, "title": null}'
@@ -282,6 +325,8 @@ def script_for(scenario: Scenario, work: str) -> Callable[[Received], Reply]:
         tool = None
         if done < len(calls):
             name, args = calls[done]
+            if name == "Agent" and not _has_tool(body, "Agent"):
+                name = "Task"  # the subagent tool's name before 2.1
             tool, text = (f"toolu_capture_{done + 1}", name, args), "Let me look."
         return Reply(steps=_assistant_stream(thinking=_wants_thinking(body), tool=tool, text=text, turn=done))
 
@@ -395,6 +440,8 @@ def _placeholders(work: Path, home: Path, root: Path) -> list[tuple[str, str]]:
     """Each per-run path and its stand-in, also in the dashed form Claude Code names project
     folders by (``~/.claude/projects/-tmp-...-work``), longest first."""
     pairs = [(str(work), WORK_PLACEHOLDER), (str(home), HOME_PLACEHOLDER), (str(root), TMP_PLACEHOLDER)]
+    # 2.1.x keeps a background agent's transcript under its own per-user temporary folder
+    pairs.append((f"{tempfile.gettempdir()}/claude-{os.getuid()}", f"{TMP_PLACEHOLDER}/claude"))
     pairs += [(re.sub(r"[^A-Za-z0-9]", "-", real), stand_in.replace("/", "-")) for real, stand_in in pairs]
     return sorted(pairs, key=lambda p: -len(p[0]))
 
@@ -524,8 +571,9 @@ def write_fixtures(capture: Capture, out: Path) -> list[Path]:
     folder = out / capture.cli_version
     shared_dir = folder / "shared"
     shared_dir.mkdir(parents=True, exist_ok=True)
-    for old in [*folder.glob("*.json"), *shared_dir.glob("*.json")]:
-        if not old.name.startswith("synthetic-"):
+    captured = {c.scenario for c in capture.requests}
+    for old in folder.glob("*.json"):  # a capture of some scenarios leaves the others' files
+        if old.stem.rsplit("-", 1)[0] in captured:
             old.unlink()
     shared: dict[str, Any] = {}
     written: list[Path] = []
@@ -539,6 +587,10 @@ def write_fixtures(capture: Capture, out: Path) -> list[Path]:
         written.append(path)
     for name, value in shared.items():
         (shared_dir / f"{name}.json").write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
+    used = set(re.findall(r'"\$shared": "([^"]+)"', "".join(f.read_text() for f in folder.glob("*.json"))))
+    for old in shared_dir.glob("*.json"):
+        if old.stem not in used:
+            old.unlink()
     return written
 
 
@@ -571,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", action="append", help="only these scenarios (repeatable)")
     args = parser.parse_args(argv)
     chosen = [s for s in SCENARIOS if not args.scenario or s.name in args.scenario]
+    chosen += [s for s in EXTRA_SCENARIOS if args.scenario and s.name in args.scenario]
     capture = trio.run(capture_cli, cli_command(args.cli), chosen)
     for name, outs in capture.outputs.items():
         print(f"{name}: {outs}", file=sys.stderr)
