@@ -253,6 +253,7 @@ class MessagesEndpoint:
                 AttemptRecord(a.provider.name, a.model, f"skipped: {why}", skipped=True) for a, why in skipped
             ],
             thinking=state.thinking,
+            show_upstream_model=state.config.routing.show_upstream_model,
         )
         listener = flight.subscribe()
         self._supervisor.start(flight, ctx, dedup_key)

@@ -90,8 +90,10 @@ def parse_config(
                     f'"{PASSTHROUGH}" forwards the client\'s key, but with [[server.client_keys]] the'
                     " client's key is the balancer's: give this provider its own key",
                 )
+    route_fields = attrs.fields_dict(Route)  # [routing] may also hold keys no route has
+    route_defaults = {k: v for k, v in attrs.asdict(routing).items() if k in route_fields}
     ctx = attrs.evolve(
-        ctx, provider_names=frozenset(p.name for p in providers), defaults={Route: attrs.asdict(routing)}
+        ctx, provider_names=frozenset(p.name for p in providers), defaults={Route: route_defaults}
     )
     return Config(
         server=server, providers=providers, routes=_read_field(top, f.routes, ctx), routing=routing,

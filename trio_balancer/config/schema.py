@@ -205,11 +205,14 @@ class Route:
 class RoutingConfig:
     """Defaults for routes that do not say, and for the implicit route when there are none.
 
-    Each field is the default of the ``Route`` field of the same name.
+    ``strategy`` and ``sticky`` are the defaults of the ``Route`` fields of the same name.
     """
 
     strategy: str = attrs.field(default="priority", metadata=spec.string(choices=STRATEGIES))
     sticky: bool = attrs.field(default=False, metadata=spec.boolean())
+    # For every route: when a target renames the model, the client still sees the model it asked
+    # for in the answer (``protocol/model_name.py``) unless this is true.
+    show_upstream_model: bool = attrs.field(default=False, metadata=spec.boolean())
 
 
 @attrs.frozen

@@ -92,8 +92,10 @@ class Flight:
         limits: RelayLimits = _DEFAULT_LIMITS,
         skipped: Sequence[AttemptRecord] = (),
         thinking: SignatureBook | None = None,
+        show_upstream_model: bool = False,
     ) -> None:
         self.request = request
+        self._show_upstream_model = show_upstream_model  # [routing]: the provider's model name to the client
         self.attempts = attempts
         self._providers = providers
         self._limits = limits
@@ -347,6 +349,7 @@ class Flight:
             forward=self.observer.forward,
             trace=self._trace,
             thinking=self._thinking,
+            client_model=None if self._show_upstream_model or attempt.model == req.model else req.model,
         )
         self._relay = relay
 

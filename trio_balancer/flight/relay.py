@@ -39,6 +39,7 @@ from trio_balancer.protocol.convert import (
     openai_error_type,
     to_anthropic_message,
 )
+from trio_balancer.protocol.model_name import message_start_with_model, message_with_model
 from trio_balancer.protocol.sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent
 from trio_balancer.protocol.thinking import SignatureBook, mint_signature, remember_event, remember_message
 from trio_balancer.protocol.upstream_errors import (
@@ -94,7 +95,9 @@ class Relay:
     ``secrets`` are the credentials the request carried upstream: no relayed error text may
     contain them. ``forward`` is told how long each published chunk took from the socket to
     the listeners (the balancer's own latency, for metrics). ``thinking`` is the book where the
-    response's thinking signatures are remembered as the provider's family's.
+    response's thinking signatures are remembered as the provider's family's. ``client_model``,
+    when set, is the model name the client asked for, put back into the answer in place of the
+    provider's (the target renamed the model): ``protocol/model_name.py``.
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class Relay:
         forward: Callable[[float], None],
         trace: bool = False,
         thinking: SignatureBook | None = None,
+        client_model: str | None = None,
     ) -> None:
         self.provider = provider
         self._payload = payload
@@ -118,6 +122,8 @@ class Relay:
         self._trace = trace
         self._book = thinking
         self._family = provider.capabilities.thinking_family
+        # Converted answers are written with the client's model already.
+        self._rename = client_model if provider.kind != "openai" else None
         self.tracker = UsageTracker()
         self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
         self.events = 0  # SSE events published by this relay (none for a JSON answer)
@@ -177,6 +183,8 @@ class Relay:
                 decoded = decoder.feed(chunk)
                 if decoded and converter is not None:
                     decoded = self._convert(converter, decoded)
+                elif decoded and self._rename is not None:
+                    decoded = self._client_named(decoded)
                 if decoded and await self._take(head, gate, decoded):
                     self._forwarded(received, len(decoded))
         except EventTooLarge as exc:
@@ -194,6 +202,17 @@ class Relay:
         if last:
             await self._take(head, gate, last)
         self._judge(gate)
+
+    def _client_named(self, decoded: list[SSEEvent]) -> list[SSEEvent]:
+        """The events with the client's model in ``message_start``; looked for until found."""
+        assert self._rename is not None
+        for i, event in enumerate(decoded):
+            if event.event == "message_start" or (event.event is None and event.data is not None):
+                renamed = message_start_with_model(event, self._rename)
+                if renamed is not event or event.event == "message_start":
+                    self._rename = None  # one message per stream
+                    return [*decoded[:i], renamed, *decoded[i + 1 :]]
+        return decoded
 
     def _forwarded(self, received: float, count: int) -> None:
         handed = time.perf_counter()
@@ -317,6 +336,8 @@ class Relay:
                 await self._committed(head, bytes(held))
         if not self._outlet.committed:
             body = self._converted_json(bytes(held)) if openai else self._checked_json(bytes(held))
+            if self._rename is not None:
+                body = message_with_model(body, self._rename)
             message = _message(body)
             if message is not None:
                 self.tracker.observe_message(message)  # the usage it reports, cache tokens included
