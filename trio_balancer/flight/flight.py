@@ -95,10 +95,9 @@ class Flight:
         show_upstream_model: bool = False,
     ) -> None:
         self.request = request
-        self._show_upstream_model = show_upstream_model  # [routing]: the provider's model name to the client
         self.attempts = attempts
         self._providers = providers
-        self._limits = limits
+        self._limits, self._show_upstream_model = limits, show_upstream_model
         self._thinking = thinking  # which family signed each thinking block (the app's book)
         self.observer: FlightObserver = observer or _Unobserved()
         self._trace = debug_enabled()  # per-event debug lines, decided once per flight
