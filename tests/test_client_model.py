@@ -9,6 +9,8 @@ from typing import Any
 import anthropic
 import pytest
 
+from trio_balancer.config import ConfigError, parse_config
+
 from .fakes import JSON_HEADERS, FakeUpstream, Reply, anthropic_message, anthropic_text_events
 from .helpers import CLIENT_KEY, PROVIDER_KEY, SONNET, BalancerFactory, message_body
 
@@ -100,3 +102,16 @@ async def test_renamed_stream_changes_only_the_model(
     want = b"".join(events).replace(f'"model":"{UPSTREAM_MODEL}"'.encode(), f'"model":"{SONNET}"'.encode(), 1)
     assert want != b"".join(events)
     assert body == want
+
+
+def test_show_upstream_model_is_a_routing_key_only() -> None:
+    """``[routing] show_upstream_model`` holds for every route; a route cannot set it (yet)."""
+    provider = {"name": "a", "kind": "anthropic", "base_url": "http://127.0.0.1:9", "api_key": PROVIDER_KEY}
+    route = {"match": "claude-*", "targets": [{"provider": "a", "model": UPSTREAM_MODEL}]}
+    config = parse_config(
+        {"providers": [provider], "routes": [route], "routing": {"show_upstream_model": True}}
+    )
+    assert config.routing.show_upstream_model is True
+    assert parse_config({"providers": [provider]}).routing.show_upstream_model is False
+    with pytest.raises(ConfigError, match="show_upstream_model"):
+        parse_config({"providers": [provider], "routes": [{**route, "show_upstream_model": True}]})

@@ -32,8 +32,9 @@ general-purpose subagent carries it, and only the third level lacked it.
 
 :func:`is_background`: one of the CLI's own side calls, not a turn of a conversation: all of
 
-1. from Claude Code: ``x-app: cli`` (every captured version; ``cli-bg`` in 2.1.234's source
-   for background sessions) or a ``claude-cli/`` user agent;
+1. from Claude Code: ``x-app: cli`` (every captured version, side calls included; 2.1.234
+   may send ``cli-bg`` instead, by CLIProxyAPI#4982's reading of its source) or a
+   ``claude-cli/`` user agent;
 2. no tools: every captured conversation turn, main or subagent, declares tools (12 to 24),
    and every captured side call declares none: the Bash path extractor (1.0.128:
    ``claude-3-5-haiku-20241022``, ``max_tokens`` 512, system ``Extract any file paths that
