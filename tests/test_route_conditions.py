@@ -392,3 +392,83 @@ class TestThroughTheBalancer:
         assert passed["images"] == "images = true, the request: false"
         chosen = [e for e in captured if e["event"] == "route.chosen"]
         assert chosen[-1]["route"] == "thinking" and chosen[-1]["why"] == "match *; thinking"
+
+
+# -- trio-balancer route ------------------------------------------------------------------------
+
+CLI_CONFIG = """
+[[providers]]
+name = "anthropic"
+kind = "anthropic"
+base_url = "https://api.anthropic.com"
+api_key = "passthrough"
+
+[[providers]]
+name = "cheap"
+kind = "openai"
+preset = "deepseek"
+base_url = "https://api.deepseek.com"
+api_key = "sk-x"
+
+[[routes]]
+name = "background"
+match = "*haiku*"
+when = { background = true }
+targets = [{ provider = "cheap", model = "deepseek-chat" }]
+
+[[routes]]
+name = "team"
+match = "*"
+when = { header = { x-team = "core*" }, client = ["alice"] }
+targets = [{ provider = "anthropic" }]
+
+[[routes]]
+name = "thinking"
+match = "claude-*"
+when = { thinking = true }
+targets = [{ provider = "cheap", model = "deepseek-reasoner" }, { provider = "anthropic" }]
+"""
+
+
+class TestRouteCommand:
+    def run(self, tmp_path: Path, capsys: Any, saved: Any, *args: str) -> tuple[int, str]:
+        """``trio-balancer route`` on ``saved``: its exit code, and its output (stdout, then stderr)."""
+        from trio_balancer.cli import main
+
+        (tmp_path / "c.toml").write_text(CLI_CONFIG)
+        (tmp_path / "r.json").write_text(json.dumps(saved))
+        code = main(["route", "--config", str(tmp_path / "c.toml"), str(tmp_path / "r.json"), *args])
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    def test_decision_and_plan_of_a_capture(self, tmp_path: Path, capsys: Any) -> None:
+        code, out = self.run(tmp_path, capsys, FIXTURES["2.0.77/thinking-1"])
+        assert code == 0
+        assert out.splitlines()[2:] == [
+            "passed over background: model 'claude-sonnet-4-5-20250929' does not match '*haiku*'",
+            "passed over team: client: '' is not alice; header x-team: absent",
+            "route: thinking (match claude-*; thinking)",
+            "failover plan (priority; every provider healthy):",
+            "  1. cheap: deepseek-reasoner",
+            "  2. anthropic: claude-sonnet-4-5-20250929",
+        ]
+        assert out.startswith("request: model claude-sonnet-4-5-20250929, ~17") and ", thinking" in out
+
+    def test_client_and_headers_given(self, tmp_path: Path, capsys: Any) -> None:
+        body = FIXTURES["2.0.77/thinking-1"]["body"]
+        code, out = self.run(tmp_path, capsys, body, "--client", "alice", "--header", "X-Team: core-infra")
+        assert code == 0 and "route: team (match *; client alice; header x-team)" in out
+
+    def test_skipped_provider_shown(self, tmp_path: Path, capsys: Any) -> None:
+        code, out = self.run(tmp_path, capsys, FIXTURES["synthetic-web-search"])
+        assert code == 0
+        assert "  1. anthropic: claude-opus-4-6" in out
+        assert "  skipped cheap: does not run the server tool web_search_20250305 (tools[0])" in out
+
+    def test_no_route(self, tmp_path: Path, capsys: Any) -> None:
+        code, out = self.run(tmp_path, capsys, {"model": "gpt-5", "messages": []})
+        assert code == 1 and "refused: no route takes this request for model 'gpt-5' (its conditions)" in out
+
+    def test_not_a_request(self, tmp_path: Path, capsys: Any) -> None:
+        code, out = self.run(tmp_path, capsys, [1, 2])
+        assert code == 2 and "cannot read" in out and "not a JSON object" in out

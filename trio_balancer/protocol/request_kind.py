@@ -27,7 +27,12 @@ def _tool_names(payload: Mapping[str, Any]) -> list[str]:
     tools = payload.get("tools")
     if not isinstance(tools, list):
         return []
-    return [t["name"] for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)]
+    # Client tools only: a server tool (web search...) has a ``type`` and no ``input_schema``.
+    return [
+        t["name"]
+        for t in tools
+        if isinstance(t, dict) and isinstance(t.get("name"), str) and ("input_schema" in t or "type" not in t)
+    ]
 
 
 def is_background(payload: Mapping[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()) -> bool:
