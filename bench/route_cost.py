@@ -70,14 +70,20 @@ def main() -> int:
     def both() -> object:
         return decide(config, facts_of(payload, headers, client="bob", body_bytes=len(raw)))
 
-    print(f"{args.fixture}: {len(raw)} bytes, {len(payload['messages'])} messages, {len(payload['tools'])} tools")
+    print(
+        f"{args.fixture}: {len(raw)} bytes, {len(payload['messages'])} messages, {len(payload['tools'])} tools"
+    )
     print(f"{len(ROUTES)} routes, taken: {decision.label} ({decision.why})")
     print("| step | us of CPU per call |")
     print("|---|---|")
-    print(f"| facts | {best_of(args.calls, lambda: facts_of(payload, headers, body_bytes=len(raw))) * 1e6:.1f} |")
+    print(
+        f"| facts | {best_of(args.calls, lambda: facts_of(payload, headers, body_bytes=len(raw))) * 1e6:.1f} |"
+    )
     print(f"| decide | {best_of(args.calls, lambda: decide(config, facts)) * 1e6:.1f} |")
     print(f"| both | {best_of(args.calls, both) * 1e6:.1f} |")
-    print(f"| estimate_request | {best_of(max(1, args.calls // 100), lambda: estimate_request(payload)) * 1e6:.0f} |")
+    print(
+        f"| estimate_request | {best_of(max(1, args.calls // 100), lambda: estimate_request(payload)) * 1e6:.0f} |"
+    )
     return 0
 
 

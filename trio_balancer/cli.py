@@ -119,16 +119,17 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print the routes it implies")
     check.add_argument("path")
 
-    route = sub.add_parser(
-        "route", help="print the route and failover plan a saved request would get, without sending it"
-    )
+    _route_args(sub.add_parser("route", help="print the route and failover plan a saved request would get"))
+    return parser
+
+
+def _route_args(route: argparse.ArgumentParser) -> None:
     route.add_argument("request", help="a Messages request body (JSON), or a capture with headers and body")
     route.add_argument("--config", help="TOML config file (default: built-in)")
     route.add_argument("--client", default="", help="the client key name the request comes from")
     route.add_argument(
         "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
     )
-    return parser
 
 
 def _log_args(p: argparse.ArgumentParser) -> None:
