@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import ipaddress
+import json
 import re
 import signal
 import subprocess
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keys_new(args.name, admin=args.admin)
     if args.command == "check-config":
         return _check_config(args.path)
+    if args.command == "route":
+        return _route(args)
     if args.command == "simulate":
         return _simulate(args)
     if args.command == "serve":
@@ -115,7 +118,18 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config and print the routes it implies")
     check.add_argument("path")
+
+    _route_args(sub.add_parser("route", help="print the route and failover plan a saved request would get"))
     return parser
+
+
+def _route_args(route: argparse.ArgumentParser) -> None:
+    route.add_argument("request", help="a Messages request body (JSON), or a capture with headers and body")
+    route.add_argument("--config", help="TOML config file (default: built-in)")
+    route.add_argument("--client", default="", help="the client key name the request comes from")
+    route.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header (repeatable)"
+    )
 
 
 def _log_args(p: argparse.ArgumentParser) -> None:
@@ -349,7 +363,11 @@ def _check_config(path: str) -> int:
     for route in routes:
         targets = ", ".join(f"{t.provider}" + (f" as {t.model}" if t.model else "") + (f" (weight {t.weight:g})" if route.strategy == "weighted" else "")
                             for t in route.targets)  # fmt: skip
-        print(f"  {route.match}  ->  {targets}  [{route.strategy}{', sticky' if route.sticky else ''}]")
+        when = ", ".join(
+            f"{k} = {json.dumps(v)}" for k, v in attrs.asdict(route.when).items() if v not in (None, (), {})
+        )
+        named = f"{route.name}: " if route.name else ""
+        print(f"  {named}{route.match}{f' when {when}' if when else ''}  ->  {targets}  [{route.strategy}{', sticky' if route.sticky else ''}]")  # fmt: skip
     models = listed_models(config)
     if models:
         print("models listed on /v1/models:")
@@ -361,6 +379,84 @@ def _check_config(path: str) -> int:
         f"ledger: {config.ledger.url if config.ledger.enabled else 'disabled'}; dedup: {'on' if config.dedup.enabled else 'off'}"
     )
     return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    """The decision for a saved request: its facts, the route and why, the plan; nothing sent."""
+    from trio_balancer.errors import BalancerError
+    from trio_balancer.policy.plan import fit_plan
+    from trio_balancer.policy.routing import Router
+    from trio_balancer.protocol.features import needs_of
+    from trio_balancer.protocol.request_facts import facts_of
+
+    config = _load(args.config)
+    try:
+        payload, headers = _saved_request(Path(args.request), args.header)
+    except (OSError, ValueError) as exc:
+        print(f"trio-balancer: cannot read {args.request}: {exc}", file=sys.stderr)
+        return 2
+    body_bytes = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
+    facts = facts_of(payload, headers, client=args.client, body_bytes=body_bytes)
+    kinds = [k for k in ("thinking", "images", "background", "subagent") if getattr(facts, k)]
+    print(
+        f"request: model {facts.model}, ~{facts.input_tokens} input tokens (estimated)"
+        + "".join(f", {k}" for k in kinds)
+    )
+    print(f"  tools: {', '.join(sorted(facts.tools)) or '-'}; server tools: {', '.join(sorted(facts.server_tools)) or '-'}")  # fmt: skip
+    router = Router(config)
+    try:
+        decision = router.decide(facts)
+        for label, why in decision.passed_over:
+            print(f"passed over {label}: {why}")
+        print(f"route: {decision.label} ({decision.why})")
+        attempts = router.plan(facts.model, _fresh_views(config), now=0.0, route=decision.route)
+        kept, skipped = fit_plan(attempts, needs_of(payload))
+    except BalancerError as exc:
+        print(f"refused: {exc}")
+        return 1
+    route = decision.route
+    print(f"failover plan ({route.strategy}{', sticky' if route.sticky else ''}; every provider healthy):")
+    for i, attempt in enumerate(kept, 1):
+        print(f"  {i}. {attempt.provider.name}: {attempt.model}")
+    for attempt, why in skipped:
+        print(f"  skipped {attempt.provider.name}: {why}")
+    return 0
+
+
+def _saved_request(
+    path: Path, header_args: Sequence[str]
+) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
+    """A request body, or a capture (``{"headers": {...}, "body": {...}}``), and its headers."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    headers: list[tuple[bytes, bytes]] = []
+    if isinstance(data.get("body"), dict):
+        headers = [(k.encode(), str(v).encode()) for k, v in (data.get("headers") or {}).items()]
+        data = data["body"]
+    for text in header_args:
+        name, sep, value = text.partition(":")
+        if not sep:
+            raise ValueError(f"--header {text!r}: expected NAME:VALUE")
+        headers.append((name.strip().encode(), value.strip().encode()))
+    if not isinstance(data.get("model"), str):
+        raise ValueError("no model in the request")
+    return data, headers
+
+
+def _fresh_views(config: Config) -> dict[str, Any]:
+    """Every provider as the router sees it at start: healthy, no rate limits, unmeasured."""
+    from trio_balancer.policy.health import ProviderHealth
+    from trio_balancer.policy.ratelimits import RateLimitState
+    from trio_balancer.policy.routing import Ewma
+
+    @attrs.frozen
+    class Fresh:
+        health: ProviderHealth = attrs.Factory(lambda: ProviderHealth(policy=config.health))
+        limits: RateLimitState = attrs.Factory(RateLimitState)
+        latency: Ewma = attrs.Factory(Ewma)
+
+    return {p.name: Fresh() for p in config.providers}
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -335,3 +335,33 @@ async def test_cache_shared_across_instances(
     second = await post(b)
     assert second.headers["x-balancer-dedup"] == "cache"
     assert len(up.received) == 1
+
+
+async def test_route_and_why_recorded_in_postgres(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer
+) -> None:
+    """The ledger's route and route_why columns (migration 4) on PostgreSQL."""
+    up = await FakeUpstream(lambda r: Reply(steps=anthropic_text_events(["ok"]))).start(nursery)
+    data = cluster_config(tmp_path, "r", pg, redis_srv, up)
+    data["routes"] = [
+        {"name": "deep", "match": "claude-*", "when": {"thinking": True}, "targets": [{"provider": "p0"}]},
+        {"match": "*", "targets": [{"provider": "p0"}]},
+    ]
+    b = await start_balancer(nursery, parse_config(data))
+    async with b.client:
+        thinking = {**BODY, "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 2048}
+        labels = [(await post(b, body)).headers["x-balancer-route"] for body in (thinking, BODY)]
+    assert labels == ["deep", "1"]
+    await b.wait_idle()
+    assert b.app.ledger is not None
+    with trio.fail_after(5):
+        await b.app.ledger.wait_written(2)
+    store = open_store(pg.url)
+    try:
+        rows = store.records(limit=100)
+    finally:
+        store.close()
+    assert sorted((r["route"], r["route_why"]) for r in rows) == [
+        ("1", "match *"),
+        ("deep", "match claude-*; thinking"),
+    ]

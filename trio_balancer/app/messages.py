@@ -22,6 +22,7 @@ from trio_balancer.app.respond import Receive, Scope, Send
 from trio_balancer.app.state import AppState
 from trio_balancer.app.supervisor import FlightSupervisor
 from trio_balancer.app.writer import Delivery, ResponseWriter, replay
+from trio_balancer.config import Route
 from trio_balancer.errors import (
     BalancerError,
     ClientGone,
@@ -41,8 +42,10 @@ from trio_balancer.flight.relay import RelayLimits
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
 from trio_balancer.policy.plan import fit_plan
+from trio_balancer.policy.routing import Decision
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
+from trio_balancer.protocol.request_facts import facts_of
 from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
@@ -159,7 +162,7 @@ class MessagesEndpoint:
         request = await self._read_request(ctx, scope, receive, key)
         if not self._supervisor.serving or self._state.registry is None:
             raise NotServing("the balancer is not serving requests (starting, stopping or failed)")
-        ctx.route = self._state.router.route_for(request.model).match
+        decision = self._route(ctx, writer, request)
         dedup_key = self._dedup_key(scope, request, ctx)
         if dedup_key is not None:
             cached = await self._cached(dedup_key, request)
@@ -172,7 +175,18 @@ class MessagesEndpoint:
             if leader is not None:
                 return await self._follow(ctx, writer, leader, request)
             ctx.dedup_role = "leader"
-        return await self._lead(ctx, writer, request, dedup_key)
+        return await self._lead(ctx, writer, request, dedup_key, decision.route)
+
+    def _route(self, ctx: RequestContext, writer: ResponseWriter, request: UpstreamRequest) -> Decision:
+        """Which route takes the request, said in its response header, its record and the log."""
+        facts = facts_of(request.payload, request.headers, client=ctx.client, body_bytes=len(request.body))
+        decision = self._state.router.decide(facts)
+        ctx.route, ctx.route_why = decision.label, decision.why
+        writer.extra.append((b"x-balancer-route", decision.label.encode("ascii")))
+        for label, why in decision.passed_over:
+            log.debug("route.passed_over", route=label, why=why)
+        log.info("route.chosen", route=decision.label, why=decision.why)
+        return decision
 
     async def _read_request(
         self, ctx: RequestContext, scope: Scope, receive: Receive, key: ClientKey | None
@@ -220,7 +234,12 @@ class MessagesEndpoint:
             ctx.shared_from = (leader.provider, leader.upstream_model)
 
     async def _lead(
-        self, ctx: RequestContext, writer: ResponseWriter, request: UpstreamRequest, dedup_key: str | None
+        self,
+        ctx: RequestContext,
+        writer: ResponseWriter,
+        request: UpstreamRequest,
+        dedup_key: str | None,
+        route: Route,
     ) -> Delivery:
         """A new flight for this request, shared with identical ones if ``dedup_key`` is set."""
         state = self._state
@@ -233,6 +252,7 @@ class MessagesEndpoint:
             session=request.session,
             # A rough input size (4 bytes a token) is enough to steer around a nearly empty bucket.
             need_tokens=len(request.body) // 4,
+            route=route,
         )
         counting = request.counts_tokens  # counting a request is not running it: nothing it needs
         attempts, skipped = fit_plan(attempts, () if counting else request.needs)

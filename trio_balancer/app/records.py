@@ -72,7 +72,8 @@ class RequestContext:
     started_perf: float = attrs.Factory(time.perf_counter)
     model: str | None = None
     stream: bool = False
-    route: str | None = None
+    route: str | None = None  # the route's name or index (x-balancer-route)
+    route_why: str | None = None  # the conditions it matched
     dedup_role: str = "off"
     delivery: Delivery = attrs.Factory(Delivery)  # set by the handler when it ends
     error: BalancerError | None = None  # answered by the balancer itself, before any flight
@@ -108,6 +109,7 @@ def _record(ctx: RequestContext, status: int | None, **fields: Any) -> Record:
         stream=ctx.stream,
         status=status,
         route=ctx.route,
+        route_why=ctx.route_why,
         duration_ms=ctx.elapsed_ms(),
         dedup_role=ctx.dedup_role,
         disconnected=outcome == CLIENT_LEFT,

@@ -25,6 +25,7 @@ from trio_balancer.config.schema import (
     ServerConfig,
     Target,
     Timeouts,
+    When,
     default_config,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "ServerConfig",
     "Target",
     "Timeouts",
+    "When",
     "default_config",
     "load_config",
     "parse_config",

@@ -38,6 +38,7 @@ __all__ = [
     "ServerConfig",
     "Target",
     "Timeouts",
+    "When",
     "default_config",
 ]
 
@@ -189,6 +190,37 @@ class Target:
     weight: float = attrs.field(default=1.0, metadata=spec.number(lo=0.0))
 
 
+def _route_name(value: str) -> str | None:
+    # It is sent as the x-balancer-route header's value.
+    if value and all(" " <= c <= "~" for c in value):
+        return None
+    return "must be printable ASCII, not empty (it is sent as the x-balancer-route header)"
+
+
+@attrs.frozen
+class When:
+    """A route's ``when`` table: conditions on the request, every one given must hold.
+
+    A condition left out is no condition; ``thinking = false`` (and the other booleans) asks
+    for the request *not* to have it. ``policy/conditions.py`` says how each one is checked.
+    """
+
+    thinking: bool | None = attrs.field(default=None, metadata=spec.boolean())
+    min_input_tokens: int | None = attrs.field(default=None, metadata=spec.integer(lo=0))
+    max_input_tokens: int | None = attrs.field(default=None, metadata=spec.integer(lo=0))
+    images: bool | None = attrs.field(default=None, metadata=spec.boolean())
+    tools: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings())  # all of them present
+    server_tools: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings())  # all present
+    background: bool | None = attrs.field(default=None, metadata=spec.boolean())
+    subagent: bool | None = attrs.field(default=None, metadata=spec.boolean())
+    client: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings())  # any of them
+    header: Mapping[str, str] = attrs.field(factory=dict, metadata=spec.string_table())  # name: glob
+
+    @property
+    def empty(self) -> bool:
+        return self == When()
+
+
 @attrs.frozen
 class Route:
     """One ``[[routes]]`` entry; a key it leaves out takes its value from ``[routing]``."""
@@ -199,6 +231,9 @@ class Route:
     # Keep requests of one Claude Code session (its X-Claude-Code-Session-Id header, else
     # metadata.user_id) on one provider while it stays healthy: prompt caches live per provider.
     sticky: bool = attrs.field(default=False, metadata=spec.boolean())
+    # What the x-balancer-route header and the ledger call it; None: its index in [[routes]].
+    name: str | None = attrs.field(default=None, metadata=spec.string(check=_route_name))
+    when: When = attrs.field(factory=When, metadata=spec.table(When))
 
 
 @attrs.frozen

@@ -26,6 +26,10 @@ _BOTH: tuple[str, ...] = (
     ALTER TABLE requests ADD COLUMN outcome TEXT NOT NULL DEFAULT 'delivered';
     UPDATE requests SET outcome = 'client_left' WHERE disconnected = 1;
     """,
+    # 4: why the request took its route (the conditions that matched)
+    """
+    ALTER TABLE requests ADD COLUMN route_why TEXT;
+    """,
 )
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (

@@ -61,6 +61,8 @@ class Record:
     # How the response ended for the client: delivered | client_left | cut (by the balancer:
     # shutdown, a listener too far behind a shared stream, a broken body).
     outcome: str = "delivered"
+    # The route's conditions that matched ("match claude-*; thinking"); ``route`` is its name or index.
+    route_why: str | None = None
 
     @property
     def flagged(self) -> bool:

@@ -9,6 +9,9 @@ latency state (plain objects), and gets an ordered list of attempts. The order i
    the ones that are (they may still answer; a 429 costs us one failover, not the client);
 3. last, the cooling provider that recovers soonest: tried only when everything before it
    failed, because a provider that recently failed beats an error the client can see.
+
+Which route: :func:`decide`, the first whose model glob and ``when`` conditions
+(``policy/conditions.py``) all hold, with what matched and why each earlier route did not.
 """
 
 from __future__ import annotations
@@ -23,15 +26,30 @@ import attrs
 
 from trio_balancer.config import Config, ProviderConfig, Route, Target
 from trio_balancer.errors import NotFound
+from trio_balancer.policy.conditions import check
 from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
+from trio_balancer.protocol.request_facts import RequestFacts
 
-__all__ = ["Attempt", "Ewma", "ProviderView", "Router", "find_route", "listed_models"]
+__all__ = [
+    "IMPLICIT_LABEL",
+    "Attempt",
+    "Decision",
+    "Ewma",
+    "ProviderView",
+    "Router",
+    "decide",
+    "find_route",
+    "listed_models",
+    "route_label",
+]
 
 # A little exploration keeps the latency strategy's numbers fresh for providers it avoids.
 LATENCY_EXPLORE = 0.05
 STICKY_TTL_S = 3600.0
 STICKY_MAX = 10_000
+# What the decision calls the route of a config without [[routes]] (every provider).
+IMPLICIT_LABEL = "default"
 
 
 @attrs.frozen
@@ -62,8 +80,43 @@ class ProviderView(Protocol):
     def latency(self) -> Ewma: ...
 
 
+@attrs.frozen
+class Decision:
+    """The route a request takes, and why: what of it matched, why each earlier one did not."""
+
+    route: Route
+    label: str  # the route's name, else its index in [[routes]]
+    matched: tuple[str, ...]  # ("match claude-*", "thinking", ...)
+    passed_over: tuple[tuple[str, str], ...] = ()  # (label, why not) for each earlier route
+
+    @property
+    def why(self) -> str:
+        return "; ".join(self.matched)
+
+
+def route_label(route: Route, index: int) -> str:
+    return route.name if route.name is not None else str(index)
+
+
+def decide(config: Config, facts: RequestFacts) -> Decision | None:
+    """The first route whose glob matches the model (case-sensitive, like model ids) and whose
+    ``when`` conditions all hold; None if there is none."""
+    passed: list[tuple[str, str]] = []
+    for i, route in enumerate(config.routes):
+        label = route_label(route, i)
+        if not fnmatchcase(facts.model, route.match):
+            passed.append((label, f"model {facts.model!r} does not match {route.match!r}"))
+            continue
+        verdict = check(route.when, facts)
+        if not verdict.holds:
+            passed.append((label, "; ".join(verdict.failed)))
+            continue
+        return Decision(route, label, (f"match {route.match}", *verdict.matched), tuple(passed))
+    return None
+
+
 def find_route(config: Config, model: str) -> Route | None:
-    """The first route whose glob matches ``model`` (case-sensitive, like model ids)."""
+    """The first route whose glob matches ``model``, whatever its conditions."""
     for route in config.routes:
         if fnmatchcase(model, route.match):
             return route
@@ -87,7 +140,7 @@ class Router:
     def __init__(self, config: Config, *, rng: random.Random | None = None) -> None:
         self.config = config
         self._rng = rng or random.Random()
-        self._rr: dict[str, int] = {}
+        self._rr: dict[int, int] = {}
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
         self._implicit = Route(
             match="*",
@@ -97,12 +150,24 @@ class Router:
         )
 
     def route_for(self, model: str) -> Route:
+        """The first route whose glob matches ``model``, whatever its conditions."""
         if not self.config.routes:
             return self._implicit
         route = find_route(self.config, model)
         if route is None:
             raise NotFound(f"no route serves model {model!r}")
         return route
+
+    def decide(self, facts: RequestFacts) -> Decision:
+        """The route of this request (see :func:`decide`); NotFound when none takes it."""
+        if not self.config.routes:
+            return Decision(self._implicit, IMPLICIT_LABEL, ("no [[routes]]: every provider",))
+        decision = decide(self.config, facts)
+        if decision is None:
+            if find_route(self.config, facts.model) is None:
+                raise NotFound(f"no route serves model {facts.model!r}")
+            raise NotFound(f"no route takes this request for model {facts.model!r} (its conditions)")
+        return decision
 
     def plan(
         self,
@@ -112,8 +177,11 @@ class Router:
         now: float,
         session: str | None = None,
         need_tokens: int = 0,
+        route: Route | None = None,
     ) -> list[Attempt]:
-        route = self.route_for(model)
+        """The attempts for ``model`` on ``route`` (default: the first whose glob matches)."""
+        if route is None:
+            route = self.route_for(model)
         order = self._strategy_order(route, providers)
         if route.sticky and session is not None:
             order = self._sticky_first(order, session, now)
@@ -155,8 +223,8 @@ class Router:
     def _strategy_order(self, route: Route, providers: Mapping[str, ProviderView]) -> list[Target]:
         targets: Sequence[Target] = route.targets
         if route.strategy == "round_robin":
-            n = self._rr.get(route.match, 0)
-            self._rr[route.match] = n + 1
+            n = self._rr.get(id(route), 0)  # per route: two may share a glob
+            self._rr[id(route)] = n + 1
             k = n % len(targets)
             return [*targets[k:], *targets[:k]]
         if route.strategy == "weighted":
