@@ -176,7 +176,6 @@ class TestFacts:
         assert abs(fixture_facts(name).input_tokens - full) <= 0.1 * full + 50
 
 
-
 # -- the first-match rule, checked over random configs -----------------------------------------
 
 MODELS = ("claude-opus-5", "claude-haiku-4-5", "gpt-5")
