@@ -40,10 +40,12 @@ from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
 from trio_balancer.flight.relay import RelayLimits
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
-from trio_balancer.policy.plan import fit_plan
+from trio_balancer.policy.plan import fit_plan, fit_windows
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import signatures_in
+from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
+from trio_balancer.protocol.windows import LONG_CONTEXT_BETA
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
@@ -236,6 +238,14 @@ class MessagesEndpoint:
         )
         counting = request.counts_tokens  # counting a request is not running it: nothing it needs
         attempts, skipped = fit_plan(attempts, () if counting else request.needs)
+        if not counting:
+            attempts, too_small = fit_windows(
+                attempts,
+                lambda: _window_need(request),
+                at_most=_window_need_bound(request),
+                long_context=_long_context(request),
+            )
+            skipped += too_small
         if state.cluster is not None:  # whose thinking this is may be known on another instance
             await state.cluster.recall_thinking(signatures_in(request.payload))
         for attempt, why in skipped:
@@ -369,4 +379,30 @@ def _parse_request(scope: Scope, body: bytes, client: str) -> UpstreamRequest:
         stream=payload.get("stream", False),
         needs=needs_of(payload),
         client=client,
+    )
+
+
+def _window_need(request: UpstreamRequest) -> int:
+    """Tokens the request needs of a context window: its estimated input plus ``max_tokens``."""
+    max_tokens = request.payload.get("max_tokens")
+    return estimate_request(request.payload) + (max_tokens if isinstance(max_tokens, int) else 0)
+
+
+def _window_need_bound(request: UpstreamRequest) -> int:
+    """A bound :func:`_window_need` never exceeds, from the body's size alone (no parse).
+
+    The estimate gives at most about one token per byte of JSON text (tokens.py: a one-letter
+    word and its separator are 2 bytes; an escaped newline 2 bytes for 1.2 tokens), plus a
+    fixed cost per image or document block, which can be a short URL.
+    """
+    body = request.body
+    max_tokens = request.payload.get("max_tokens")
+    blocks = body.count(b'"image"') + body.count(b'"document"')
+    return 2 * len(body) + IMAGE_TOKENS * blocks + (max_tokens if isinstance(max_tokens, int) else 0)
+
+
+def _long_context(request: UpstreamRequest) -> bool:
+    """Whether the client asked for Anthropic's 1M window (its ``context-1m`` beta)."""
+    return any(
+        name == b"anthropic-beta" and LONG_CONTEXT_BETA.encode() in value for name, value in request.headers
     )

@@ -35,6 +35,7 @@ from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightVie
 from trio_balancer.flight.relay import Relay, RelayLimits
 from trio_balancer.logging import debug_enabled, get_logger
 from trio_balancer.policy.health import FailureKind, ProviderHealth, State
+from trio_balancer.policy.plan import larger_windows
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
@@ -252,7 +253,9 @@ class Flight:
     async def _serve(self) -> None:
         """The failover loop: each target in the plan until one serves or a verdict is final."""
         last: AttemptFailed | None = None
-        for n, attempt in enumerate(self.attempts):
+        queue = list(self.attempts)
+        while queue:
+            attempt = queue.pop(0)
             runtime = self._providers[attempt.provider.name]
             try:
                 await self._attempt(attempt, runtime)
@@ -268,11 +271,17 @@ class Flight:
                 if not failure.verdict.retry:
                     await self._relay_answer(failure)
                     return
+                if failure.verdict.too_long:
+                    queue = larger_windows(queue, attempt)
+                    if not queue:  # no larger window left: the provider's own answer says it
+                        await self._relay_answer(failure)
+                        return
                 last = failure
                 kind = failure.verdict.kind
-                self.observer.failover(runtime.name, kind.value if kind else "client")
-                if n + 1 < len(self.attempts):
-                    nxt = self.attempts[n + 1].provider.name
+                reason = "prompt_too_long" if failure.verdict.too_long else kind.value if kind else "client"
+                self.observer.failover(runtime.name, reason)
+                if queue:
+                    nxt = queue[0].provider.name
                     log.warning("failover", provider=runtime.name, reason=failure.error.message, next=nxt)
         assert last is not None
         if sum(not r.skipped for r in self._tried) == 1:

@@ -7,13 +7,16 @@ a required output format, a document of a kind) is never sent to a provider that
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import attrs
 
 from trio_balancer.errors import InvalidRequest
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import Need
+from trio_balancer.protocol.windows import known_window
 
-__all__ = ["fit_plan"]
+__all__ = ["fit_plan", "fit_windows", "larger_windows", "window_of"]
 
 
 def fit_plan(
@@ -36,3 +39,60 @@ def fit_plan(
         each = "; ".join(f"{a.provider.name} {why}" for a, why in skipped)
         raise InvalidRequest(f"no provider for this model can take this request as sent: {each}")
     return kept, skipped
+
+
+def window_of(attempt: Attempt, *, long_context: bool = False) -> int:
+    """The attempt's context window: its target's, else its provider's, else the known
+    models' table; 0 when none knows."""
+    return (
+        attempt.context_window
+        or attempt.provider.capabilities.context_window
+        or known_window(attempt.model, long_context=long_context)
+    )
+
+
+def fit_windows(
+    attempts: Sequence[Attempt],
+    need: Callable[[], int],
+    *,
+    at_most: int | None = None,
+    long_context: bool = False,
+) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
+    """The attempts whose window holds ``need()`` tokens (estimated input plus ``max_tokens``),
+    each with its window resolved, and the skipped ones with why.
+
+    ``need`` is called at most once, and not at all when every known window holds ``at_most``
+    (a cheap upper bound of it): the estimate reads every text of the request, which costs
+    milliseconds on a 100 KB body, and most requests fit every window by far.
+
+    A window of 0 (unknown) is never skipped. If every attempt would be skipped, the ones with
+    the largest window are kept: the estimate is rough (within about 17 % per kind of text),
+    so the provider decides, and its "prompt too long" answer is the client's to see.
+    """
+    resolved = [attrs.evolve(a, context_window=window_of(a, long_context=long_context)) for a in attempts]
+    known = [a.context_window for a in resolved if a.context_window]
+    if not known or (at_most is not None and min(known) >= at_most):
+        return resolved, []
+    tokens = need()
+    fits = [not a.context_window or a.context_window >= tokens for a in resolved]
+    if resolved and not any(fits):
+        largest = max(a.context_window for a in resolved)
+        fits = [a.context_window == largest for a in resolved]
+    kept = [a for a, ok in zip(resolved, fits, strict=True) if ok]
+    skipped = [
+        (a, f"context window {a.context_window} < {tokens} estimated tokens")
+        for a, ok in zip(resolved, fits, strict=True)
+        if not ok
+    ]
+    return kept, skipped
+
+
+def larger_windows(remaining: Sequence[Attempt], failed: Attempt) -> list[Attempt]:
+    """After ``failed`` answered "prompt too long": the remaining attempts that may hold it.
+
+    With the failed window known, those whose window is larger or unknown; with it unknown,
+    every remaining attempt (a different model may well hold more).
+    """
+    if not failed.context_window:
+        return list(remaining)
+    return [a for a in remaining if not a.context_window or a.context_window > failed.context_window]

@@ -1,0 +1,98 @@
+"""Context windows: the known models' windows, and a provider's "prompt too long" answer. Pure.
+
+A window is the tokens of input plus output a model holds; 0 means unknown (never skipped).
+The table is a fallback for targets whose config and provider capabilities say nothing; an
+operator's ``context_window`` always wins, since a deployment may cap a model lower.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from fnmatch import fnmatchcase
+
+__all__ = ["LONG_CONTEXT_BETA", "known_window", "prompt_too_long"]
+
+# Anthropic's 1M window for the models that offer it behind this beta (Claude Code sends it
+# for a `[1m]` model; field-lessons: "1M context via context-1m-2025-08-07 or a [1m] suffix").
+LONG_CONTEXT_BETA = "context-1m-2025-08-07"
+
+# First match wins, so specific globs come before general ones. Sources (late 2026):
+# - Claude: platform.claude.com models overviews: Sonnet 4.5 200K; Sonnet 5, Opus 5.5,
+#   Fable 5.x 1M native; Sonnet 4, Sonnet 4.5, Opus 4.6 1M with the beta above
+#   (support.claude.com article 8606395); every other Claude model 200K.
+# - gpt-4o / gpt-4.1: OpenAI's "maximum context length is 128000 tokens" answers
+#   (assafelovic/gpt-researcher#680); gpt-4.1 1,047,576 (OpenAI model page).
+# - DeepSeek V3.x chat/reasoner 128K: "maximum context length is 131072 tokens"
+#   (evalstate/fast-agent#621; RooCodeInc/Roo-Code#7268).
+# - Gemini 2.5: "exceeds the maximum number of tokens allowed (1048576)"
+#   (google-gemini/gemini-cli#6678).
+# - Kimi K2 262,144: "exceeded model token limit: 262144" (MoonshotAI/kimi-cli#2011).
+# - GLM-4.6 202,752 (huggingface.co/zai-org/GLM-4.6: "expanded from 128K to 200K").
+_KNOWN: tuple[tuple[str, int], ...] = (
+    ("claude-sonnet-5*", 1_000_000),
+    ("claude-opus-5*", 1_000_000),
+    ("claude-fable-*", 1_000_000),
+    ("claude-*[[]1m[]]", 1_000_000),
+    ("claude-*", 200_000),
+    ("gpt-4.1*", 1_047_576),
+    ("gpt-4o*", 128_000),
+    ("deepseek-chat", 131_072),
+    ("deepseek-reasoner", 131_072),
+    ("gemini-2.5-*", 1_048_576),
+    ("kimi-k2*", 262_144),
+    ("glm-4.6*", 202_752),
+)
+# The Claude models whose window the long-context beta raises to 1M.
+_LONG_CONTEXT = ("claude-sonnet-4-5*", "claude-sonnet-4-2*", "claude-sonnet-4", "claude-opus-4-6*")
+_ONE_M = 1_000_000
+
+
+def known_window(model: str, *, long_context: bool = False) -> int:
+    """The window of ``model`` from the table above; 0 when the model is not in it."""
+    if long_context and any(fnmatchcase(model, g) for g in _LONG_CONTEXT):
+        return _ONE_M
+    for glob, window in _KNOWN:
+        if fnmatchcase(model, glob):
+            return window
+    return 0
+
+
+# What each provider kind says when the prompt does not fit (all HTTP 400):
+# - Anthropic: "prompt is too long: 219898 tokens > 200000 maximum" (earendil-works/pi#102),
+#   and "input length and `max_tokens` exceed context limit: 188240 + 21333 > 200000";
+# - OpenAI: code "context_length_exceeded", "This model's maximum context length is 128000
+#   tokens. However, your messages resulted in ..." (crewAIInc/crewAI-examples#121);
+# - DeepSeek and vLLM: the same "maximum context length" text, code "invalid_request_error"
+#   (FoundationAgents/OpenManus#79);
+# - Kimi: "Invalid request: Your request exceeded model token limit: 262144 (requested: ...)";
+# - Gemini: "The input token count (1200293) exceeds the maximum number of tokens allowed
+#   (1048576)." (google-gemini/gemini-cli#6678).
+_TOO_LONG = re.compile(
+    r"prompt is too long"
+    r"|exceed(?:s|ed)? (?:the )?context (?:limit|window)"
+    r"|maximum context length"
+    r"|exceeded model token limit"
+    r"|input token count .{0,40}exceeds the maximum number of tokens",
+    re.IGNORECASE,
+)
+_TOO_LONG_CODES = frozenset({"context_length_exceeded"})
+
+
+def prompt_too_long(status: int, body: bytes) -> bool:
+    """Whether a provider's error answer says the prompt does not fit the model's window."""
+    if status not in (400, 413) or len(body) > 64 * 1024:
+        return False
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return False
+    if isinstance(doc, list) and doc:  # Gemini's native API answers a list of errors
+        doc = doc[0]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict):
+        return False
+    if error.get("code") in _TOO_LONG_CODES:
+        return True
+    message = error.get("message")
+    return isinstance(message, str) and _TOO_LONG.search(message) is not None
