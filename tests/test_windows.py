@@ -57,15 +57,21 @@ class TestKnownWindows:
     def test_a_target_declares_its_window_in_the_config(self) -> None:
         config = parse_config(
             {
-                "providers": [{"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:1", "api_key": "k"}],
-                "routes": [{"match": "*", "targets": [{"provider": "p", "model": "m", "context_window": 128000}]}],
+                "providers": [
+                    {"name": "p", "kind": "anthropic", "base_url": "http://127.0.0.1:1", "api_key": "k"}
+                ],
+                "routes": [
+                    {"match": "*", "targets": [{"provider": "p", "model": "m", "context_window": 128000}]}
+                ],
             }
         )
         assert config.routes[0].targets[0].context_window == 128_000
 
 
 def _anthropic(message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": "invalid_request_error", "message": message}}).encode()
+    return json.dumps(
+        {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
+    ).encode()
 
 
 def _openai(message: str, code: str | None) -> bytes:
@@ -74,6 +80,13 @@ def _openai(message: str, code: str | None) -> bytes:
     ).encode()
 
 
+GEMINI = {
+    "error": {
+        "code": 400,
+        "message": "The input token count (317740) exceeds the maximum number of tokens allowed (131072).",
+        "status": "INVALID_ARGUMENT",
+    }
+}
 # Real answers, as users reported them (the sources are in protocol/windows.py).
 TOO_LONG = [
     _anthropic("prompt is too long: 219898 tokens > 200000 maximum"),
@@ -103,10 +116,7 @@ TOO_LONG = [
             }
         }
     ).encode(),
-    json.dumps(
-        [{"error": {"code": 400, "message": "The input token count (317740) exceeds the maximum number of"
-                    " tokens allowed (131072).", "status": "INVALID_ARGUMENT"}}]
-    ).encode(),  # fmt: skip
+    json.dumps([GEMINI]).encode(),  # its native API: a list of errors
 ]
 NOT_TOO_LONG = [
     _anthropic("messages.0.content: Field required"),
@@ -138,12 +148,16 @@ def _attempts(windows: list[int]) -> list[Attempt]:
     return [Attempt(fit_provider(name=f"p{i}"), f"m{i}", w) for i, w in enumerate(windows)]
 
 
-windows_st = st.lists(st.sampled_from([0, 8_000, 64_000, 128_000, 200_000, 1_000_000]), min_size=1, max_size=6)
+windows_st = st.lists(
+    st.sampled_from([0, 8_000, 64_000, 128_000, 200_000, 1_000_000]), min_size=1, max_size=6
+)
 
 
 class TestSkipRule:
     @given(windows=windows_st, need=st.integers(1, 2_000_000))
-    def test_skipped_iff_the_known_window_is_too_small_and_never_all(self, windows: list[int], need: int) -> None:
+    def test_skipped_iff_the_known_window_is_too_small_and_never_all(
+        self, windows: list[int], need: int
+    ) -> None:
         kept, skipped = fit_windows(_attempts(windows), lambda: need)
         assert kept, "never every target"
         assert len(kept) + len(skipped) == len(windows)

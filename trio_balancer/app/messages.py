@@ -45,8 +45,8 @@ from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
-from trio_balancer.protocol.windows import LONG_CONTEXT_BETA
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+from trio_balancer.protocol.windows import LONG_CONTEXT_BETA
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]

@@ -186,10 +186,11 @@ def _error_answer(
             headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
         else:
             body = scrub_error_body(body, secrets)
+    what = f"provider {provider.name!r}: HTTP {status} {error_type}"
     return AttemptFailed(
         verdict,
         ProviderError(
-            status, f"provider {provider.name!r}: HTTP {status} {error_type}", error_type=error_type
+            status, what + " (prompt too long)" if verdict.too_long else what, error_type=error_type
         ),
         answer=ErrorAnswer(status, headers, body),
         retry_after=retry_after if verdict.kind else None,

@@ -34,6 +34,7 @@ from trio_balancer.flight.hub import Abort, Head, Hub, Item, Listener, SharePoli
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightView
 from trio_balancer.flight.relay import Relay, RelayLimits
 from trio_balancer.logging import debug_enabled, get_logger
+from trio_balancer.policy.failover import Verdict
 from trio_balancer.policy.health import FailureKind, ProviderHealth, State
 from trio_balancer.policy.plan import larger_windows
 from trio_balancer.policy.routing import Attempt
@@ -268,18 +269,12 @@ class Flight:
                     if not failure.sent_to_client:
                         await self._fail(failure.error)
                     return
-                if not failure.verdict.retry:
+                queue = larger_windows(queue, attempt) if failure.verdict.too_long else queue
+                if not failure.verdict.retry or (failure.verdict.too_long and not queue):
                     await self._relay_answer(failure)
                     return
-                if failure.verdict.too_long:
-                    queue = larger_windows(queue, attempt)
-                    if not queue:  # no larger window left: the provider's own answer says it
-                        await self._relay_answer(failure)
-                        return
                 last = failure
-                kind = failure.verdict.kind
-                reason = "prompt_too_long" if failure.verdict.too_long else kind.value if kind else "client"
-                self.observer.failover(runtime.name, reason)
+                self.observer.failover(runtime.name, _failover_reason(failure.verdict))
                 if queue:
                     nxt = queue[0].provider.name
                     log.warning("failover", provider=runtime.name, reason=failure.error.message, next=nxt)
@@ -380,6 +375,13 @@ class Flight:
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
+
+
+def _failover_reason(verdict: Verdict) -> str:
+    """The failover metric's reason label."""
+    if verdict.too_long:
+        return "prompt_too_long"
+    return verdict.kind.value if verdict.kind else "client"
 
 
 def _succeeded(runtime: ProviderRuntime, completed: bool, observer: FlightObserver) -> None:

@@ -113,7 +113,9 @@ def _set_linger_zero(stream: trio.SocketStream) -> None:
 
 
 class Simulator:
-    def __init__(self, defaults: SimOptions = SimOptions(), *, windows: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self, defaults: SimOptions = SimOptions(), *, windows: Mapping[str, int] | None = None
+    ) -> None:
         self.defaults = defaults
         self.windows = dict(windows or {})  # model -> context window, over the default
         self.requests = 0
