@@ -4,6 +4,7 @@ provider kind, the plan's skip rule, and where a too-long prompt goes next."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,11 +13,14 @@ from hypothesis import strategies as st
 
 from trio_balancer.config import parse_config
 from trio_balancer.policy.failover import CLIENT_FAULT, PROMPT_TOO_LONG
-from trio_balancer.policy.plan import fit_windows, larger_windows, window_of
+from trio_balancer.policy.plan import fit_windows, larger_windows, must_estimate, resolve_windows, window_of
 from trio_balancer.policy.routing import Attempt
-from trio_balancer.protocol.windows import known_window, prompt_too_long
+from trio_balancer.protocol.windows import known_window, prompt_too_long, window_need, window_need_bound
 
+from .e2e.capture import load_fixtures
 from .helpers import fit_provider
+
+FIXTURES = Path(__file__).parent / "data" / "claude_code"
 
 
 class TestKnownWindows:
@@ -158,7 +162,7 @@ class TestSkipRule:
     def test_skipped_iff_the_known_window_is_too_small_and_never_all(
         self, windows: list[int], need: int
     ) -> None:
-        kept, skipped = fit_windows(_attempts(windows), lambda: need)
+        kept, skipped = fit_windows(_attempts(windows), need)
         assert kept, "never every target"
         assert len(kept) + len(skipped) == len(windows)
         if any(w == 0 or w >= need for w in windows):
@@ -169,27 +173,26 @@ class TestSkipRule:
         names = [a.provider.name for a in kept]
         assert names == sorted(names)  # the plan's order is kept
 
-    @given(windows=windows_st, need=st.integers(1, 2_000_000))
-    def test_the_bound_only_saves_work(self, windows: list[int], need: int) -> None:
-        calls: list[int] = []
+    @given(windows=windows_st, need=st.integers(1, 2_000_000), slack=st.integers(0, 1_000_000))
+    def test_no_estimate_only_when_it_could_skip_nothing(
+        self, windows: list[int], need: int, slack: int
+    ) -> None:
+        """With any bound of the need, not estimating gives the plan estimating would."""
+        attempts = _attempts(windows)
+        if not must_estimate(attempts, need + slack):
+            assert fit_windows(attempts, need) == (attempts, [])
 
-        def estimate() -> int:
-            calls.append(1)
-            return need
-
-        plain = fit_windows(_attempts(windows), lambda: need)
-        assert fit_windows(_attempts(windows), estimate, at_most=need) == plain
-        assert len(calls) <= 1
-
-    def test_the_estimate_is_not_made_when_every_window_holds_the_bound(self) -> None:
-        def never() -> int:
-            raise AssertionError("estimated")
-
-        kept, skipped = fit_windows(_attempts([128_000, 0]), never, at_most=100_000)
-        assert [a.context_window for a in kept] == [128_000, 0] and skipped == []
+    def test_windows_resolved_from_target_provider_or_table(self) -> None:
+        deep = fit_provider("openai", preset="deepseek")
+        attempts = [Attempt(deep, "deepseek-chat", 0), Attempt(fit_provider(), "claude-sonnet-4-5", 0)]
+        assert [a.context_window for a in resolve_windows(attempts)] == [128_000, 200_000]
+        assert [a.context_window for a in resolve_windows(attempts, long_context=True)] == [
+            128_000,
+            1_000_000,
+        ]
 
     def test_the_reason_names_window_and_estimate(self) -> None:
-        _, [(attempt, why)] = fit_windows(_attempts([128_000, 1_000_000]), lambda: 200_123)
+        _, [(attempt, why)] = fit_windows(_attempts([128_000, 1_000_000]), 200_123)
         assert attempt.provider.name == "p0" and why == "context window 128000 < 200123 estimated tokens"
 
 
@@ -203,3 +206,26 @@ class TestLargerWindows:
             assert nxt == remaining
         else:
             assert nxt == [a for a in remaining if a.context_window == 0 or a.context_window > failed]
+
+
+class TestNeed:
+    def test_input_estimate_plus_max_tokens(self) -> None:
+        body = {"model": "m", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+        assert window_need(body) == window_need({**body, "max_tokens": 0}) + 1000
+
+    @pytest.mark.parametrize("fixture", [pytest.param(f, id=i) for i, f in load_fixtures(FIXTURES)])
+    def test_the_bound_holds_on_every_captured_claude_code_request(self, fixture: dict[str, Any]) -> None:
+        body = fixture["body"]
+        if not isinstance(body, dict):
+            pytest.skip("not a JSON request")
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        assert window_need(body) <= window_need_bound(raw, body)
+
+    @given(text=st.text(max_size=300), image=st.booleans())
+    def test_the_bound_holds_on_any_text(self, text: str, image: bool) -> None:
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        if image:
+            content.append({"type": "image", "source": {"type": "url", "url": "http://x/i.png"}})
+        body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": content}]}
+        raw = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        assert window_need(body) <= window_need_bound(raw, body)

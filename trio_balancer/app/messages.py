@@ -40,16 +40,20 @@ from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome
 from trio_balancer.flight.relay import RelayLimits
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.auth import ClientKey, header
-from trio_balancer.policy.plan import fit_plan, fit_windows
+from trio_balancer.policy.plan import fit_plan, fit_windows, must_estimate, resolve_windows
+from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.dedup import CachedResponse, signature
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.thinking import signatures_in
-from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
-from trio_balancer.protocol.windows import LONG_CONTEXT_BETA
+from trio_balancer.protocol.windows import LONG_CONTEXT_BETA, window_need, window_need_bound
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]
+
+# Bodies above this are estimated in a worker thread (about 0.2 ms of CPU per KB): a 1 MB prompt
+# would otherwise hold every other stream of this instance for 200 ms.
+ESTIMATE_INLINE_BYTES = 256 * 1024
 
 log = get_logger("trio_balancer.app.messages")
 
@@ -239,12 +243,7 @@ class MessagesEndpoint:
         counting = request.counts_tokens  # counting a request is not running it: nothing it needs
         attempts, skipped = fit_plan(attempts, () if counting else request.needs)
         if not counting:
-            attempts, too_small = fit_windows(
-                attempts,
-                lambda: _window_need(request),
-                at_most=_window_need_bound(request),
-                long_context=_long_context(request),
-            )
+            attempts, too_small = await _fit_windows(request, attempts)
             skipped += too_small
         if state.cluster is not None:  # whose thinking this is may be known on another instance
             await state.cluster.recall_thinking(signatures_in(request.payload))
@@ -382,23 +381,18 @@ def _parse_request(scope: Scope, body: bytes, client: str) -> UpstreamRequest:
     )
 
 
-def _window_need(request: UpstreamRequest) -> int:
-    """Tokens the request needs of a context window: its estimated input plus ``max_tokens``."""
-    max_tokens = request.payload.get("max_tokens")
-    return estimate_request(request.payload) + (max_tokens if isinstance(max_tokens, int) else 0)
-
-
-def _window_need_bound(request: UpstreamRequest) -> int:
-    """A bound :func:`_window_need` never exceeds, from the body's size alone (no parse).
-
-    The estimate gives at most about one token per byte of JSON text (tokens.py: a one-letter
-    word and its separator are 2 bytes; an escaped newline 2 bytes for 1.2 tokens), plus a
-    fixed cost per image or document block, which can be a short URL.
-    """
-    body = request.body
-    max_tokens = request.payload.get("max_tokens")
-    blocks = body.count(b'"image"') + body.count(b'"document"')
-    return 2 * len(body) + IMAGE_TOKENS * blocks + (max_tokens if isinstance(max_tokens, int) else 0)
+async def _fit_windows(
+    request: UpstreamRequest, attempts: list[Attempt]
+) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
+    """The plan's attempts whose context window holds the request, and the skipped ones."""
+    attempts = resolve_windows(attempts, long_context=_long_context(request))
+    if not must_estimate(attempts, window_need_bound(request.body, request.payload)):
+        return attempts, []
+    if len(request.body) > ESTIMATE_INLINE_BYTES:  # tens of milliseconds: off the event loop
+        need = await trio.to_thread.run_sync(window_need, request.payload)
+    else:
+        need = window_need(request.payload)
+    return fit_windows(attempts, need)
 
 
 def _long_context(request: UpstreamRequest) -> bool:

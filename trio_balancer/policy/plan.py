@@ -7,7 +7,7 @@ a required output format, a document of a kind) is never sent to a provider that
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import attrs
 
@@ -16,7 +16,7 @@ from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.features import Need
 from trio_balancer.protocol.windows import known_window
 
-__all__ = ["fit_plan", "fit_windows", "larger_windows", "window_of"]
+__all__ = ["fit_plan", "fit_windows", "larger_windows", "must_estimate", "resolve_windows", "window_of"]
 
 
 def fit_plan(
@@ -51,37 +51,36 @@ def window_of(attempt: Attempt, *, long_context: bool = False) -> int:
     )
 
 
-def fit_windows(
-    attempts: Sequence[Attempt],
-    need: Callable[[], int],
-    *,
-    at_most: int | None = None,
-    long_context: bool = False,
-) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
-    """The attempts whose window holds ``need()`` tokens (estimated input plus ``max_tokens``),
-    each with its window resolved, and the skipped ones with why.
+def resolve_windows(attempts: Sequence[Attempt], *, long_context: bool = False) -> list[Attempt]:
+    """The attempts, each with its window resolved by :func:`window_of`."""
+    return [attrs.evolve(a, context_window=window_of(a, long_context=long_context)) for a in attempts]
 
-    ``need`` is called at most once, and not at all when every known window holds ``at_most``
-    (a cheap upper bound of it): the estimate reads every text of the request, which costs
-    milliseconds on a 100 KB body, and most requests fit every window by far.
+
+def must_estimate(attempts: Sequence[Attempt], at_most: int) -> bool:
+    """Whether a known window is smaller than ``at_most``, a cheap upper bound of the need.
+
+    The estimate reads every text of the request (about 20 ms of CPU per 100 KB), and most
+    requests fit every window by far: then it is not made.
+    """
+    return any(0 < a.context_window < at_most for a in attempts)
+
+
+def fit_windows(attempts: Sequence[Attempt], need: int) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
+    """The attempts (windows resolved) whose window holds ``need`` tokens (estimated input plus
+    ``max_tokens``), and the skipped ones with why.
 
     A window of 0 (unknown) is never skipped. If every attempt would be skipped, the ones with
     the largest window are kept: the estimate is rough (within about 17 % per kind of text),
     so the provider decides, and its "prompt too long" answer is the client's to see.
     """
-    resolved = [attrs.evolve(a, context_window=window_of(a, long_context=long_context)) for a in attempts]
-    known = [a.context_window for a in resolved if a.context_window]
-    if not known or (at_most is not None and min(known) >= at_most):
-        return resolved, []
-    tokens = need()
-    fits = [not a.context_window or a.context_window >= tokens for a in resolved]
-    if resolved and not any(fits):
-        largest = max(a.context_window for a in resolved)
-        fits = [a.context_window == largest for a in resolved]
-    kept = [a for a, ok in zip(resolved, fits, strict=True) if ok]
+    fits = [not a.context_window or a.context_window >= need for a in attempts]
+    if attempts and not any(fits):
+        largest = max(a.context_window for a in attempts)
+        fits = [a.context_window == largest for a in attempts]
+    kept = [a for a, ok in zip(attempts, fits, strict=True) if ok]
     skipped = [
-        (a, f"context window {a.context_window} < {tokens} estimated tokens")
-        for a, ok in zip(resolved, fits, strict=True)
+        (a, f"context window {a.context_window} < {need} estimated tokens")
+        for a, ok in zip(attempts, fits, strict=True)
         if not ok
     ]
     return kept, skipped

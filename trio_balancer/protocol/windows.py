@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from fnmatch import fnmatchcase
+from typing import Any
 
-__all__ = ["LONG_CONTEXT_BETA", "known_window", "prompt_too_long"]
+from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
+
+__all__ = ["LONG_CONTEXT_BETA", "known_window", "prompt_too_long", "window_need", "window_need_bound"]
 
 # Anthropic's 1M window for the models that offer it behind this beta (Claude Code sends it
 # for a `[1m]` model; field-lessons: "1M context via context-1m-2025-08-07 or a [1m] suffix").
@@ -56,6 +60,27 @@ def known_window(model: str, *, long_context: bool = False) -> int:
         if fnmatchcase(model, glob):
             return window
     return 0
+
+
+def window_need(payload: Mapping[str, Any]) -> int:
+    """Tokens a request needs of a window: its estimated input plus ``max_tokens``."""
+    return estimate_request(payload) + _max_tokens(payload)
+
+
+def window_need_bound(body: bytes, payload: Mapping[str, Any]) -> int:
+    """A bound :func:`window_need` never exceeds, from the body's size alone (no text read).
+
+    The estimate gives at most about one token per byte of JSON (tokens.py: a one-letter word
+    and its separator are 2 bytes for 1 token; an escaped newline 2 bytes for 1.2), plus a fixed
+    cost per image or document block, which may be a short URL. Twice the size leaves room.
+    """
+    blocks = body.count(b'"image"') + body.count(b'"document"')
+    return 2 * len(body) + IMAGE_TOKENS * blocks + _max_tokens(payload)
+
+
+def _max_tokens(payload: Mapping[str, Any]) -> int:
+    value = payload.get("max_tokens")
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # What each provider kind says when the prompt does not fit (all HTTP 400):
