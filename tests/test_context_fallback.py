@@ -10,10 +10,12 @@ from typing import Any
 
 import anthropic
 import attrs
+import httpx
 import pytest
 import trio
 
 from trio_balancer.policy.health import State
+from trio_balancer.protocol.windows import prompt_too_long
 from trio_balancer.tools import simulator
 
 from .helpers import NO_DEDUP, PROVIDER_KEY, Balancer, BalancerFactory
@@ -136,3 +138,19 @@ async def test_with_no_larger_window_left_the_providers_400_is_relayed(
     assert info.value.body["error"]["message"].startswith("prompt is too long: ")  # type: ignore[index]
     assert first.requests == 1 and second.requests == 0  # the same window: no use trying it
     assert_healthy(b, "first")
+
+
+@pytest.mark.parametrize(
+    ("path", "code"), [("/v1/messages", None), ("/v1/chat/completions", "context_length_exceeded")]
+)
+async def test_the_simulator_answers_each_kinds_real_prompt_too_long(
+    nursery: trio.Nursery, path: str, code: str | None
+) -> None:
+    sim = await start_sim(nursery, {})
+    body = {"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "ab. " * 300}]}
+    async with httpx.AsyncClient(base_url=sim.url, trust_env=False) as client:
+        r = await client.post(path, json=body, headers={"x-sim-context-window": "100"})
+        assert r.status_code == 400 and prompt_too_long(400, r.content)
+        assert r.json()["error"].get("code") == code
+        r = await client.post(path, json=body, headers={"x-sim-context-window": "100000"})
+        assert r.status_code == 200

@@ -2,7 +2,8 @@
 
 Rule of thumb: before anything is committed to the client, every failure that another
 provider might not have fails over. Only answers that say the *request* is wrong (400, 404,
-413, 422 and their SSE twins) go back to the client, since every provider would say the same.
+413, 422 and their SSE twins) go back to the client, since every provider would say the same;
+except "prompt too long", which a model with a larger window may not say (``PROMPT_TOO_LONG``).
 """
 
 from __future__ import annotations
