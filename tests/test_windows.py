@@ -45,11 +45,11 @@ class TestKnownWindows:
     def test_table(self, model: str, window: int) -> None:
         assert known_window(model) == window
 
-    def test_the_long_context_beta_raises_only_the_models_that_offer_it(self) -> None:
+    def test_the_long_context_beta_raises_claude_models_to_1m(self) -> None:
         assert known_window("claude-sonnet-4-5-20250929", long_context=True) == 1_000_000
         assert known_window("claude-opus-4-6", long_context=True) == 1_000_000
-        assert known_window("claude-haiku-4-5", long_context=True) == 200_000
         assert known_window("claude-sonnet-4-5-20250929") == 200_000
+        assert known_window("deepseek-chat", long_context=True) == 131_072
 
     def test_the_target_wins_then_the_provider_then_the_table(self) -> None:
         deep = fit_provider("openai", preset="deepseek")

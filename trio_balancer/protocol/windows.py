@@ -24,7 +24,7 @@ LONG_CONTEXT_BETA = "context-1m-2025-08-07"
 # First match wins, so specific globs come before general ones. Sources (late 2026):
 # - Claude: platform.claude.com models overviews: Sonnet 4.5 200K; Sonnet 5, Opus 5.5,
 #   Fable 5.x 1M native; Sonnet 4, Sonnet 4.5, Opus 4.6 1M with the beta above
-#   (support.claude.com article 8606395); every other Claude model 200K.
+#   (support.claude.com article 8606395); every other Claude model 200K without it.
 # - gpt-4o / gpt-4.1: OpenAI's "maximum context length is 128000 tokens" answers
 #   (assafelovic/gpt-researcher#680); gpt-4.1 1,047,576 (OpenAI model page).
 # - DeepSeek V3.x chat/reasoner 128K: "maximum context length is 131072 tokens"
@@ -47,14 +47,15 @@ _KNOWN: tuple[tuple[str, int], ...] = (
     ("kimi-k2*", 262_144),
     ("glm-4.6*", 202_752),
 )
-# The Claude models whose window the long-context beta raises to 1M.
-_LONG_CONTEXT = ("claude-sonnet-4-5*", "claude-sonnet-4-2*", "claude-sonnet-4", "claude-opus-4-6*")
+# With the long-context beta, a Claude model counts as 1M: the client asked for it (Claude Code
+# sends the beta only for a `[1m]` model), and a table too small would skip a target that holds
+# the prompt, while one too large costs at most its "prompt too long" answer and a failover.
 _ONE_M = 1_000_000
 
 
 def known_window(model: str, *, long_context: bool = False) -> int:
     """The window of ``model`` from the table above; 0 when the model is not in it."""
-    if long_context and any(fnmatchcase(model, g) for g in _LONG_CONTEXT):
+    if long_context and model.startswith("claude-"):
         return _ONE_M
     for glob, window in _KNOWN:
         if fnmatchcase(model, glob):
