@@ -93,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tools", type=int, default=d.tools, help="tool calls per response")
     sim.add_argument("--no-usage", action="store_true", help="send no usage (like some proxies)")
     sim.add_argument("--stamp", action="store_true", help="stamp each delta with its send time (ns)")
+    sim.add_argument(
+        "--context-window",
+        action="append",
+        default=[],
+        metavar="MODEL=TOKENS",
+        help="a model's window: longer prompts get the real prompt-too-long 400 (repeatable)",
+    )
     sim.epilog = "Every option can also be set per request with an x-sim-* header; see trio_balancer/tools/simulator.py."
 
     claude = sub.add_parser(
@@ -469,7 +476,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(partial(serve, Simulator(options), args.host, args.port))
+            simulator = Simulator(options, windows=_sim_windows(args.context_window))
+            port = await nursery.start(partial(serve, simulator, args.host, args.port))
             print(
                 f"trio-balancer simulate: listening on http://{args.host}:{port}", file=sys.stderr, flush=True
             )
@@ -478,6 +486,16 @@ def _simulate(args: argparse.Namespace) -> int:
 
     trio.run(run)
     return 0
+
+
+def _sim_windows(pairs: list[str]) -> dict[str, int]:
+    windows: dict[str, int] = {}
+    for pair in pairs:
+        model, sep, tokens = pair.rpartition("=")
+        if not sep or not model or not tokens.isdigit():
+            raise SystemExit(f"trio-balancer simulate: --context-window wants MODEL=TOKENS, not {pair!r}")
+        windows[model] = int(tokens)
+    return windows
 
 
 async def _wait_for_signal() -> None:

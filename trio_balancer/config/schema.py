@@ -188,6 +188,9 @@ class Target:
     # None: send the client's model unchanged.
     model: str | None = attrs.field(default=None, metadata=spec.string())
     weight: float = attrs.field(default=1.0, metadata=spec.number(lo=0.0))
+    # Tokens of input plus output this target's model holds; 0: the provider's
+    # `capabilities.context_window`, else the known models' table (protocol/windows.py).
+    context_window: int = attrs.field(default=0, metadata=spec.integer(lo=0))
 
 
 def _route_name(value: str) -> str | None:

@@ -22,11 +22,12 @@ from trio_balancer.config import ProviderConfig
 from trio_balancer.errors import JSON_HEADERS, ProviderError, error_body, error_type_for_status
 from trio_balancer.flight.failures import AttemptFailed, ErrorAnswer, timed_out, unavailable
 from trio_balancer.logging import get_logger
-from trio_balancer.policy.failover import classify_status
+from trio_balancer.policy.failover import PROMPT_TOO_LONG, classify_status
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.policy.ratelimits import read_headers, retry_after_seconds
 from trio_balancer.protocol.convert import openai_error_to_anthropic
 from trio_balancer.protocol.upstream_errors import error_type_of, scrub_error_body
+from trio_balancer.protocol.windows import prompt_too_long
 from trio_balancer.redaction import scrub
 from trio_balancer.upstream.headers import response_headers
 from trio_balancer.upstream.providers import ProviderRuntime
@@ -161,6 +162,8 @@ def _error_answer(
     """A provider's HTTP error answer as a failure, with the answer to relay if it is final."""
     status = response.status_code
     verdict = classify_status(status, passthrough=provider.passthrough)
+    if verdict.kind is None and prompt_too_long(status, body):
+        verdict = PROMPT_TOO_LONG
     if provider.kind == "openai":
         error_type, body = openai_error_to_anthropic(status, body, provider.name)
         body = scrub_error_body(body, secrets)
@@ -183,10 +186,11 @@ def _error_answer(
             headers = [(n, v) for n, v in headers if n != b"content-type"] + JSON_HEADERS
         else:
             body = scrub_error_body(body, secrets)
+    what = f"provider {provider.name!r}: HTTP {status} {error_type}"
     return AttemptFailed(
         verdict,
         ProviderError(
-            status, f"provider {provider.name!r}: HTTP {status} {error_type}", error_type=error_type
+            status, what + " (prompt too long)" if verdict.too_long else what, error_type=error_type
         ),
         answer=ErrorAnswer(status, headers, body),
         retry_after=retry_after if verdict.kind else None,

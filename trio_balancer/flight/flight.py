@@ -34,7 +34,9 @@ from trio_balancer.flight.hub import Abort, Head, Hub, Item, Listener, SharePoli
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightView
 from trio_balancer.flight.relay import Relay, RelayLimits
 from trio_balancer.logging import debug_enabled, get_logger
+from trio_balancer.policy.failover import Verdict
 from trio_balancer.policy.health import FailureKind, ProviderHealth, State
+from trio_balancer.policy.plan import larger_windows
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
@@ -253,7 +255,9 @@ class Flight:
     async def _serve(self) -> None:
         """The failover loop: each target in the plan until one serves or a verdict is final."""
         last: AttemptFailed | None = None
-        for n, attempt in enumerate(self.attempts):
+        queue = list(self.attempts)
+        while queue:
+            attempt = queue.pop(0)
             runtime = self._providers[attempt.provider.name]
             try:
                 await self._attempt(attempt, runtime)
@@ -266,14 +270,14 @@ class Flight:
                     if not failure.sent_to_client:
                         await self._fail(failure.error)
                     return
-                if not failure.verdict.retry:
+                queue = larger_windows(queue, attempt) if failure.verdict.too_long else queue
+                if not failure.verdict.retry or (failure.verdict.too_long and not queue):
                     await self._relay_answer(failure)
                     return
                 last = failure
-                kind = failure.verdict.kind
-                self.observer.failover(runtime.name, kind.value if kind else "client")
-                if n + 1 < len(self.attempts):
-                    nxt = self.attempts[n + 1].provider.name
+                self.observer.failover(runtime.name, _failover_reason(failure.verdict))
+                if queue:
+                    nxt = queue[0].provider.name
                     log.warning("failover", provider=runtime.name, reason=failure.error.message, next=nxt)
         assert last is not None
         if sum(not r.skipped for r in self._tried) == 1:
@@ -373,6 +377,13 @@ class Flight:
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
+
+
+def _failover_reason(verdict: Verdict) -> str:
+    """The failover metric's reason label."""
+    if verdict.too_long:
+        return "prompt_too_long"
+    return verdict.kind.value if verdict.kind else "client"
 
 
 def _succeeded(runtime: ProviderRuntime, completed: bool, observer: FlightObserver) -> None:

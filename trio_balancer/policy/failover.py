@@ -2,7 +2,8 @@
 
 Rule of thumb: before anything is committed to the client, every failure that another
 provider might not have fails over. Only answers that say the *request* is wrong (400, 404,
-413, 422 and their SSE twins) go back to the client, since every provider would say the same.
+413, 422 and their SSE twins) go back to the client, since every provider would say the same;
+except "prompt too long", which a model with a larger window may not say (``PROMPT_TOO_LONG``).
 """
 
 from __future__ import annotations
@@ -11,16 +12,22 @@ import attrs
 
 from trio_balancer.policy.health import FailureKind
 
-__all__ = ["CLIENT_FAULT", "Verdict", "classify_error_type", "classify_status"]
+__all__ = ["CLIENT_FAULT", "PROMPT_TOO_LONG", "Verdict", "classify_error_type", "classify_status"]
 
 
 @attrs.frozen
 class Verdict:
     retry: bool  # try the next target
     kind: FailureKind | None  # what it does to the provider's health; None: not its fault
+    # The prompt does not fit this model's window: try only targets with a larger one.
+    too_long: bool = False
 
 
 CLIENT_FAULT = Verdict(retry=False, kind=None)
+# A "prompt too long" 400 is the one request error another target may not give: a model with a
+# larger window. Nobody's fault, so health is untouched; with no larger target left, the flight
+# relays the provider's own answer, as for any client error.
+PROMPT_TOO_LONG = Verdict(retry=True, kind=None, too_long=True)
 
 
 def classify_status(status: int, *, passthrough: bool) -> Verdict:

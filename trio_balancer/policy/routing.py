@@ -58,6 +58,8 @@ class Attempt:
 
     provider: ProviderConfig
     model: str
+    # The target's declared window (0: not declared); policy/plan.py fit_windows resolves it.
+    context_window: int = 0
 
 
 @attrs.define
@@ -200,7 +202,7 @@ class Router:
         if cooling:
             chosen.append(min(cooling, key=lambda t: providers[t.provider].health.cooling_until))
         by_name = {p.name: p for p in self.config.providers}
-        return [Attempt(by_name[t.provider], t.model or model) for t in chosen]
+        return [Attempt(by_name[t.provider], t.model or model, t.context_window) for t in chosen]
 
     def remember(self, session: str, provider: str, now: float) -> None:
         """The provider that served a sticky session; later requests of it go there first."""

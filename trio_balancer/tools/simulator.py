@@ -27,6 +27,7 @@ Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`
 ``x-sim-garbage: 1``      answer 200 ``text/event-stream`` with random bytes
 ``x-sim-bad-utf8: 1``     text deltas carry invalid UTF-8
 ``x-sim-huge-event``      after the first delta, one event of this many bytes
+``x-sim-context-window``  the model's window: a longer prompt gets the real "prompt too long" 400
 ========================  =====================================================================
 """
 
@@ -82,6 +83,7 @@ class SimOptions:
     garbage: bool = False
     bad_utf8: bool = False
     huge_event: int = 0
+    context_window: int = 0  # 0: any prompt fits (``Simulator(windows=...)`` sets it per model)
 
     def with_headers(self, headers: Mapping[str, str]) -> SimOptions:
         changes: dict[str, Any] = {}
@@ -111,8 +113,11 @@ def _set_linger_zero(stream: trio.SocketStream) -> None:
 
 
 class Simulator:
-    def __init__(self, defaults: SimOptions = SimOptions()) -> None:
+    def __init__(
+        self, defaults: SimOptions = SimOptions(), *, windows: Mapping[str, int] | None = None
+    ) -> None:
         self.defaults = defaults
+        self.windows = dict(windows or {})  # model -> context window, over the default
         self.requests = 0
         self.open_connections = 0
         self.active = 0  # responses being sent right now
@@ -239,6 +244,9 @@ class Simulator:
             return await self._send(conn, stream, opts.status, _error_answer(opts.status, openai), extra)
         model = str(payload.get("model") or "sim-1")
         input_tokens = estimate_request(payload)
+        window = self.windows.get(model, opts.context_window)
+        if window and input_tokens > window:
+            return await self._send(conn, stream, 400, _too_long_answer(input_tokens, window, openai))
         if not payload.get("stream"):
             message = (
                 _openai_message(opts, model, input_tokens)
@@ -350,6 +358,19 @@ def _error_answer(status: int, openai: bool) -> dict[str, Any]:
     if openai:
         return {"error": {"message": message, "type": "server_error", "code": str(status)}}
     return {"type": "error", "error": {"type": error_type_for_status(status), "message": message}}
+
+
+def _too_long_answer(tokens: int, window: int, openai: bool) -> dict[str, Any]:
+    """The provider kind's real answer to a prompt longer than the window (its wording)."""
+    if openai:
+        message = (
+            f"This model's maximum context length is {window} tokens. However, your messages"
+            f" resulted in {tokens} tokens. Please reduce the length of the messages."
+        )
+        error = {"message": message, "type": "invalid_request_error", "param": "messages"}
+        return {"error": {**error, "code": "context_length_exceeded"}}
+    message = f"prompt is too long: {tokens} tokens > {window} maximum"
+    return {"type": "error", "error": {"type": "invalid_request_error", "message": message}}
 
 
 def _delta_text(opts: SimOptions, i: int) -> str:
