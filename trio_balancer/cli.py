@@ -391,15 +391,16 @@ def _check_config(path: str) -> int:
 def _route(args: argparse.Namespace) -> int:
     """The decision for a saved request: its facts, the route and why, the plan; nothing sent."""
     from trio_balancer.errors import BalancerError
-    from trio_balancer.policy.plan import fit_plan
+    from trio_balancer.policy.plan import fit_plan, fit_windows, resolve_windows
     from trio_balancer.policy.routing import Router
     from trio_balancer.protocol.features import needs_of
     from trio_balancer.protocol.request_facts import facts_of
+    from trio_balancer.protocol.windows import LONG_CONTEXT_BETA, window_need
 
     config = _load(args.config)
     try:
         payload, headers = _saved_request(Path(args.request), args.header)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, BalancerError) as exc:  # unreadable, or no Messages request
         print(f"trio-balancer: cannot read {args.request}: {exc}", file=sys.stderr)
         return 2
     body_bytes = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
@@ -418,6 +419,9 @@ def _route(args: argparse.Namespace) -> int:
         print(f"route: {decision.label} ({decision.why})")
         attempts = router.plan(facts.model, _fresh_views(config), now=0.0, route=decision.route)
         kept, skipped = fit_plan(attempts, needs_of(payload))
+        long_context = any(n == b"anthropic-beta" and LONG_CONTEXT_BETA.encode() in v for n, v in headers)
+        kept, too_small = fit_windows(resolve_windows(kept, long_context=long_context), window_need(payload))
+        skipped += too_small
     except BalancerError as exc:
         print(f"refused: {exc}")
         return 1
@@ -433,21 +437,26 @@ def _route(args: argparse.Namespace) -> int:
 def _saved_request(
     path: Path, header_args: Sequence[str]
 ) -> tuple[dict[str, Any], list[tuple[bytes, bytes]]]:
-    """A request body, or a capture (``{"headers": {...}, "body": {...}}``), and its headers."""
-    data = json.loads(path.read_text())
+    """A request body, or a capture (``{"headers": {...}, "body": {...}}``), and its headers;
+    checked as the balancer checks a request (a bad one is a ``BalancerError``)."""
+    from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+
+    data = parse_request_body(path.read_bytes())  # the balancer's bounds: depth, text
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
     headers: list[tuple[bytes, bytes]] = []
     if isinstance(data.get("body"), dict):
-        headers = [(k.encode(), str(v).encode()) for k, v in (data.get("headers") or {}).items()]
+        given = data.get("headers") or {}
+        if not isinstance(given, dict):
+            raise ValueError("headers: must be an object of names and values")
+        headers = [(str(k).lower().encode(), str(v).encode()) for k, v in given.items()]
         data = data["body"]
     for text in header_args:
         name, sep, value = text.partition(":")
         if not sep:
             raise ValueError(f"--header {text!r}: expected NAME:VALUE")
         headers.append((name.strip().encode(), value.strip().encode()))
-    if not isinstance(data.get("model"), str):
-        raise ValueError("no model in the request")
+    validate_messages_request(data)
     return data, headers
 
 

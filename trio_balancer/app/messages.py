@@ -296,7 +296,9 @@ class MessagesEndpoint:
         """The signature identical requests share a flight and a cached answer by; None: never.
 
         Token counts are shared too (Claude Code's bursts of the same count), in a cache of
-        their own with a short life (``AppState.count_cache``).
+        their own with a short life (``AppState.count_cache``). The route taken is signed with
+        the client: two requests alike but for what a ``when`` condition reads (a header, a
+        subagent's id) may go to different providers, and must not share an answer.
         """
         dedup = self._state.config.dedup
         if not dedup.enabled or request.path not in (MESSAGES_PATH, COUNT_TOKENS_PATH):
@@ -309,7 +311,7 @@ class MessagesEndpoint:
             path=request.path,
             query=request.query,
             headers=scope["headers"],
-            identity=ctx.client,
+            identity=f"{ctx.client}\x00route:{ctx.route}",
             include_max_tokens=dedup.include_max_tokens,
         )
 

@@ -9,6 +9,7 @@ check comes first and the values are then read in the schema's field order.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,7 @@ from trio_balancer.config.spec import (
 __all__ = ["ConfigError", "load_config", "parse_config"]
 
 _T = TypeVar("_T")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header's name
 _MISSING: Any = object()
 
 
@@ -131,7 +133,12 @@ def _read_object(t: _Table, cls: type[_T], ctx: _Context) -> _T:
             values[field.name] = _read_field(t, field, ctx)
         elif field.default is attrs.NOTHING:
             raise t.error(field.name, "missing")
-    return cls(**values)
+    made = cls(**values)
+    problem = getattr(made, "problem", None)
+    if callable(problem) and (found := problem()) is not None:
+        key, message = found
+        raise t.error(key, message)
+    return made
 
 
 def _read_field(t: _Table, field: attrs.Attribute[Any], ctx: _Context) -> Any:
@@ -154,7 +161,17 @@ def _read_field(t: _Table, field: attrs.Attribute[Any], ctx: _Context) -> Any:
         return tuple(map(spec.clean, t.strings(key)) if spec.clean else t.strings(key))
     if isinstance(spec, StringTable):
         headers = t.table(key)
-        return {name: headers.get(name, (str,), "a string") for name in headers.data}
+        out = {}
+        for name in headers.data:
+            value = headers.get(name, (str,), "a string")
+            if not _TOKEN.fullmatch(name):
+                raise headers.error(name, "must be an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if not all(" " <= c <= "~" or c == "\t" for c in value):
+                raise headers.error(
+                    name, "must be printable ASCII (it is compared with, or sent as, a header's bytes)"
+                )
+            out[name] = value
+        return out
     if isinstance(spec, Table):
         return _read_object(t.table(key), spec.cls, ctx)
     if isinstance(spec, Tables):

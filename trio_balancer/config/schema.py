@@ -223,6 +223,13 @@ class When:
     def empty(self) -> bool:
         return self == When()
 
+    def problem(self) -> tuple[str, str] | None:
+        """A ``when`` no request can satisfy is a mistake, said at load (the parser asks)."""
+        low, high = self.min_input_tokens, self.max_input_tokens
+        if low is not None and high is not None and low > high:
+            return "min_input_tokens", f"{low} is above max_input_tokens {high}: no request can match"
+        return None
+
 
 @attrs.frozen
 class Route:

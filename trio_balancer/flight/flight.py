@@ -353,6 +353,7 @@ class Flight:
             trace=self._trace,
             thinking=self._thinking,
             client_model=None if self._show_upstream_model or attempt.model == req.model else req.model,
+            converted_model=attempt.model if self._show_upstream_model else req.model,
         )
         self._relay = relay
 

@@ -112,6 +112,7 @@ class Relay:
         trace: bool = False,
         thinking: SignatureBook | None = None,
         client_model: str | None = None,
+        converted_model: str | None = None,
     ) -> None:
         self.provider = provider
         self._payload = payload
@@ -122,8 +123,10 @@ class Relay:
         self._trace = trace
         self._book = thinking
         self._family = provider.capabilities.thinking_family
-        # Converted answers are written with the client's model already.
+        # Converted answers are written with the model the client is shown: its own, or with
+        # show_upstream_model the provider's (``converted_model``).
         self._rename = client_model if provider.kind != "openai" else None
+        self._converted_model = converted_model or str(payload.get("model"))
         self.tracker = UsageTracker()
         self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
         self.events = 0  # SSE events published by this relay (none for a JSON answer)
@@ -144,7 +147,7 @@ class Relay:
     async def _relay_converted(self, head: Head, response: UpstreamResponse) -> None:
         """A converted stream has no upstream pings to forward; we send our own during long
         silences (reasoning models can think for minutes without a delta)."""
-        converter = StreamConverter(model=str(self._payload.get("model")), sign=mint_signature)
+        converter = StreamConverter(model=self._converted_model, sign=mint_signature)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ping_while_silent)
@@ -376,9 +379,7 @@ class Relay:
             message = f"provider {name!r}: {error_type} in a 200 answer"
             raise provider_error(self.provider, error_type, message, scrub_error_body(answer, self._secrets))
         try:
-            message_obj = to_anthropic_message(
-                parsed, model=str(self._payload.get("model")), sign=mint_signature
-            )
+            message_obj = to_anthropic_message(parsed, model=self._converted_model, sign=mint_signature)
         except ConversionError as exc:
             raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
         usage = message_obj["usage"]

@@ -67,6 +67,11 @@ def message_start_with_model(event: SSEEvent, model: str) -> SSEEvent:
     return attrs.evolve(event, raw=raw, data=data)
 
 
+# Each try re-parses the answer: a few, then the whole JSON is written again (an answer whose
+# content names the model thousands of times before the message's own key cost seconds of CPU).
+_MAX_SPLICES = 4
+
+
 def _with_model(raw: bytes, doc: dict[str, Any], inner: str | None, model: str) -> bytes:
     """``raw`` (whose parse is ``doc``) with the model of ``doc`` (or of ``doc[inner]``) replaced."""
     holder = doc if inner is None else doc[inner]
@@ -76,9 +81,13 @@ def _with_model(raw: bytes, doc: dict[str, Any], inner: str | None, model: str) 
     renamed = {**holder, "model": model}
     expected = renamed if inner is None else {**doc, inner: renamed}
     value = json.dumps(model, ensure_ascii=False).encode()
+    tries = 0
     for m in _MODEL_KEY.finditer(raw):
         if json.loads(m.group(1)) == old:
             spliced = raw[: m.start(1)] + value + raw[m.end(1) :]
             if json.loads(spliced) == expected:
                 return spliced
+            tries += 1
+            if tries >= _MAX_SPLICES:  # the same name all over a tool's input: write it anew
+                break
     return json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()

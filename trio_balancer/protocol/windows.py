@@ -49,13 +49,14 @@ _KNOWN: tuple[tuple[str, int], ...] = (
 )
 # With the long-context beta, a Claude model counts as 1M: the client asked for it (Claude Code
 # sends the beta only for a `[1m]` model), and a table too small would skip a target that holds
-# the prompt, while one too large costs at most its "prompt too long" answer and a failover.
+# the prompt. Haiku never has 1M: counted so, its "prompt too long" left no larger window to fall
+# over to, and the 1M model behind it went untried (found by an attack).
 _ONE_M = 1_000_000
 
 
 def known_window(model: str, *, long_context: bool = False) -> int:
     """The window of ``model`` from the table above; 0 when the model is not in it."""
-    if long_context and model.startswith("claude-"):
+    if long_context and model.startswith("claude-") and "haiku" not in model:
         return _ONE_M
     for glob, window in _KNOWN:
         if fnmatchcase(model, glob):
@@ -64,7 +65,8 @@ def known_window(model: str, *, long_context: bool = False) -> int:
 
 
 def window_need(payload: Mapping[str, Any]) -> int:
-    """Tokens a request needs of a window: its estimated input plus ``max_tokens``."""
+    """Tokens a request needs of a window: its estimated input plus ``max_tokens``, counted up to
+    :data:`OUTPUT_RESERVE` (see there)."""
     return estimate_request(payload) + _max_tokens(payload)
 
 
@@ -79,9 +81,18 @@ def window_need_bound(body: bytes, payload: Mapping[str, Any]) -> int:
     return 2 * len(body) + IMAGE_TOKENS * blocks + _max_tokens(payload)
 
 
+# The output a window must hold room for, at most. Claude Code asks for 32k-128k tokens of
+# output (2.1.332: max_tokens 128000, a 128k model's whole window), which other providers clamp
+# to their own output limit (DeepSeek's is 8k): counting all of it skipped every 128k target for
+# every Claude Code turn (found by the e2e test). The skip is for prompts that cannot fit; a
+# max_tokens too large for a model is the provider's to clamp or to refuse (a prompt-too-long
+# 400, which fails over).
+OUTPUT_RESERVE = 8192
+
+
 def _max_tokens(payload: Mapping[str, Any]) -> int:
     value = payload.get("max_tokens")
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return min(value, OUTPUT_RESERVE) if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # What each provider kind says when the prompt does not fit (all HTTP 400):
