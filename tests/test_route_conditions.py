@@ -460,4 +460,4 @@ class TestRouteCommand:
 
     def test_not_a_request(self, tmp_path: Path, capsys: Any) -> None:
         code, out = self.run(tmp_path, capsys, [1, 2])
-        assert code == 2 and "cannot read" in out and "not a JSON object" in out
+        assert code == 2 and "cannot read" in out and "must be a JSON object" in out

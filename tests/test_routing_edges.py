@@ -122,7 +122,7 @@ async def test_show_upstream_model_shows_an_openai_targets_model(
 ) -> None:
     """``[routing] show_upstream_model = true``: "the client always sees the model name it asked
     for ... unless the operator sets show_upstream_model". For an OpenAI-kind target the
-    converted answer is always written with the client's model, the setting is ignored."""
+    converted answer was always written with the client's model (found by an attack)."""
     completion = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -146,7 +146,7 @@ async def test_show_upstream_model_shows_an_openai_targets_model(
             model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
         )
     assert up.received[0].json()["model"] == "gpt-4o"
-    assert message.model != "claude-sonnet-4-6", message.model
+    assert message.model == "gpt-4o", message.model
 
 
 async def test_show_upstream_model_shows_an_openai_streams_model(
@@ -174,7 +174,7 @@ async def test_show_upstream_model_shows_an_openai_streams_model(
         ) as stream,
     ):
         final = await stream.get_final_message()
-    assert final.model != "claude-sonnet-4-6", final.model
+    assert final.model == "gpt-4o", final.model
 
 
 # -- the model-name splice is quadratic in the answer ------------------------------------------

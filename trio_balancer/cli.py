@@ -395,7 +395,7 @@ def _route(args: argparse.Namespace) -> int:
     from trio_balancer.policy.routing import Router
     from trio_balancer.protocol.features import needs_of
     from trio_balancer.protocol.request_facts import facts_of
-    from trio_balancer.protocol.windows import LONG_CONTEXT_BETA, window_need
+    from trio_balancer.protocol.windows import asks_long_context, window_need
 
     config = _load(args.config)
     try:
@@ -419,8 +419,9 @@ def _route(args: argparse.Namespace) -> int:
         print(f"route: {decision.label} ({decision.why})")
         attempts = router.plan(facts.model, _fresh_views(config), now=0.0, route=decision.route)
         kept, skipped = fit_plan(attempts, needs_of(payload))
-        long_context = any(n == b"anthropic-beta" and LONG_CONTEXT_BETA.encode() in v for n, v in headers)
-        kept, too_small = fit_windows(resolve_windows(kept, long_context=long_context), window_need(payload))
+        kept, too_small = fit_windows(
+            resolve_windows(kept, long_context=asks_long_context(headers)), window_need(payload)
+        )
         skipped += too_small
     except BalancerError as exc:
         print(f"refused: {exc}")

@@ -48,10 +48,12 @@ __all__ = [
     "capture_cli",
     "classify",
     "cli_command",
+    "cli_env",
     "cli_version",
     "distinct",
     "features_of",
     "load_fixtures",
+    "run_cli",
     "shape_of",
     "write_fixtures",
 ]
@@ -401,7 +403,7 @@ def cli_version(command: Sequence[str]) -> str:
     return match.group(0)
 
 
-def _cli_env(url: str, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
+def cli_env(url: str, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
     env = environment(url, api_key=CLIENT_KEY)
     for name in list(env):
         if name.startswith(("ANTHROPIC_", "CLAUDE_")) and name not in (
@@ -420,7 +422,7 @@ def _cli_env(url: str, home: Path, extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-async def _run(
+async def run_cli(
     command: Sequence[str], args: Sequence[str], work: Path, env: dict[str, str], limit: float
 ) -> str:
     with trio.fail_after(limit):
@@ -478,9 +480,9 @@ async def capture_cli(
                     upstream.script(script_for(scenario, str(work)))
                     scrubber = Scrubber(_placeholders(work, home, root))
                     first = len(upstream.received)
-                    env = _cli_env(balancer.url, home, scenario.env)
+                    env = cli_env(balancer.url, home, scenario.env)
                     outputs[scenario.name] = [
-                        await _run(command, args, work, env, limit) for args in scenario.prompts
+                        await run_cli(command, args, work, env, limit) for args in scenario.prompts
                     ]
                     await balancer.wait_idle()
                     requests += [

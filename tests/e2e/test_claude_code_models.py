@@ -18,7 +18,7 @@ import trio
 from ..fakes import FakeUpstream, Received, Reply
 from ..helpers import PROVIDER_KEY, BalancerFactory
 from ..signing_fakes import Answer, SigningProvider, Step
-from .capture import SECRET, _cli_env, _run, cli_command
+from .capture import SECRET, cli_command, cli_env, run_cli
 
 UPSTREAM_MODEL = "deep-think-1"
 
@@ -79,14 +79,13 @@ async def test_thinking_survives_a_renamed_model(
     b = await balancer_for(config=config)
     home = tmp_path / "home"  # the balancer's conftest made it (its ledger lives there)
     args = ("-p", "What is the launch code in notes.txt?", "--max-turns", "3", "--allowedTools", "Read")
-    env = _cli_env(b.url, home, {"MAX_THINKING_TOKENS": "4096"})
-    out = await _run(cli_command(claude_bin), args, work, env, 120)
+    env = cli_env(b.url, home, {"MAX_THINKING_TOKENS": "4096"})
+    out = await run_cli(cli_command(claude_bin), args, work, env, 120)
     assert out == f"The file says the code is {SECRET}."
     assert all(body["model"] == UPSTREAM_MODEL for body in provider.bodies)
     after_tool = [body for body in provider.bodies if _ends_with_tool_result(body)]
     assert after_tool, "the CLI sent the tool result"
     sent_back = _thinking_sent_back(after_tool[-1])
-    if show_upstream_model:
-        assert sent_back == [], "Claude Code drops the thinking of a message under another model's name"
-    else:
+    if not show_upstream_model:  # (whether Claude Code keeps thinking under the provider's own
+        # name depends on that name: "glm-4.6" loses it, this one not; nothing to pin here)
         assert sent_back and all(s in provider.signed for s in sent_back), "the thinking came back, signed"

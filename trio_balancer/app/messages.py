@@ -48,7 +48,7 @@ from trio_balancer.protocol.features import needs_of
 from trio_balancer.protocol.request_facts import facts_of
 from trio_balancer.protocol.thinking import signatures_in
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
-from trio_balancer.protocol.windows import LONG_CONTEXT_BETA, window_need, window_need_bound
+from trio_balancer.protocol.windows import asks_long_context, window_need, window_need_bound
 from trio_balancer.upstream.request import COUNT_TOKENS_PATH, MESSAGES_PATH, UpstreamRequest
 
 __all__ = ["MessagesEndpoint"]
@@ -408,7 +408,7 @@ async def _fit_windows(
     request: UpstreamRequest, attempts: list[Attempt]
 ) -> tuple[list[Attempt], list[tuple[Attempt, str]]]:
     """The plan's attempts whose context window holds the request, and the skipped ones."""
-    attempts = resolve_windows(attempts, long_context=_long_context(request))
+    attempts = resolve_windows(attempts, long_context=asks_long_context(request.headers))
     if not must_estimate(attempts, window_need_bound(request.body, request.payload)):
         return attempts, []
     if len(request.body) > ESTIMATE_INLINE_BYTES:  # tens of milliseconds: off the event loop
@@ -416,10 +416,3 @@ async def _fit_windows(
     else:
         need = window_need(request.payload)
     return fit_windows(attempts, need)
-
-
-def _long_context(request: UpstreamRequest) -> bool:
-    """Whether the client asked for Anthropic's 1M window (its ``context-1m`` beta)."""
-    return any(
-        name == b"anthropic-beta" and LONG_CONTEXT_BETA.encode() in value for name, value in request.headers
-    )

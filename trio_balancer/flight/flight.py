@@ -270,15 +270,13 @@ class Flight:
                     if not failure.sent_to_client:
                         await self._fail(failure.error)
                     return
-                queue = larger_windows(queue, attempt) if failure.verdict.too_long else queue
-                if not failure.verdict.retry or (failure.verdict.too_long and not queue):
+                queue, final = _after_failure(queue, attempt, failure)
+                if final:
                     await self._relay_answer(failure)
                     return
                 last = failure
                 self.observer.failover(runtime.name, _failover_reason(failure.verdict))
-                if queue:
-                    nxt = queue[0].provider.name
-                    log.warning("failover", provider=runtime.name, reason=failure.error.message, next=nxt)
+                _log_failover(runtime.name, failure, queue)
         assert last is not None
         if sum(not r.skipped for r in self._tried) == 1:
             await self._relay_answer(last)  # one provider: its own answer says it best
@@ -352,8 +350,7 @@ class Flight:
             forward=self.observer.forward,
             trace=self._trace,
             thinking=self._thinking,
-            client_model=None if self._show_upstream_model or attempt.model == req.model else req.model,
-            converted_model=attempt.model if self._show_upstream_model else req.model,
+            **_model_names(attempt.model, req.model, show_upstream=self._show_upstream_model),
         )
         self._relay = relay
 
@@ -378,6 +375,32 @@ class Flight:
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
+
+
+def _model_names(upstream: str, client: str, *, show_upstream: bool) -> dict[str, str | None]:
+    """The relay's model names: what a renamed passthrough answer is renamed to (None: left
+    as the provider sent it), and what a converted answer is written with."""
+    renamed = None if show_upstream or upstream == client else client
+    return {"client_model": renamed, "converted_model": upstream if show_upstream else client}
+
+
+def _after_failure(
+    queue: list[Attempt], attempt: Attempt, failure: AttemptFailed
+) -> tuple[list[Attempt], bool]:
+    """What is left to try after ``attempt`` failed, and whether its answer is final instead.
+
+    A prompt too long for it leaves only targets with a larger (or unknown) window; with none
+    left, or a failure no other provider would change, the provider's answer goes to the client.
+    """
+    if failure.verdict.too_long:
+        queue = larger_windows(queue, attempt)
+        return queue, not queue
+    return queue, not failure.verdict.retry
+
+
+def _log_failover(provider: str, failure: AttemptFailed, queue: list[Attempt]) -> None:
+    if queue:
+        log.warning("failover", provider=provider, reason=failure.error.message, next=queue[0].provider.name)
 
 
 def _failover_reason(verdict: Verdict) -> str:

@@ -2,7 +2,10 @@
 
 A request that needs what dropping would change (a server tool, MCP servers, code execution,
 a required output format, a document of a kind) is never sent to a provider that lacks it
-(``config/capabilities.py``); making the request fit the rest is ``upstream/fit.py``'s.
+(``config/capabilities.py``); making the request fit the rest is ``upstream/fit.py``'s. A
+target whose context window cannot hold the request is skipped too (``resolve_windows``, then
+``must_estimate`` and ``fit_windows``; never all), and after a "prompt too long" answer only
+larger windows are left (``larger_windows``).
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ class Attempt:
 
     provider: ProviderConfig
     model: str
-    # The target's declared window (0: not declared); policy/plan.py fit_windows resolves it.
+    # The target's window: as declared (0: not) until policy/plan.py resolve_windows gives it
+    # the provider's or the known model's; the flight reads the resolved one.
     context_window: int = 0
 
 

@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import Any
 
 from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
 
-__all__ = ["LONG_CONTEXT_BETA", "known_window", "prompt_too_long", "window_need", "window_need_bound"]
+__all__ = [
+    "LONG_CONTEXT_BETA",
+    "OUTPUT_RESERVE",
+    "asks_long_context",
+    "known_window",
+    "prompt_too_long",
+    "window_need",
+    "window_need_bound",
+]
 
 # Anthropic's 1M window for the models that offer it behind this beta (Claude Code sends it
 # for a `[1m]` model; field-lessons: "1M context via context-1m-2025-08-07 or a [1m] suffix").
@@ -54,6 +62,20 @@ _KNOWN: tuple[tuple[str, int], ...] = (
 _ONE_M = 1_000_000
 
 
+# The output a window must hold room for, at most. Claude Code asks for 32k-128k tokens of
+# output (2.1.332: max_tokens 128000, a 128k model's whole window), which other providers clamp
+# to their own output limit (DeepSeek's is 8k): counting all of it skipped every 128k target for
+# every Claude Code turn (found by the e2e test). The skip is for prompts that cannot fit; a
+# max_tokens too large for a model is the provider's to clamp or to refuse (a prompt-too-long
+# 400, which fails over).
+OUTPUT_RESERVE = 8192
+
+
+def asks_long_context(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the client asked for Anthropic's 1M window (its ``context-1m`` beta)."""
+    return any(name == b"anthropic-beta" and LONG_CONTEXT_BETA.encode() in value for name, value in headers)
+
+
 def known_window(model: str, *, long_context: bool = False) -> int:
     """The window of ``model`` from the table above; 0 when the model is not in it."""
     if long_context and model.startswith("claude-") and "haiku" not in model:
@@ -79,15 +101,6 @@ def window_need_bound(body: bytes, payload: Mapping[str, Any]) -> int:
     """
     blocks = body.count(b'"image"') + body.count(b'"document"')
     return 2 * len(body) + IMAGE_TOKENS * blocks + _max_tokens(payload)
-
-
-# The output a window must hold room for, at most. Claude Code asks for 32k-128k tokens of
-# output (2.1.332: max_tokens 128000, a 128k model's whole window), which other providers clamp
-# to their own output limit (DeepSeek's is 8k): counting all of it skipped every 128k target for
-# every Claude Code turn (found by the e2e test). The skip is for prompts that cannot fit; a
-# max_tokens too large for a model is the provider's to clamp or to refuse (a prompt-too-long
-# 400, which fails over).
-OUTPUT_RESERVE = 8192
 
 
 def _max_tokens(payload: Mapping[str, Any]) -> int:
