@@ -3,7 +3,7 @@
 :func:`facts_of` walks the already-parsed payload's structure (the tool list, each message's
 block types), never its text, so it costs microseconds on a 100 KB Claude Code request. The
 input size is estimated from the body's length instead of with ``tokens.estimate_request``,
-which reads every character (about 20 ms on a 117 KB body; bench/route_cost.py):
+which reads every character (12-16 ms on a 116 KB Claude Code body: bench/RESULTS.md, "Issue 17"):
 
     tokens ~= (body bytes - base64 image/document data) / BYTES_PER_TOKEN + IMAGE_TOKENS each
 
