@@ -117,6 +117,16 @@ async def test_long_context_beta_does_not_drop_the_target_that_holds_the_prompt(
 # -- show_upstream_model does nothing for converted (OpenAI-kind) answers -----------------------
 
 
+def showing_upstream_models(up: FakeUpstream) -> dict[str, Any]:
+    """An OpenAI-kind target renaming claude-* to gpt-4o, with show_upstream_model on."""
+    return {
+        "providers": [provider("oa", up.url, kind="openai")],
+        "routes": [{"match": "claude-*", "targets": [{"provider": "oa", "model": "gpt-4o"}]}],
+        "routing": {"show_upstream_model": True},
+        "dedup": {"enabled": False},
+    }
+
+
 async def test_show_upstream_model_shows_an_openai_targets_model(
     nursery: Any, balancer_for: BalancerFactory
 ) -> None:
@@ -134,13 +144,7 @@ async def test_show_upstream_model_shows_an_openai_targets_model(
     up = await FakeUpstream(Reply(headers=list(JSON_HEADERS), steps=[json.dumps(completion).encode()])).start(
         nursery
     )
-    config = {
-        "providers": [provider("oa", up.url, kind="openai")],
-        "routes": [{"match": "claude-*", "targets": [{"provider": "oa", "model": "gpt-4o"}]}],
-        "routing": {"show_upstream_model": True},
-        "dedup": {"enabled": False},
-    }
-    b = await balancer_for(config=config)
+    b = await balancer_for(config=showing_upstream_models(up))
     async with anthropic.AsyncAnthropic(base_url=b.url, api_key="x", max_retries=0) as client:
         message = await client.messages.create(
             model="claude-sonnet-4-6", max_tokens=64, messages=[{"role": "user", "content": "hi"}]
@@ -160,13 +164,7 @@ async def test_show_upstream_model_shows_an_openai_streams_model(
         b"data: [DONE]\n\n",
     ]  # fmt: skip
     up = await FakeUpstream(Reply(steps=events)).start(nursery)
-    config = {
-        "providers": [provider("oa", up.url, kind="openai")],
-        "routes": [{"match": "claude-*", "targets": [{"provider": "oa", "model": "gpt-4o"}]}],
-        "routing": {"show_upstream_model": True},
-        "dedup": {"enabled": False},
-    }
-    b = await balancer_for(config=config)
+    b = await balancer_for(config=showing_upstream_models(up))
     async with (
         anthropic.AsyncAnthropic(base_url=b.url, api_key="x", max_retries=0) as client,
         client.messages.stream(
