@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from trio_balancer.config import ConfigError, Route, Target, When, parse_config
 from trio_balancer.errors import NotFound
-from trio_balancer.policy.conditions import check
+from trio_balancer.policy.conditions import check_when
 from trio_balancer.policy.routing import Router, decide, find_route
 from trio_balancer.protocol.request_facts import RequestFacts, facts_of
 from trio_balancer.protocol.tokens import IMAGE_TOKENS, estimate_request
@@ -95,49 +95,51 @@ class TestConfig:
 
 class TestConditions:
     def test_thinking(self) -> None:
-        assert check(When(thinking=True), facts(thinking=True)).matched == ("thinking",)
-        assert check(When(thinking=True), facts()).failed == ("thinking = true, the request: false",)
-        assert check(When(thinking=False), facts()).matched == ("not thinking",)
+        assert check_when(When(thinking=True), facts(thinking=True)).matched == ("thinking",)
+        assert check_when(When(thinking=True), facts()).failed == ("thinking = true, the request: false",)
+        assert check_when(When(thinking=False), facts()).matched == ("not thinking",)
 
     def test_token_bounds_inclusive(self) -> None:
         w = When(min_input_tokens=100, max_input_tokens=200)
-        assert check(w, facts(input_tokens=100)).holds and check(w, facts(input_tokens=200)).holds
-        assert check(w, facts(input_tokens=99)).failed == ("min_input_tokens 100 > 99",)
-        assert check(w, facts(input_tokens=201)).failed == ("max_input_tokens 200 < 201",)
+        assert check_when(w, facts(input_tokens=100)).holds and check_when(w, facts(input_tokens=200)).holds
+        assert check_when(w, facts(input_tokens=99)).failed == ("min_input_tokens 100 > 99",)
+        assert check_when(w, facts(input_tokens=201)).failed == ("max_input_tokens 200 < 201",)
 
     def test_images(self) -> None:
-        assert check(When(images=True), facts(images=True)).holds
-        assert not check(When(images=True), facts()).holds
+        assert check_when(When(images=True), facts(images=True)).holds
+        assert not check_when(When(images=True), facts()).holds
 
     def test_tools_all_present(self) -> None:
         f = facts(tools=frozenset({"Bash", "Read"}))
-        assert check(When(tools=("Bash", "Read")), f).holds
-        assert check(When(tools=("Bash", "Edit")), f).failed == ("tools: no Edit",)
+        assert check_when(When(tools=("Bash", "Read")), f).holds
+        assert check_when(When(tools=("Bash", "Edit")), f).failed == ("tools: no Edit",)
 
     def test_server_tools_any_version(self) -> None:
         f = facts(server_tools=frozenset({"web_search_20250305"}))
-        assert check(When(server_tools=("web_search",)), f).holds
-        assert check(When(server_tools=("web_search_20250305",)), f).holds
-        assert not check(When(server_tools=("web_search_20990101",)), f).holds
-        assert not check(When(server_tools=("web_fetch",)), f).holds
+        assert check_when(When(server_tools=("web_search",)), f).holds
+        assert check_when(When(server_tools=("web_search_20250305",)), f).holds
+        assert not check_when(When(server_tools=("web_search_20990101",)), f).holds
+        assert not check_when(When(server_tools=("web_fetch",)), f).holds
 
     def test_background_and_subagent(self) -> None:
-        assert check(When(background=True), facts(background=True)).holds
-        assert not check(When(background=True), facts(subagent=True)).holds
-        assert check(When(subagent=True, background=False), facts(subagent=True)).holds
+        assert check_when(When(background=True), facts(background=True)).holds
+        assert not check_when(When(background=True), facts(subagent=True)).holds
+        assert check_when(When(subagent=True, background=False), facts(subagent=True)).holds
 
     def test_client_any_of(self) -> None:
-        assert check(When(client=("alice", "bob")), facts(client="bob")).holds
-        assert check(When(client=("alice",)), facts(client="eve")).failed == ("client: 'eve' is not alice",)
+        assert check_when(When(client=("alice", "bob")), facts(client="bob")).holds
+        assert check_when(When(client=("alice",)), facts(client="eve")).failed == (
+            "client: 'eve' is not alice",
+        )
 
     def test_header_glob_any_case_value_never_told(self) -> None:
         f = facts(headers={"x-team": "core-infra"})
-        assert check(When(header={"X-Team": "core*"}), f).matched == ("header x-team",)
-        assert check(When(header={"x-team": "web"}), f).failed == ("header x-team: does not match",)
-        assert check(When(header={"x-other": "*"}), f).failed == ("header x-other: absent",)
+        assert check_when(When(header={"X-Team": "core*"}), f).matched == ("header x-team",)
+        assert check_when(When(header={"x-team": "web"}), f).failed == ("header x-team: does not match",)
+        assert check_when(When(header={"x-other": "*"}), f).failed == ("header x-other: absent",)
 
     def test_every_condition_must_hold(self) -> None:
-        verdict = check(When(thinking=True, images=True), facts(thinking=True))
+        verdict = check_when(When(thinking=True, images=True), facts(thinking=True))
         assert verdict.matched == ("thinking",) and not verdict.holds
 
 
@@ -219,7 +221,7 @@ class TestFirstMatch:
         from fnmatch import fnmatchcase
 
         config = config_of(routes)
-        holding = [i for i, (g, w) in enumerate(routes) if fnmatchcase(f.model, g) and check(w, f).holds]
+        holding = [i for i, (g, w) in enumerate(routes) if fnmatchcase(f.model, g) and check_when(w, f).holds]
         decision = decide(config, f)
         if not holding:
             assert decision is None

@@ -16,7 +16,7 @@ import anthropic
 import pytest
 
 from trio_balancer.config import ConfigError, parse_config
-from trio_balancer.policy.conditions import check
+from trio_balancer.policy.conditions import check_when
 from trio_balancer.protocol import model_name
 from trio_balancer.protocol.model_name import message_with_model
 from trio_balancer.protocol.request_facts import facts_of
@@ -249,7 +249,7 @@ def test_a_non_ascii_header_glob_matches_the_header_the_client_sent() -> None:
         return
     when = config.routes[0].when
     facts = facts_of(message_body(), [(b"x-team", "café".encode())], body_bytes=100)
-    assert check(when, facts).holds, check(when, facts).failed
+    assert check_when(when, facts).holds, check_when(when, facts).failed
 
 
 # -- `trio-balancer route`: the plan it prints is not the plan the server makes ----------------

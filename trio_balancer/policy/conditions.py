@@ -26,13 +26,13 @@ import attrs
 from trio_balancer.config import When
 from trio_balancer.protocol.request_facts import RequestFacts
 
-__all__ = ["Verdict", "check"]
+__all__ = ["WhenCheck", "check_when"]
 
 _VERSION = re.compile(r"_\d{8}$")
 
 
 @attrs.frozen
-class Verdict:
+class WhenCheck:
     """The conditions that held, and why the others did not (empty: the route's ``when`` holds)."""
 
     matched: tuple[str, ...] = ()
@@ -43,7 +43,7 @@ class Verdict:
         return not self.failed
 
 
-def check(when: When, facts: RequestFacts) -> Verdict:
+def check_when(when: When, facts: RequestFacts) -> WhenCheck:
     """Every condition of ``when`` on ``facts``."""
     matched: list[str] = []
     failed: list[str] = []
@@ -95,4 +95,4 @@ def check(when: When, facts: RequestFacts) -> Verdict:
             matched.append(f"header {name.lower()}")
         else:
             failed.append(f"header {name.lower()}: {'absent' if value is None else 'does not match'}")
-    return Verdict(tuple(matched), tuple(failed))
+    return WhenCheck(tuple(matched), tuple(failed))

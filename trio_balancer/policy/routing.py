@@ -26,7 +26,7 @@ import attrs
 
 from trio_balancer.config import Config, ProviderConfig, Route, Target
 from trio_balancer.errors import NotFound
-from trio_balancer.policy.conditions import check
+from trio_balancer.policy.conditions import check_when
 from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
 from trio_balancer.protocol.request_facts import RequestFacts
@@ -110,7 +110,7 @@ def decide(config: Config, facts: RequestFacts) -> Decision | None:
         if not fnmatchcase(facts.model, route.match):
             passed.append((label, f"model {facts.model!r} does not match {route.match!r}"))
             continue
-        verdict = check(route.when, facts)
+        verdict = check_when(route.when, facts)
         if not verdict.holds:
             passed.append((label, "; ".join(verdict.failed)))
             continue
