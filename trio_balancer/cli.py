@@ -377,11 +377,13 @@ def _check_config(path: str) -> int:
         print(f"  {named}{route.match}{f' when {when}' if when else ''}  ->  {targets}  [{route.strategy}{', sticky' if route.sticky else ''}]")  # fmt: skip
     models = listed_models(config)
     if models:
-        print("models listed on /v1/models:")
+        # A route's `when` depends on the request: the chain shown is the first matching glob's,
+        # said so when conditions could send a request elsewhere (`trio-balancer route` decides).
+        print("models listed on /v1/models (first route whose glob matches; conditions not applied):")
         for model in models:
             route = router.route_for(model)
             chain = " -> ".join(f"{t.provider}:{t.model or model}" for t in route.targets)
-            print(f"  {model}: {chain}")
+            print(f"  {model}: {chain}{'  (when its conditions hold)' if not route.when.empty else ''}")
     print(
         f"ledger: {config.ledger.url if config.ledger.enabled else 'disabled'}; dedup: {'on' if config.dedup.enabled else 'off'}"
     )
