@@ -361,7 +361,7 @@ class Flight:
 
         fitted = fit_request(provider, req, attempt.model, thinking=self._thinking)
         if fitted.changes:
-            log.debug("upstream.fit", provider=provider.name, changes=list(fitted.changes))
+            log.debug("upstream.fit", provider=provider.name, changes=fitted.changes)
         log.info("upstream.connect", provider=provider.name, model=attempt.model, kind=provider.kind)
         await call_provider(
             runtime,

@@ -96,8 +96,9 @@ class Relay:
     contain them. ``forward`` is told how long each published chunk took from the socket to
     the listeners (the balancer's own latency, for metrics). ``thinking`` is the book where the
     response's thinking signatures are remembered as the provider's family's. ``client_model``,
-    when set, is the model name the client asked for, put back into the answer in place of the
-    provider's (the target renamed the model): ``protocol/model_name.py``.
+    when set, is the model name the client asked for, put back into a passthrough answer in
+    place of the provider's (the target renamed the model): ``protocol/model_name.py``;
+    ``converted_model`` is the name a converted answer is written with.
     """
 
     def __init__(
