@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from trio_balancer.config import parse_config
-from trio_balancer.config.capabilities import PRESETS
 from trio_balancer.protocol.features import needs_of
 from trio_balancer.upstream.fit import fit_request
 from trio_balancer.upstream.request import UpstreamRequest
@@ -26,6 +25,7 @@ from .fakes import FakeUpstream
 from .helpers import CLIENT_KEY, PROVIDER_KEY, BalancerFactory
 from .matrix import (
     FIXTURES,
+    MATRIX_PRESETS,
     matrix_table,
     provider_row,
     replay,
@@ -37,7 +37,7 @@ def _cells() -> list[Any]:
     return [
         pytest.param(fixture, preset, id=f"{fixture_id}-{preset}")
         for fixture_id, fixture in load_fixtures(FIXTURES)
-        for preset in PRESETS
+        for preset in MATRIX_PRESETS
     ]
 
 

@@ -94,9 +94,34 @@ GOOD = {"name": "a", "kind": "anthropic", "base_url": "http://x", "api_key": "k"
     [
         ({}, "providers: missing"),
         (
-            {"providers": [{**GOOD, "kind": "gemini"}]},
-            "providers[0].kind: must be one of 'anthropic', 'openai'",
+            {"providers": [{**GOOD, "kind": "azure"}]},
+            "providers[0].kind: must be one of 'anthropic', 'openai', 'bedrock', 'vertex', 'gemini'",
         ),
+        (
+            {"providers": [{"name": "b", "kind": "bedrock"}]},
+            "providers[0].region: missing: kind 'bedrock' needs an AWS region",
+        ),
+        (
+            {"providers": [{"name": "b", "kind": "bedrock", "region": "us-east-1", "api_key": "k"}]},
+            "providers[0].api_key: kind 'bedrock' signs with AWS credentials",
+        ),
+        (
+            {"providers": [{"name": "b", "kind": "bedrock", "region": "us east"}]},
+            "providers[0].region: must be a region name",
+        ),
+        (
+            {"providers": [{"name": "v", "kind": "vertex", "region": "global"}]},
+            "providers[0].project: missing: kind 'vertex' needs the Google Cloud project id",
+        ),
+        (
+            {"providers": [{"name": "v", "kind": "vertex", "project": "p", "region": "us-east5", "api_key_env": "X"}]},
+            "providers[0].api_key_env: kind 'vertex' uses Google credentials",
+        ),
+        (
+            {"providers": [{"name": "o", "kind": "openai", "api_key": "k"}]},
+            "providers[0].base_url: missing: kind 'openai' has no default endpoint",
+        ),
+        ({"providers": [{"name": "g", "kind": "gemini"}]}, "providers[0].api_key: missing"),
         ({"providers": [{**GOOD, "nmae": "typo"}]}, "providers[0].nmae: unknown key"),
         ({"providers": [GOOD, GOOD]}, "providers[1].name: duplicate provider name 'a'"),
         ({"providers": [{**GOOD, "base_url": "ftp://x"}]}, "providers[0].base_url: must start with http"),
@@ -153,7 +178,8 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
         ),
         (
             {"providers": [{**GOOD, "nmae": "typo"}]},
-            "providers[0].nmae: unknown key (expected one of: name, kind, base_url, api_key, api_key_env, auth,"
+            "providers[0].nmae: unknown key (expected one of: name, kind, region, project, profile,"
+            " inference_profile, service_account_file, base_url, api_key, api_key_env, auth,"
             " models, headers, timeouts, max_connections, max_keepalive, keepalive_s, max_retries,"
             " reasoning_effort, max_tokens_field, preset, capabilities)",
         ),

@@ -26,6 +26,7 @@ from trio_balancer.protocol.schema_dialect import DIALECTS
 __all__ = [
     "ALL",
     "DOCUMENT_MODES",
+    "KIND_PRESETS",
     "PRESETS",
     "Capabilities",
     "preset_for",
@@ -150,6 +151,29 @@ _OPENAI: Mapping[str, Any] = {
     "body_fields": (ALL,),  # conversion carries only the fields it knows
     "system_messages": True,  # a system message in place is OpenAI's own format
 }
+# Claude on a cloud (Bedrock, Vertex): Anthropic's models and signatures, but the cloud's own
+# API surface: no MCP connector, no code-execution containers, no Files API, and beta flags
+# checked against a list (Bedrock refuses an unknown `anthropic_beta` value with a 400). The
+# flags below are the ones both document for current Claude models; widen `betas` per
+# provider when the cloud adds one. Thinking signatures are Anthropic's on every cloud (a
+# signed block moves between them and Anthropic's API), so `thinking_family` stays "anthropic".
+_CLOUD_BETAS = (
+    *_BASIC_BETAS,
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "token-efficient-tools-2025-02-19",
+    "computer-use-2025-01-24",
+    "computer-use-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "effort-2025-11-24",
+)
+_CLAUDE_ON_A_CLOUD: Mapping[str, Any] = {
+    "betas": _CLOUD_BETAS,
+    "mcp_servers": False,
+    "container": False,
+    "structured_outputs": False,
+    "cache_scope": False,
+}
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "anthropic": {},
     "anthropic-compatible": _ANTHROPIC_COMPATIBLE,
@@ -163,8 +187,29 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
         "documents": "file",
         "context_window": 1_048_576,
     },
+    "bedrock": {**_CLAUDE_ON_A_CLOUD, "server_tools": ()},
+    # Vertex runs Anthropic's web search tool (Google's docs, "Claude on Vertex AI": web search).
+    "vertex": {**_CLAUDE_ON_A_CLOUD, "server_tools": ("web_search",)},
+    # Gemini's own API, converted (protocol/convert/gemini_*.py): only what conversion carries.
+    "gemini": {
+        **_OPENAI,
+        "schema_dialect": "gemini",
+        "documents": "file",
+        "system_messages": False,  # folded into the system instruction before conversion
+        "count_tokens": True,  # models/{m}:countTokens
+        "context_window": 1_048_576,
+    },
 }
-_PRESET_OF_KIND = {"anthropic": "anthropic", "openai": "openai-compatible"}
+# Presets that describe a kind's own API (its adapter converts or signs for it); the others
+# describe servers reached with kind "anthropic" or "openai".
+KIND_PRESETS = ("bedrock", "vertex", "gemini")
+_PRESET_OF_KIND = {
+    "anthropic": "anthropic",
+    "openai": "openai-compatible",
+    "bedrock": "bedrock",
+    "vertex": "vertex",
+    "gemini": "gemini",
+}
 
 
 def preset_for(row: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -125,7 +125,7 @@ def _read_object(t: _Table, cls: type[_T], ctx: _Context) -> _T:
     values: dict[str, Any] = dict(ctx.defaults.get(cls, {}))
     for field, spec in _specs(cls):
         if isinstance(spec, Credential):
-            values.update(_read_credential(t, field.name, spec, ctx))
+            values.update(_read_credential(t, field.name, spec, ctx, values))
         elif isinstance(spec, Table) and spec.defaults is not None:
             inner = attrs.evolve(ctx, defaults={**ctx.defaults, spec.cls: spec.defaults(values)})
             values[field.name] = _read_field(t, field, inner)
@@ -218,11 +218,19 @@ def _read_tables(t: _Table, key: str, spec: Tables, ctx: _Context, *, required: 
     return tuple(map(spec.convert, rows) if spec.convert else rows)
 
 
-def _read_credential(t: _Table, key: str, spec: Credential, ctx: _Context) -> dict[str, Any]:
-    """The secret inline, from the environment, or ``"passthrough"``: exactly one of them."""
+def _read_credential(
+    t: _Table, key: str, spec: Credential, ctx: _Context, values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The secret inline, from the environment, or ``"passthrough"``: exactly one of them;
+    none at all for a row that signs with credentials of its own (``spec.not_taken``)."""
     env_key = spec.env_key
     secret: str | None = t.get(key, (str,), "a string", None)
     variable: str | None = t.get(env_key, (str,), "a string", None)
+    why_not = spec.not_taken(values) if spec.not_taken is not None else None
+    if why_not is not None:
+        if secret is not None or variable is not None:
+            raise t.error(key if secret is not None else env_key, why_not)
+        return {key: None, spec.passthrough_field: False}
     if secret is not None and variable is not None:
         raise t.error(env_key, f"give either {key} or {env_key}, not both")
     passthrough = secret == PASSTHROUGH

@@ -7,6 +7,7 @@ and the checks from these classes, so adding a key means adding a field, nowhere
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping
 
@@ -20,6 +21,7 @@ from trio_balancer.redaction import redact_url
 
 __all__ = [
     "AUTH_STYLES",
+    "CLOUD_KINDS",
     "DEFAULT_MODELS",
     "LEDGER_SCHEMES",
     "PASSTHROUGH",
@@ -40,10 +42,16 @@ __all__ = [
     "Timeouts",
     "When",
     "default_config",
+    "missing_extra",
 ]
 
 PASSTHROUGH = "passthrough"
-PROVIDER_KINDS = ("anthropic", "openai")
+PROVIDER_KINDS = ("anthropic", "openai", "bedrock", "vertex", "gemini")
+# Kinds that sign requests with a cloud's own credentials instead of an API key, and the
+# optional extra (pyproject.toml) holding the library that does it.
+CLOUD_KINDS = {"bedrock": ("aws", "botocore"), "vertex": ("gcp", "google.auth")}
+# Bedrock inference profiles: a geographic prefix on the model id, or none (the base id).
+INFERENCE_PROFILES = ("global", "us", "eu", "apac", "jp", "au", "")
 STRATEGIES = ("priority", "round_robin", "weighted", "latency")
 LEDGER_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 AUTH_STYLES = ("x-api-key", "bearer")
@@ -75,6 +83,13 @@ def _sha256_digest(value: str) -> str | None:
     if _SHA256.fullmatch(value):
         return None
     return "must be 64 hex digits (sha256 of the key; see `trio-balancer keys new`)"
+
+
+def _region_name(value: str) -> str | None:
+    # It becomes part of a host name.
+    if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value):
+        return None
+    return "must be a region name such as us-east-1, us-east5 or global"
 
 
 def _http_url(value: str) -> str | None:
@@ -136,6 +151,49 @@ def _default_capabilities(provider: ProviderConfig) -> Capabilities:
     )
 
 
+def _default_base_url(provider: ProviderConfig) -> str:
+    """Each kind's public endpoint; an OpenAI-compatible server has none (``problem`` says so)."""
+    region = provider.region
+    if provider.kind == "bedrock":
+        return f"https://bedrock-runtime.{region}.amazonaws.com"
+    if provider.kind == "vertex":
+        # The global endpoint has no region in its host name (Vertex AI's "global" location).
+        return (
+            "https://aiplatform.googleapis.com"
+            if region == "global"
+            else f"https://{region}-aiplatform.googleapis.com"
+        )
+    return {
+        "anthropic": "https://api.anthropic.com",
+        "gemini": "https://generativelanguage.googleapis.com",
+    }.get(provider.kind, "")
+
+
+def _signs_itself(row: Mapping[str, object]) -> str | None:
+    """Bedrock and Vertex take no API key: they sign with AWS or Google credentials."""
+    kind = row.get("kind")
+    if kind == "bedrock":
+        return "kind 'bedrock' signs with AWS credentials (the standard chain, or `profile`), not an api_key"
+    if kind == "vertex":
+        return (
+            "kind 'vertex' uses Google credentials (Application Default Credentials, or"
+            " `service_account_file`), not an api_key"
+        )
+    return None
+
+
+def missing_extra(kind: str) -> str | None:
+    """What to install for ``kind`` when its optional library is absent, else None."""
+    if kind not in CLOUD_KINDS:
+        return None
+    extra, module = CLOUD_KINDS[kind]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"kind {kind!r} needs the [{extra}] extra: pip install 'trio-balancer[{extra}]'"
+    return None
+
+
 def _auth_style_for(provider: ProviderConfig) -> str:
     """OpenAI-compatible APIs take a bearer token; Anthropic's take ``x-api-key``."""
     return "bearer" if provider.kind == "openai" else "x-api-key"
@@ -147,10 +205,28 @@ class ProviderConfig:
 
     name: str = attrs.field(metadata=spec.string(check=_not_empty))
     kind: str = attrs.field(metadata=spec.string(choices=PROVIDER_KINDS))
-    base_url: str = attrs.field(metadata=spec.string(clean=_strip_slash, check=_http_url))
-    # None together with ``passthrough``: forward the client's credential.
+    # Bedrock: the AWS region; Vertex: the Google Cloud location ("global" or a region).
+    region: str = attrs.field(default="", metadata=spec.string(check=_region_name))
+    # Vertex: the Google Cloud project id.
+    project: str = attrs.field(default="", metadata=spec.string(check=_not_empty))
+    # Bedrock: a named profile of the shared AWS config, instead of the default chain.
+    profile: str | None = attrs.field(default=None, metadata=spec.string(check=_not_empty))
+    # Bedrock: the cross-region inference profile prefixed to model ids ("" for the base ids).
+    inference_profile: str = attrs.field(default="global", metadata=spec.string(choices=INFERENCE_PROFILES))
+    # Vertex: a service account's JSON key, instead of Application Default Credentials.
+    service_account_file: str | None = attrs.field(default=None, metadata=spec.string(check=_not_empty))
+    # Each kind's public endpoint when left out (tests and VPC endpoints set their own).
+    base_url: str = attrs.field(
+        default=attrs.Factory(_default_base_url, takes_self=True),
+        metadata=spec.string(clean=_strip_slash, check=_http_url),
+    )
+    # None together with ``passthrough``: forward the client's credential; None for the kinds
+    # that sign with cloud credentials (bedrock, vertex).
     api_key: str | None = attrs.field(
-        metadata=spec.credential(env_key="api_key_env", passthrough_field="passthrough")
+        default=None,
+        metadata=spec.credential(
+            env_key="api_key_env", passthrough_field="passthrough", not_taken=_signs_itself
+        ),
     )
     auth: str = attrs.field(
         default=attrs.Factory(_auth_style_for, takes_self=True), metadata=spec.string(choices=AUTH_STYLES)
@@ -180,6 +256,23 @@ class ProviderConfig:
 
     def __repr__(self) -> str:  # never print the key
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, base_url={self.base_url!r})"
+
+    def problem(self) -> tuple[str, str] | None:
+        """What a row of this kind lacks, said at load (the parser asks)."""
+        if self.kind in ("bedrock", "vertex") and not self.region:
+            where = (
+                "an AWS region (us-east-1...)"
+                if self.kind == "bedrock"
+                else '"global" or a region (us-east5...)'
+            )
+            return "region", f"missing: kind {self.kind!r} needs {where}"
+        if self.kind == "vertex" and not self.project:
+            return "project", "missing: kind 'vertex' needs the Google Cloud project id"
+        if not self.base_url:
+            return "base_url", f"missing: kind {self.kind!r} has no default endpoint"
+        if (needs := missing_extra(self.kind)) is not None:
+            return "kind", needs
+        return None
 
 
 @attrs.frozen

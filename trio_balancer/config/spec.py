@@ -129,6 +129,9 @@ class Credential(Spec):
 
     env_key: str
     passthrough_field: str
+    # Given the row's values read so far: why this row takes no such secret (a kind that signs
+    # with its own cloud credentials), or None when it needs one.
+    not_taken: Callable[[Mapping[str, Any]], str | None] | None = None
 
     def keys(self, field_name: str) -> tuple[str, ...]:
         return (field_name, self.env_key)
@@ -198,5 +201,10 @@ def tables(
     return _meta(Tables(cls, noun=noun, unique=unique, at_least_one=at_least_one, convert=convert))
 
 
-def credential(*, env_key: str, passthrough_field: str) -> Mapping[str, Spec]:
-    return _meta(Credential(env_key=env_key, passthrough_field=passthrough_field))
+def credential(
+    *,
+    env_key: str,
+    passthrough_field: str,
+    not_taken: Callable[[Mapping[str, Any]], str | None] | None = None,
+) -> Mapping[str, Spec]:
+    return _meta(Credential(env_key=env_key, passthrough_field=passthrough_field, not_taken=not_taken))
