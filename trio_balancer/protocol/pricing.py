@@ -5,6 +5,14 @@ cut of 2026-10-07 included). Cache writes are priced by lifetime (5 minutes: 1.2
 1 hour: 2x input) and cache reads separately. Some models charge every token of a request at
 a higher rate once its prompt (input + cache reads + cache writes) passes a threshold.
 
+Claude on Bedrock and Vertex is priced as on Anthropic's API for the global endpoints (both
+clouds' price lists match Anthropic's; their regional endpoints add 10 %, which an operator
+sets with a ``[[prices]]`` row for that provider): a Bedrock or Vertex model id
+(``global.anthropic.claude-sonnet-4-6``, ``claude-sonnet-4-5@20250929``) is read as the
+Anthropic name it stands for. Gemini's own prices (Google's pricing page, 2026-11) have a long
+prompt tier above 200k tokens and a cached-token price of a tenth of input; implicit caching
+charges no write, so writes are priced as input.
+
 A model with no price is not guessed at: its cost is ``None`` and the ledger flags it. Operators
 add or override prices in the config (``[[prices]]``), per model glob and optionally per
 provider (an OpenAI-compatible provider has prices of its own).
@@ -12,6 +20,7 @@ provider (an OpenAI-compatible provider has prices of its own).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
@@ -19,7 +28,7 @@ import attrs
 
 from trio_balancer.protocol.usage import Usage
 
-__all__ = ["BUILTIN_PRICES", "PRICES_AS_OF", "Price", "PriceTable", "Rates"]
+__all__ = ["BUILTIN_PRICES", "PRICES_AS_OF", "Price", "PriceTable", "Rates", "anthropic_model_name"]
 
 PRICES_AS_OF = "2026-11-28"
 
@@ -36,6 +45,11 @@ class Rates:
     def standard(cls, input: float, output: float, cache_read_ratio: float = 0.1) -> Rates:
         """Anthropic's usual shape: writes 1.25x / 2x input, reads a fraction of input."""
         return cls(input, output, input * 1.25, input * 2.0, round(input * cache_read_ratio, 6))
+
+    @classmethod
+    def gemini(cls, input: float, output: float) -> Rates:
+        """Gemini's shape: cached tokens a tenth of input, no separate write price."""
+        return cls(input, output, input, input, round(input * 0.1, 6))
 
 
 @attrs.frozen
@@ -95,7 +109,34 @@ BUILTIN_PRICES: tuple[Price, ...] = (
     _p("claude-haiku-4-5*", Rates.standard(1, 5)),
     _p("claude-3-5-haiku*", Rates.standard(0.80, 4)),
     _p("claude-3-haiku*", Rates.standard(0.25, 1.25, 0.12)),
+    _p("gemini-3*-pro*", Rates.gemini(2, 12), long_prompt_threshold=200_000, long_rates=Rates.gemini(4, 18)),
+    _p(
+        "gemini-2.5-pro*",
+        Rates.gemini(1.25, 10),
+        long_prompt_threshold=200_000,
+        long_rates=Rates.gemini(2.5, 15),
+    ),
+    _p("gemini-3*-flash-lite*", Rates.gemini(0.10, 0.40)),
+    _p("gemini-2.5-flash-lite*", Rates.gemini(0.10, 0.40)),
+    _p("gemini-3*-flash*", Rates.gemini(0.50, 3)),
+    _p("gemini-2.5-flash*", Rates.gemini(0.30, 2.50)),
 )
+
+# A Bedrock id: an optional inference-profile prefix, the vendor, the name, a version suffix
+# (anthropic.claude-haiku-4-5-20251001-v1:0, global.anthropic.claude-sonnet-4-6). A Vertex id
+# puts the date after an "@" (claude-sonnet-4-5@20250929). An ARN ends with the id.
+_BEDROCK_ID = re.compile(
+    r"(?:arn:[^/]*/)?(?:(?:global|us|eu|apac|jp|au|us-gov)\.)?anthropic\.(?P<name>.+?)(?:-v\d+(?::\d+)?)?"
+)
+
+
+def anthropic_model_name(model: str) -> str:
+    """The Anthropic name a Bedrock or Vertex model id stands for; other names unchanged."""
+    if (m := _BEDROCK_ID.fullmatch(model)) is not None:
+        return m["name"]
+    if model.startswith("claude-") and "@" in model:
+        return model.replace("@", "-", 1)
+    return model
 
 
 class PriceTable:
@@ -106,6 +147,14 @@ class PriceTable:
         )
 
     def find(self, model: str, provider: str | None = None) -> Price | None:
+        """The first price whose glob matches ``model`` as given, else as the Anthropic name
+        a cloud's id stands for (so an operator's row for a cloud id still comes first)."""
+        found = self._find(model, provider)
+        if found is None and (name := anthropic_model_name(model)) != model:
+            found = self._find(name, provider)
+        return found
+
+    def _find(self, model: str, provider: str | None) -> Price | None:
         for price in self._prices:
             if price.provider is not None and price.provider != provider:
                 continue
