@@ -25,7 +25,7 @@ from trio_balancer.logging import get_logger
 from trio_balancer.policy.failover import PROMPT_TOO_LONG, classify_status
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.policy.ratelimits import read_headers, retry_after_seconds
-from trio_balancer.protocol.convert import openai_error_to_anthropic
+from trio_balancer.protocol.answers import answer_format
 from trio_balancer.protocol.upstream_errors import error_type_of, scrub_error_body
 from trio_balancer.protocol.windows import prompt_too_long
 from trio_balancer.redaction import scrub
@@ -138,9 +138,13 @@ async def _answer(
         body = await _read_bounded(response, MAX_ERROR_BODY)
         retry_after = retry_after_seconds(text_headers, wall)
         raise _error_answer(provider, response, headers, body, secrets, retry_after)
-    sse = response.headers.get("content-type", "").startswith("text/event-stream")
-    if provider.kind == "openai":
-        headers = _openai_headers(
+    answers = answer_format(provider.kind)
+    content_type = response.headers.get("content-type", "")
+    sse = answers.is_stream(content_type)
+    if answers.converted or (sse and not content_type.startswith("text/event-stream")):
+        # A converted answer, or Bedrock's event stream (relayed as SSE): the client gets the
+        # content type of what it is sent, and of the provider's headers only its request id.
+        headers = _converted_headers(
             headers, b"text/event-stream; charset=utf-8" if sse else b"application/json"
         )
     # aclosing: a cancelled flight must close the generator (and the response) right here,
@@ -164,10 +168,12 @@ def _error_answer(
     verdict = classify_status(status, passthrough=provider.passthrough)
     if verdict.kind is None and prompt_too_long(status, body):
         verdict = PROMPT_TOO_LONG
-    if provider.kind == "openai":
-        error_type, body = openai_error_to_anthropic(status, body, provider.name)
+    read_error = answer_format(provider.kind).error
+    if read_error is not None:
+        text_headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in response.headers.raw}
+        error_type, body = read_error(status, text_headers, body, provider.name)
         body = scrub_error_body(body, secrets)
-        headers = _openai_headers(headers, b"application/json")
+        headers = _converted_headers(headers, b"application/json")
     else:
         found = error_type_of(body)
         error_type = found or error_type_for_status(status)
@@ -197,10 +203,14 @@ def _error_answer(
     )
 
 
-def _openai_headers(upstream: list[tuple[bytes, bytes]], content_type: bytes) -> list[tuple[bytes, bytes]]:
-    """What an Anthropic client should see of an OpenAI server's headers: the request id."""
+# The request id each kind sends, shown to the client as Anthropic's ``request-id``.
+_REQUEST_ID_HEADERS = (b"x-request-id", b"x-amzn-requestid", b"x-goog-request-id")
+
+
+def _converted_headers(upstream: list[tuple[bytes, bytes]], content_type: bytes) -> list[tuple[bytes, bytes]]:
+    """What an Anthropic client should see of another kind's headers: the request id."""
     out = [(b"content-type", content_type)]
-    out.extend((b"request-id", v) for n, v in upstream if n == b"x-request-id")
+    out.extend((b"request-id", v) for n, v in upstream if n in _REQUEST_ID_HEADERS)
     return out
 
 

@@ -56,7 +56,7 @@ class CountFlight(Flight):
 
     async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         provider = runtime.config
-        if provider.kind == "openai" or not provider.capabilities.count_tokens:
+        if not runtime.family.counts_tokens:
             self._provider, self._model = provider.name, attempt.model
             await self._estimate()  # never asked: it has no such endpoint
             return

@@ -41,8 +41,6 @@ from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.protocol.usage import Usage
-from trio_balancer.upstream.fit import fit_request
-from trio_balancer.upstream.headers import upstream_url
 from trio_balancer.upstream.providers import ProviderRuntime
 from trio_balancer.upstream.request import UpstreamRequest, secrets_sent
 
@@ -340,7 +338,8 @@ class Flight:
         self._model = attempt.model
         self._relay = None  # what a failed attempt relayed is not this response's
         req = self.request
-        secrets = secrets_sent(provider, req)
+        outbound = await runtime.family.outbound(req, attempt.model, thinking=self._thinking)
+        secrets = [*secrets_sent(provider, req), *outbound.secrets]
         relay = Relay(
             provider,
             req.payload,
@@ -350,7 +349,7 @@ class Flight:
             forward=self.observer.forward,
             trace=self._trace,
             thinking=self._thinking,
-            **_model_names(attempt.model, req.model, show_upstream=self._show_upstream_model),
+            **_model_names(outbound.model, req.model, show_upstream=self._show_upstream_model),
         )
         self._relay = relay
 
@@ -359,15 +358,14 @@ class Flight:
             await relay.run(response)
             self._completed = relay.completed
 
-        fitted = fit_request(provider, req, attempt.model, thinking=self._thinking)
-        if fitted.changes:
-            log.debug("upstream.fit", provider=provider.name, changes=fitted.changes)
+        if outbound.changes:
+            log.debug("upstream.fit", provider=provider.name, changes=outbound.changes)
         log.info("upstream.connect", provider=provider.name, model=attempt.model, kind=provider.kind)
         await call_provider(
             runtime,
-            upstream_url(provider, req.path, req.query),
-            fitted.headers,
-            fitted.body,
+            outbound.url,
+            outbound.headers,
+            outbound.body,
             secrets,
             relay_response,
             on_headers=self._headers_came,

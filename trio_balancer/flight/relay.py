@@ -1,7 +1,9 @@
 """Relaying one provider's 200 response to the flight's listeners, event by event.
 
-SSE is decoded incrementally (sans-I/O, inline: a second task and channel hop per event would
-cost more than the decoding itself), converted from OpenAI's format when needed, and fed to
+A stream is decoded incrementally (sans-I/O, inline: a second task and channel hop per event
+would cost more than the decoding itself; SSE, or AWS's event stream for Bedrock), converted
+from the provider kind's format when it is not Anthropic's (``protocol/answers.py`` says, per
+kind, which decoder and converters apply), and fed to
 the :class:`~trio_balancer.protocol.commit.CommitGate`, which decides what is published and
 when. A JSON answer is held until complete, so a cut or an error inside a 200 can still fail
 over. Either way the relay also reads the response's usage as it passes, and remembers the
@@ -22,7 +24,7 @@ import attrs
 import trio
 
 from trio_balancer.config import ProviderConfig, ServerConfig
-from trio_balancer.errors import error_body, status_for_error_type
+from trio_balancer.errors import error_body
 from trio_balancer.flight.attempt import UpstreamResponse
 from trio_balancer.flight.failures import AttemptFailed, broken, provider_error, unavailable
 from trio_balancer.flight.hub import Head, Item
@@ -30,18 +32,12 @@ from trio_balancer.logging import get_logger
 from trio_balancer.policy.failover import classify_error_type
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.protocol import events as anthropic
+from trio_balancer.protocol.answers import EventConverter, answer_format
 from trio_balancer.protocol.commit import CommitGate, Ending, ErrorBeforeCommit
-from trio_balancer.protocol.convert import (
-    ConversionError,
-    StreamConverter,
-    UpstreamStreamError,
-    openai_error_to_anthropic,
-    openai_error_type,
-    to_anthropic_message,
-)
+from trio_balancer.protocol.convert import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.model_name import message_start_with_model, message_with_model
-from trio_balancer.protocol.sse import EventTooLarge, MalformedEventData, SSEDecoder, SSEEvent
-from trio_balancer.protocol.thinking import SignatureBook, mint_signature, remember_event, remember_message
+from trio_balancer.protocol.sse import EventTooLarge, MalformedEventData, SSEEvent
+from trio_balancer.protocol.thinking import SignatureBook, remember_event, remember_message
 from trio_balancer.protocol.upstream_errors import (
     error_type_of,
     parse_error_event,
@@ -124,9 +120,10 @@ class Relay:
         self._trace = trace
         self._book = thinking
         self._family = provider.capabilities.thinking_family
+        self._answers = answer_format(provider.kind)
         # Converted answers are written with the model the client is shown: its own, or with
         # show_upstream_model the provider's (``converted_model``).
-        self._rename = client_model if provider.kind != "openai" else None
+        self._rename = client_model if not self._answers.converted else None
         self._converted_model = converted_model or str(payload.get("model"))
         self.tracker = UsageTracker()
         self.usage_reported: bool | None = None  # converted answers: did the upstream send usage
@@ -138,17 +135,18 @@ class Relay:
         head = Head(200, response.headers)
         if not response.sse:
             await self._relay_json(head, response)
-        elif self.provider.kind != "openai":
+        elif self._answers.converter is None:
             await self._relay_sse(head, response, None)
         else:
-            await self._relay_converted(head, response)
+            await self._relay_converted(head, response, self._answers.converter(self._converted_model))
 
     # -- SSE ---------------------------------------------------------------------------------
 
-    async def _relay_converted(self, head: Head, response: UpstreamResponse) -> None:
+    async def _relay_converted(
+        self, head: Head, response: UpstreamResponse, converter: EventConverter
+    ) -> None:
         """A converted stream has no upstream pings to forward; we send our own during long
         silences (reasoning models can think for minutes without a delta)."""
-        converter = StreamConverter(model=self._converted_model, sign=mint_signature)
         failure: Exception | None = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ping_while_silent)
@@ -170,10 +168,10 @@ class Relay:
             seen = self.events
 
     async def _relay_sse(
-        self, head: Head, response: UpstreamResponse, converter: StreamConverter | None
+        self, head: Head, response: UpstreamResponse, converter: EventConverter | None
     ) -> None:
         name = self.provider.name
-        decoder = SSEDecoder(self._limits.max_event_bytes)
+        decoder = self._answers.decoder(self._limits.max_event_bytes)
         gate = CommitGate(self._relayable_error, check_shape=converter is None)
         limit = self._limits.max_response_bytes
         received_bytes = 0
@@ -191,9 +189,9 @@ class Relay:
                     decoded = self._client_named(decoded)
                 if decoded and await self._take(head, gate, decoded):
                     self._forwarded(received, len(decoded))
-        except EventTooLarge as exc:
+            tail = decoder.close()
+        except (EventTooLarge, ConversionError) as exc:  # too large, or framing that cannot be read
             raise broken(name, str(exc)) from None
-        tail = decoder.close()
         if converter is not None:
             last = self._convert(converter, [tail] if tail else [], closing=True)
         elif tail is not None:
@@ -276,7 +274,7 @@ class Relay:
         self.completed = True
 
     def _convert(
-        self, converter: StreamConverter, decoded: list[SSEEvent], *, closing: bool = False
+        self, converter: EventConverter, decoded: list[SSEEvent], *, closing: bool = False
     ) -> list[SSEEvent]:
         name = self.provider.name
         try:
@@ -324,7 +322,7 @@ class Relay:
 
     async def _relay_json(self, head: Head, response: UpstreamResponse) -> None:
         limit = self._limits.max_response_bytes
-        openai = self.provider.kind == "openai"
+        converted = self._answers.message is not None
         held = bytearray()
         received = 0
         async for chunk in response.chunks:
@@ -336,10 +334,10 @@ class Relay:
                 await self._published(chunk)
                 continue
             held += chunk
-            if len(held) > MAX_HELD_JSON and not openai:
+            if len(held) > MAX_HELD_JSON and not converted:
                 await self._committed(head, bytes(held))
         if not self._outlet.committed:
-            body = self._converted_json(bytes(held)) if openai else self._checked_json(bytes(held))
+            body = self._converted_json(bytes(held)) if converted else self._checked_json(bytes(held))
             if self._rename is not None:
                 body = message_with_model(body, self._rename)
             message = _message(body)
@@ -367,20 +365,21 @@ class Relay:
         raise provider_error(self.provider, error_type, message, scrub_error_body(body, self._secrets))
 
     def _converted_json(self, body: bytes) -> bytes:
-        """An OpenAI chat completion as an Anthropic message; an error object is that error."""
+        """A converted kind's JSON answer as an Anthropic message; an error object is that error."""
         name = self.provider.name
+        assert self._answers.message is not None
         try:
             parsed = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
-        if isinstance(parsed, dict) and parsed.get("error") and not parsed.get("choices"):
-            err = parsed["error"] if isinstance(parsed["error"], dict) else {"message": str(parsed["error"])}
-            error_type = openai_error_type(err)
-            _, answer = openai_error_to_anthropic(status_for_error_type(error_type), body, name)
-            message = f"provider {name!r}: {error_type} in a 200 answer"
-            raise provider_error(self.provider, error_type, message, scrub_error_body(answer, self._secrets))
         try:
-            message_obj = to_anthropic_message(parsed, model=self._converted_model, sign=mint_signature)
+            message_obj = self._answers.message(parsed, self._converted_model)
+        except UpstreamStreamError as exc:
+            clean = scrub(str(exc), self._secrets)
+            message = f"provider {name!r}: {exc.error_type} in a 200 answer"
+            raise provider_error(
+                self.provider, exc.error_type, message, error_body(exc.error_type, clean)
+            ) from None
         except ConversionError as exc:
             raise broken(name, f"unusable answer: {str(exc)[:200]}") from None
         usage = message_obj["usage"]

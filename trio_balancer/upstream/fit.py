@@ -30,7 +30,7 @@ from trio_balancer.protocol.thinking import SignatureBook, fit_thinking
 from trio_balancer.upstream.headers import request_headers
 from trio_balancer.upstream.request import UpstreamRequest
 
-__all__ = ["Fitted", "fit_request"]
+__all__ = ["Fitted", "FittedPayload", "fit_payload", "fit_request"]
 
 
 @attrs.frozen
@@ -39,6 +39,15 @@ class Fitted:
 
     headers: list[tuple[bytes, bytes]]
     body: bytes
+    changes: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class FittedPayload:
+    """An Anthropic-format request made to fit, before it is encoded (a cloud re-shapes it)."""
+
+    headers: list[tuple[bytes, bytes]]
+    payload: Mapping[str, Any]  # ``request.payload`` itself when nothing changed
     changes: tuple[str, ...] = ()
 
 
@@ -51,9 +60,20 @@ def fit_request(
     Anthropic-format provider is sent only the blocks of its own family
     (``protocol/thinking.py``); without it, thinking blocks are left as they are.
     """
-    headers = request_headers(request.headers, provider)
     if provider.kind == "openai":
-        return _fit_openai(provider, request, model, headers)
+        return _fit_openai(provider, request, model, request_headers(request.headers, provider))
+    fitted = fit_payload(provider, request, thinking=thinking)
+    if fitted.payload is request.payload:
+        return Fitted(fitted.headers, request.body_for(model), fitted.changes)
+    return Fitted(fitted.headers, dumps({**fitted.payload, "model": model}).encode(), fitted.changes)
+
+
+def fit_payload(
+    provider: ProviderConfig, request: UpstreamRequest, *, thinking: SignatureBook | None = None
+) -> FittedPayload:
+    """The Anthropic-format headers and payload for ``provider``: features it lacks removed
+    with their beta flags, thinking of other families dropped, the rest as the client sent it."""
+    headers = request_headers(request.headers, provider)
     caps = provider.capabilities
     flags = beta_flags(headers)  # after the provider's own `headers`, which may set the flags
     lacking = {f for f in FEATURE_BETAS if not getattr(caps, f)}
@@ -84,9 +104,7 @@ def fit_request(
         headers = [(n, v) for n, v in headers if n != b"anthropic-beta"]
         if kept:
             headers.append((b"anthropic-beta", join_betas(kept)))
-    if payload is request.payload:
-        return Fitted(headers, request.body_for(model), tuple(changes))
-    return Fitted(headers, dumps({**payload, "model": model}).encode(), tuple(changes))
+    return FittedPayload(headers, payload, tuple(changes))
 
 
 def _keeps(flag: str, caps: Capabilities, lacking: set[str], payload: Mapping[str, Any]) -> bool:

@@ -19,6 +19,7 @@ from trio_balancer.config import Config, ProviderConfig
 from trio_balancer.policy.health import ProviderHealth
 from trio_balancer.policy.ratelimits import RateLimitState
 from trio_balancer.policy.routing import Ewma
+from trio_balancer.upstream.families import Family, make_family
 
 __all__ = ["MAX_SHARDS", "SHARD_CONNECTIONS", "ProviderRuntime", "Registry", "make_client", "make_clients"]
 
@@ -28,6 +29,7 @@ class ProviderRuntime:
     config: ProviderConfig
     clients: list[httpx.AsyncClient]  # pool shards (see SHARD_CONNECTIONS)
     health: ProviderHealth
+    family: Family  # how its requests are sent (signed, converted...): upstream/families.py
     limits: RateLimitState = attrs.Factory(RateLimitState)
     latency: Ewma = attrs.Factory(Ewma)
     in_use: int = 0
@@ -89,6 +91,7 @@ class Registry:
             config=provider,
             clients=make_clients(provider),
             health=ProviderHealth(policy=config.health, rng=self._rng.random),
+            family=make_family(provider),
         )
 
     def reload(self, config: Config) -> list[ProviderRuntime]:
