@@ -114,7 +114,11 @@ GOOD = {"name": "a", "kind": "anthropic", "base_url": "http://x", "api_key": "k"
             "providers[0].project: missing: kind 'vertex' needs the Google Cloud project id",
         ),
         (
-            {"providers": [{"name": "v", "kind": "vertex", "project": "p", "region": "us-east5", "api_key_env": "X"}]},
+            {
+                "providers": [
+                    {"name": "v", "kind": "vertex", "project": "p", "region": "us-east5", "api_key_env": "X"}
+                ]
+            },
             "providers[0].api_key_env: kind 'vertex' uses Google credentials",
         ),
         (

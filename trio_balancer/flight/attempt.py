@@ -22,7 +22,7 @@ from trio_balancer.config import ProviderConfig
 from trio_balancer.errors import JSON_HEADERS, ProviderError, error_body, error_type_for_status
 from trio_balancer.flight.failures import AttemptFailed, ErrorAnswer, timed_out, unavailable
 from trio_balancer.logging import get_logger
-from trio_balancer.policy.failover import PROMPT_TOO_LONG, classify_status
+from trio_balancer.policy.failover import CLIENT_FAULT, PROMPT_TOO_LONG, classify_error_type, classify_status
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.policy.ratelimits import read_headers, retry_after_seconds
 from trio_balancer.protocol.answers import answer_format
@@ -141,9 +141,10 @@ async def _answer(
     answers = answer_format(provider.kind)
     content_type = response.headers.get("content-type", "")
     sse = answers.is_stream(content_type)
-    if answers.converted or (sse and not content_type.startswith("text/event-stream")):
-        # A converted answer, or Bedrock's event stream (relayed as SSE): the client gets the
-        # content type of what it is sent, and of the provider's headers only its request id.
+    if answers.converted or not answers.own_headers:
+        # A converted answer, or a cloud's (Bedrock's event stream is relayed as SSE): the
+        # client gets the content type of what it is sent, and of the provider's headers only
+        # its request id.
         headers = _converted_headers(
             headers, b"text/event-stream; charset=utf-8" if sse else b"application/json"
         )
@@ -173,6 +174,10 @@ def _error_answer(
         text_headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in response.headers.raw}
         error_type, body = read_error(status, text_headers, body, provider.name)
         body = scrub_error_body(body, secrets)
+        if verdict is CLIENT_FAULT and error_type in _RETRYABLE_TYPES:
+            # A cloud's quota or capacity error under a 400 (Bedrock's ServiceQuotaExceeded):
+            # another provider may not have it.
+            verdict = classify_error_type(error_type, passthrough=provider.passthrough)
         headers = _converted_headers(headers, b"application/json")
     else:
         found = error_type_of(body)
@@ -203,6 +208,7 @@ def _error_answer(
     )
 
 
+_RETRYABLE_TYPES = frozenset({"rate_limit_error", "overloaded_error", "timeout_error"})
 # The request id each kind sends, shown to the client as Anthropic's ``request-id``.
 _REQUEST_ID_HEADERS = (b"x-request-id", b"x-amzn-requestid", b"x-goog-request-id")
 

@@ -11,6 +11,7 @@ a 404 or 405 answer) gets the balancer's own estimate (``protocol/tokens.py``), 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from trio_balancer.errors import JSON_HEADERS
 from trio_balancer.flight.failures import AttemptFailed
@@ -18,6 +19,7 @@ from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, Item
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.routing import Attempt
+from trio_balancer.protocol.answers import answer_format
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.usage import Usage
 from trio_balancer.upstream.providers import ProviderRuntime
@@ -36,10 +38,13 @@ class CountFlight(Flight):
 
     judges_health = False
     _replaced = False  # a provider's 200 was no count: our estimate went instead, the rest is dropped
+    _count_reader: Callable[[bytes], bytes | None] | None = None  # the provider kind's count answer
 
     async def commit(self, head: Head, first: bytes | None, *, held_events: int = 0) -> None:
         """A 200 that is not a count (an HTML page, a proxy's error) is not relayed: the
         client gets our estimate, said as such."""
+        if head.status == 200 and self._count_reader is not None and first is not None:
+            first = self._count_reader(first) or first  # a cloud's own count answer, as Anthropic's
         if head.status == 200 and not self._replaced and not _is_count(first):
             log.warning("count.not_a_count", provider=self._provider)
             self._replaced = True
@@ -56,6 +61,7 @@ class CountFlight(Flight):
 
     async def _try(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
         provider = runtime.config
+        self._count_reader = answer_format(provider.kind).count
         if not runtime.family.counts_tokens:
             self._provider, self._model = provider.name, attempt.model
             await self._estimate()  # never asked: it has no such endpoint

@@ -29,7 +29,7 @@ from trio_balancer.errors import (
     UpstreamError,
 )
 from trio_balancer.flight.attempt import UpstreamResponse, call_provider
-from trio_balancer.flight.failures import AttemptFailed
+from trio_balancer.flight.failures import AttemptFailed, unavailable
 from trio_balancer.flight.hub import Abort, Head, Hub, Item, Listener, SharePolicy
 from trio_balancer.flight.outcome import AttemptRecord, FlightOutcome, FlightView
 from trio_balancer.flight.relay import Relay, RelayLimits
@@ -41,6 +41,8 @@ from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol import events
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.protocol.usage import Usage
+from trio_balancer.upstream.credentials import CredentialsUnavailable
+from trio_balancer.upstream.families import Outbound
 from trio_balancer.upstream.providers import ProviderRuntime
 from trio_balancer.upstream.request import UpstreamRequest, secrets_sent
 
@@ -338,7 +340,7 @@ class Flight:
         self._model = attempt.model
         self._relay = None  # what a failed attempt relayed is not this response's
         req = self.request
-        outbound = await runtime.family.outbound(req, attempt.model, thinking=self._thinking)
+        outbound = await _outbound(runtime, req, attempt.model, self._thinking)
         secrets = [*secrets_sent(provider, req), *outbound.secrets]
         relay = Relay(
             provider,
@@ -373,6 +375,15 @@ class Flight:
 
     def _headers_came(self, ttfb: float) -> None:
         self._ttfb = ttfb
+
+
+async def _outbound(
+    runtime: ProviderRuntime, request: UpstreamRequest, model: str, thinking: SignatureBook | None
+) -> Outbound:
+    try:
+        return await runtime.family.outbound(request, model, thinking=thinking)
+    except CredentialsUnavailable as exc:  # the operator's to fix: this provider fails over
+        raise unavailable(runtime.name, str(exc).split(": ", 1)[-1], kind=FailureKind.AUTH) from None
 
 
 def _model_names(upstream: str, client: str, *, show_upstream: bool) -> dict[str, str | None]:

@@ -15,6 +15,12 @@ from typing import Any, Protocol
 
 import attrs
 
+from trio_balancer.protocol.bedrock import (
+    EVENT_STREAM_TYPE,
+    EventStreamDecoder,
+    bedrock_count_answer,
+    bedrock_error,
+)
 from trio_balancer.protocol.convert import (
     StreamConverter,
     UpstreamStreamError,
@@ -24,6 +30,7 @@ from trio_balancer.protocol.convert import (
 )
 from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 from trio_balancer.protocol.thinking import mint_signature
+from trio_balancer.protocol.vertex import vertex_error
 
 __all__ = [
     "ANSWER_FORMATS",
@@ -72,9 +79,12 @@ class AnswerFormat:
     error object, ``ConversionError`` for anything else), None for Anthropic's own.
     ``error``: an HTTP error answer as Anthropic's, None when it already is (or is read as
     one). ``count``: a count-tokens answer as ``{"input_tokens": N}``, None when it already is.
+    ``own_headers``: the provider's response headers are Anthropic's (rate limits, request id)
+    and reach the client; a cloud's are its own, and the client sees only the request id.
     """
 
     converted: bool = False
+    own_headers: bool = True
     stream_types: tuple[str, ...] = (SSE_TYPE,)
     decoder: Callable[[int], EventDecoder] = SSEDecoder
     converter: Callable[[str], EventConverter] | None = None
@@ -109,6 +119,16 @@ ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
     "openai": AnswerFormat(
         converted=True, converter=_openai_stream, message=_openai_message, error=_openai_error
     ),
+    # Anthropic's events in AWS event-stream frames; JSON answers are Anthropic's messages.
+    "bedrock": AnswerFormat(
+        own_headers=False,
+        stream_types=(EVENT_STREAM_TYPE, SSE_TYPE),
+        decoder=EventStreamDecoder,
+        error=bedrock_error,
+        count=bedrock_count_answer,
+    ),
+    # Anthropic's SSE and JSON as they are; errors in Anthropic's shape or Google's.
+    "vertex": AnswerFormat(own_headers=False, error=vertex_error),
 }
 
 

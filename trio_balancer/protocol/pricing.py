@@ -20,12 +20,12 @@ provider (an OpenAI-compatible provider has prices of its own).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 import attrs
 
+from trio_balancer.protocol.cloud_models import anthropic_model_name
 from trio_balancer.protocol.usage import Usage
 
 __all__ = ["BUILTIN_PRICES", "PRICES_AS_OF", "Price", "PriceTable", "Rates", "anthropic_model_name"]
@@ -121,22 +121,6 @@ BUILTIN_PRICES: tuple[Price, ...] = (
     _p("gemini-3*-flash*", Rates.gemini(0.50, 3)),
     _p("gemini-2.5-flash*", Rates.gemini(0.30, 2.50)),
 )
-
-# A Bedrock id: an optional inference-profile prefix, the vendor, the name, a version suffix
-# (anthropic.claude-haiku-4-5-20251001-v1:0, global.anthropic.claude-sonnet-4-6). A Vertex id
-# puts the date after an "@" (claude-sonnet-4-5@20250929). An ARN ends with the id.
-_BEDROCK_ID = re.compile(
-    r"(?:arn:[^/]*/)?(?:(?:global|us|eu|apac|jp|au|us-gov)\.)?anthropic\.(?P<name>.+?)(?:-v\d+(?::\d+)?)?"
-)
-
-
-def anthropic_model_name(model: str) -> str:
-    """The Anthropic name a Bedrock or Vertex model id stands for; other names unchanged."""
-    if (m := _BEDROCK_ID.fullmatch(model)) is not None:
-        return m["name"]
-    if model.startswith("claude-") and "@" in model:
-        return model.replace("@", "-", 1)
-    return model
 
 
 class PriceTable:

@@ -33,13 +33,14 @@ Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
 import struct
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from functools import partial
 from typing import Any
 
@@ -50,9 +51,19 @@ import trio
 from trio_balancer.errors import InvalidRequest, error_body, error_type_for_status
 from trio_balancer.logging import get_logger
 from trio_balancer.protocol import events
+from trio_balancer.protocol.bedrock import EVENT_STREAM_TYPE
+from trio_balancer.protocol.cloud_models import anthropic_model_name
 from trio_balancer.protocol.sse import encode_event
 from trio_balancer.protocol.tokens import estimate_request
 from trio_balancer.protocol.validation import parse_request_body, validate_messages_request
+from trio_balancer.tools.sim_bedrock import (
+    SIM_AWS_KEYS,
+    bedrock_error_answer,
+    bedrock_route,
+    check_signature,
+    sse_to_frame,
+)
+from trio_balancer.tools.sim_vertex import check_assertion, google_error_answer, vertex_route
 
 __all__ = ["STAMP_DIGITS", "SimOptions", "Simulator", "serve"]
 
@@ -114,10 +125,19 @@ def _set_linger_zero(stream: trio.SocketStream) -> None:
 
 class Simulator:
     def __init__(
-        self, defaults: SimOptions = SimOptions(), *, windows: Mapping[str, int] | None = None
+        self,
+        defaults: SimOptions = SimOptions(),
+        *,
+        windows: Mapping[str, int] | None = None,
+        aws_keys: Mapping[str, str] = SIM_AWS_KEYS,
+        google_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.defaults = defaults
         self.windows = dict(windows or {})  # model -> context window, over the default
+        self.aws_keys = dict(aws_keys)  # Bedrock: access key id -> secret (tools/sim_bedrock.py)
+        self.google_keys = dict(google_keys or {})  # Vertex: service account email -> public PEM
+        self.google_tokens: set[str] = set()  # access tokens the token endpoint issued
+        self.token_requests = 0
         self.requests = 0
         self.open_connections = 0
         self.active = 0  # responses being sent right now
@@ -198,6 +218,9 @@ class Simulator:
         body: bytes,
     ) -> None:
         path = target.split("?", 1)[0]
+        cloud = _cloud_answer(path)
+        if cloud is not None:
+            return await cloud(self, conn, stream, method, target, headers, body)
         try:
             opts = self.defaults.with_headers(headers)
             payload = _checked_payload(path, body)
@@ -265,20 +288,13 @@ class Simulator:
         await self._stream(conn, stream, opts, events)
 
     async def _stream(
-        self, conn: h11.Connection, stream: trio.SocketStream, opts: SimOptions, events: Iterator[Step]
-    ) -> None:
-        """Send an event stream, with the pacing and the faults ``opts`` asks for."""
-        await stream.send_all(
-            conn.send(
-                h11.Response(
-                    status_code=200,
-                    headers=[
-                        (b"content-type", b"text/event-stream; charset=utf-8"),
-                        (b"cache-control", b"no-cache"),
-                    ],
-                )
-            )
-        )
+        self, conn: h11.Connection, stream: trio.SocketStream, opts: SimOptions, events: Iterator[Step],
+        *, frame: Callable[[bytes], bytes] | None = None, content_type: bytes = b"text/event-stream; charset=utf-8",
+    ) -> None:  # fmt: skip
+        """Send an event stream, with the pacing and the faults ``opts`` asks for; ``frame``
+        re-wraps each SSE event in another wire format (Bedrock's event stream)."""
+        headers = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
         gap = 1.0 / opts.eps if opts.eps > 0 else 0.0
         if opts.garbage:
             rng = random.Random(7)
@@ -301,6 +317,10 @@ class Simulator:
                     pass
                 raise _Cut
             payload_bytes = data() if callable(data) else data
+            if frame is not None:
+                payload_bytes = frame(payload_bytes)
+                if not payload_bytes:
+                    continue
             if opts.trickle:
                 for i in range(len(payload_bytes)):
                     await stream.send_all(conn.send(h11.Data(data=payload_bytes[i : i + 1])))
@@ -555,6 +575,155 @@ def _openai_message(opts: SimOptions, model: str, input_tokens: int) -> dict[str
             "total_tokens": input_tokens + _output_tokens(opts),
         }
     return out
+
+
+# -- the cloud dialects (tools/sim_bedrock.py, tools/sim_vertex.py) ------------------------
+
+CloudAnswer = Callable[
+    ["Simulator", h11.Connection, trio.SocketStream, str, str, dict[str, str], bytes], Awaitable[None]
+]
+
+
+def _cloud_answer(path: str) -> CloudAnswer | None:
+    """The handler of a cloud's path, or None for Anthropic's and OpenAI's."""
+    if bedrock_route(path) is not None:
+        return _bedrock_answer
+    if path == "/token":
+        return _token_answer
+    if vertex_route(path) is not None or path.endswith("/models/count-tokens:rawPredict"):
+        return _vertex_answer
+    return None
+
+
+def _json_body(body: bytes) -> dict[str, Any] | None:
+    try:
+        parsed = json.loads(body or b"{}")
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+async def _bedrock_answer(
+    sim: Simulator, conn: h11.Connection, stream: trio.SocketStream, method: str, target: str,
+    headers: dict[str, str], body: bytes,
+) -> None:  # fmt: skip
+    """InvokeModel[WithResponseStream] and CountTokens, signed, as Bedrock answers them."""
+    model_id, action = bedrock_route(target.split("?", 1)[0]) or ("", "")
+    request_id = [("x-amzn-requestid", str(uuid.uuid4()))]
+    problem = check_signature(method, target, headers, body, sim.aws_keys)
+    if problem is not None:
+        name = "UnrecognizedClientException" if "token" in problem.lower() else "InvalidSignatureException"
+        return await sim._send(
+            conn, stream, 403, {"message": problem}, [("x-amzn-errortype", name), *request_id]
+        )
+    opts = sim.defaults.with_headers(headers)
+    if opts.ttfb:
+        await trio.sleep(opts.ttfb)
+    if opts.status != 200:
+        extra, error = bedrock_error_answer(opts.status)
+        return await sim._send(conn, stream, opts.status, error, extra + request_id)
+    payload = _json_body(body)
+    if action == "count-tokens":
+        try:
+            assert payload is not None
+            payload = json.loads(base64.b64decode(payload["input"]["invokeModel"]["body"]))
+        except (AssertionError, KeyError, TypeError, ValueError):
+            payload = None
+    wrong = "body is not JSON" if payload is None else _bedrock_body_problem(payload)
+    if wrong is not None:
+        extra = [("x-amzn-errortype", "ValidationException"), *request_id]
+        return await sim._send(conn, stream, 400, {"message": f"Malformed input request: {wrong}"}, extra)
+    assert payload is not None
+    input_tokens = estimate_request(payload)
+    if action == "count-tokens":
+        return await sim._send(conn, stream, 200, {"inputTokens": input_tokens}, request_id)
+    model = anthropic_model_name(model_id)
+    if action == "invoke":
+        message = _anthropic_message(opts, model, input_tokens)
+        return await sim._send(conn, stream, 200, message, request_id, trickle=opts.trickle)
+    metrics = {"inputTokenCount": input_tokens, "outputTokenCount": _output_tokens(opts),
+               "invocationLatency": 1, "firstByteLatency": 1}  # fmt: skip
+    await sim._stream(
+        conn, stream, opts, _anthropic_stream(opts, model, input_tokens),
+        frame=partial(sse_to_frame, invocation=metrics), content_type=EVENT_STREAM_TYPE.encode(),
+    )  # fmt: skip
+
+
+def _bedrock_body_problem(payload: Mapping[str, Any]) -> str | None:
+    if payload.get("anthropic_version") != "bedrock-2023-05-31":
+        return "anthropic_version: must be bedrock-2023-05-31"
+    for field in ("model", "stream"):
+        if field in payload:
+            return f"extraneous key [{field}] is not permitted"
+    try:
+        validate_messages_request({**payload, "model": "bedrock"})
+    except InvalidRequest as exc:
+        return str(exc)
+    return None
+
+
+async def _token_answer(
+    sim: Simulator, conn: h11.Connection, stream: trio.SocketStream, method: str, target: str,
+    headers: dict[str, str], body: bytes,
+) -> None:  # fmt: skip
+    """The OAuth token endpoint a service account's JWT assertion is exchanged at."""
+    sim.token_requests += 1
+    audience = f"http://{headers.get('host', '')}/token"
+    answer, problem = check_assertion(body, sim.google_keys, audience)
+    if answer is None:
+        return await sim._send(
+            conn, stream, 400, {"error": problem.split(":")[0], "error_description": problem}
+        )
+    sim.google_tokens.add(answer["access_token"])
+    await sim._send(conn, stream, 200, answer)
+
+
+async def _vertex_answer(
+    sim: Simulator, conn: h11.Connection, stream: trio.SocketStream, method: str, target: str,
+    headers: dict[str, str], body: bytes,
+) -> None:  # fmt: skip
+    """rawPredict / streamRawPredict / count-tokens, with a token the endpoint issued."""
+    path = target.split("?", 1)[0]
+    bearer = headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if sim.google_keys and bearer not in sim.google_tokens:
+        return await sim._send(conn, stream, 401, google_error_answer(401))
+    opts = sim.defaults.with_headers(headers)
+    if opts.ttfb:
+        await trio.sleep(opts.ttfb)
+    if opts.status != 200:
+        if opts.status == 529:  # the model's own overload: Anthropic's shape, as Vertex relays it
+            return await sim._send(conn, stream, 529, _error_answer(529, False))
+        extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
+        return await sim._send(conn, stream, opts.status, google_error_answer(opts.status), extra)
+    payload = _json_body(body)
+    route = vertex_route(path)
+    counting = path.endswith("/models/count-tokens:rawPredict")
+    problem = "body is not JSON" if payload is None else _vertex_body_problem(payload, counting=counting)
+    if problem is not None:
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+        return await sim._send(conn, stream, 400, error)
+    assert payload is not None
+    input_tokens = estimate_request(payload)
+    if counting:
+        return await sim._send(conn, stream, 200, {"input_tokens": input_tokens})
+    assert route is not None
+    model = anthropic_model_name(route[2])
+    if route[3] == "rawPredict" or not payload.get("stream"):
+        message = _anthropic_message(opts, model, input_tokens)
+        return await sim._send(conn, stream, 200, message, trickle=opts.trickle)
+    await sim._stream(conn, stream, opts, _anthropic_stream(opts, model, input_tokens))
+
+
+def _vertex_body_problem(payload: Mapping[str, Any], *, counting: bool) -> str | None:
+    if payload.get("anthropic_version") != "vertex-2023-10-16":
+        return "anthropic_version: must be vertex-2023-10-16"
+    if "model" in payload and not counting:
+        return "model: Extra inputs are not permitted"
+    try:
+        validate_messages_request({"model": "vertex", **payload})
+    except InvalidRequest as exc:
+        return str(exc)
+    return None
 
 
 async def serve(

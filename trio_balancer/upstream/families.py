@@ -17,12 +17,26 @@ from collections.abc import Callable, Mapping
 import attrs
 
 from trio_balancer.config import ProviderConfig
+from trio_balancer.protocol.bedrock import (
+    EVENT_STREAM_TYPE,
+    bedrock_body,
+    bedrock_count_body,
+    bedrock_count_path,
+    bedrock_path,
+)
+from trio_balancer.protocol.cloud_models import bedrock_base_id, bedrock_model_id, vertex_model_id
+from trio_balancer.protocol.features import beta_flags
 from trio_balancer.protocol.thinking import SignatureBook
-from trio_balancer.upstream.fit import fit_request
+from trio_balancer.protocol.vertex import vertex_body, vertex_count_path, vertex_path
+from trio_balancer.upstream.aws import AwsSigner
+from trio_balancer.upstream.fit import fit_payload, fit_request
+from trio_balancer.upstream.gcp import GoogleTokenSource
 from trio_balancer.upstream.headers import upstream_url
 from trio_balancer.upstream.request import UpstreamRequest
 
-__all__ = ["DirectFamily", "Family", "Outbound", "make_family"]
+__all__ = ["BedrockFamily", "DirectFamily", "Family", "Outbound", "VertexFamily", "make_family"]
+
+_JSON = b"application/json"
 
 
 @attrs.frozen
@@ -69,9 +83,73 @@ class DirectFamily(Family):
         return Outbound(url, fitted.headers, fitted.body, model, changes=fitted.changes)
 
 
+class BedrockFamily(Family):
+    """Claude on Bedrock: the Anthropic body in Bedrock's envelope, signed with SigV4.
+
+    Only ``content-type`` and ``accept`` are sent besides the signature (and the provider's
+    own ``headers``): Bedrock reads nothing else, and everything sent is signed.
+    """
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        super().__init__(provider)
+        assert provider.region is not None  # the config requires it for this kind
+        self._signer = AwsSigner(provider.name, provider.region, provider.profile)
+
+    async def outbound(
+        self, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
+    ) -> Outbound:
+        provider = self.provider
+        fitted = fit_payload(provider, request, thinking=thinking)
+        betas = beta_flags(fitted.headers)
+        if request.counts_tokens:
+            # CountTokens counts an InvokeModel body, which needs max_tokens; on the base model.
+            model_id = bedrock_base_id(model)
+            invoke = bedrock_body({"max_tokens": 1, **fitted.payload}, betas)
+            body, path, accept = bedrock_count_body(invoke), bedrock_count_path(model_id), _JSON
+        else:
+            model_id = bedrock_model_id(model, provider.inference_profile)
+            body = bedrock_body(fitted.payload, betas)
+            path = bedrock_path(model_id, stream=request.stream)
+            accept = EVENT_STREAM_TYPE.encode() if request.stream else _JSON
+        url = provider.base_url + path
+        headers = [(b"content-type", _JSON), (b"accept", accept)]
+        headers += [(k.lower().encode(), v.encode()) for k, v in provider.headers.items()]
+        signed, secrets = await self._signer.sign("POST", url, headers, body)
+        return Outbound(url, signed, body, model_id, secrets, fitted.changes)
+
+
+class VertexFamily(Family):
+    """Claude on Vertex AI: the Anthropic body without its model, a Google access token."""
+
+    def __init__(self, provider: ProviderConfig) -> None:
+        super().__init__(provider)
+        self._tokens = GoogleTokenSource(provider.name, provider.service_account_file)
+
+    async def outbound(
+        self, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
+    ) -> Outbound:
+        provider = self.provider
+        assert provider.project is not None and provider.region is not None  # required by the config
+        fitted = fit_payload(provider, request, thinking=thinking)
+        model_id = vertex_model_id(model)
+        if request.counts_tokens:
+            payload = {**fitted.payload, "model": model_id}
+            body = vertex_body(payload, keep_model=True)
+            path = vertex_count_path(provider.project, provider.region)
+        else:
+            body = vertex_body(fitted.payload)
+            path = vertex_path(provider.project, provider.region, model_id, stream=request.stream)
+        token = await self._tokens.token()
+        headers = [(n, v) for n, v in fitted.headers if n not in (b"content-type", b"authorization")]
+        headers += [(b"content-type", _JSON), (b"authorization", b"Bearer " + token.encode())]
+        return Outbound(provider.base_url + path, headers, body, model_id, (token,), fitted.changes)
+
+
 _FAMILIES: Mapping[str, Callable[[ProviderConfig], Family]] = {
     "anthropic": DirectFamily,
     "openai": DirectFamily,
+    "bedrock": BedrockFamily,
+    "vertex": VertexFamily,
 }
 
 

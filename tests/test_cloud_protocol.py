@@ -1,0 +1,174 @@
+"""The pure pieces of the cloud families: model ids, Bedrock's event stream, error answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_balancer.protocol import events
+from trio_balancer.protocol.bedrock import (
+    EventStreamDecoder,
+    EventStreamError,
+    bedrock_body,
+    bedrock_count_answer,
+    bedrock_error,
+    bedrock_path,
+)
+from trio_balancer.protocol.cloud_models import (
+    anthropic_model_name,
+    bedrock_model_id,
+    vertex_model_id,
+)
+from trio_balancer.protocol.pricing import PriceTable
+from trio_balancer.protocol.sse import EventTooLarge
+from trio_balancer.protocol.vertex import vertex_body, vertex_error
+from trio_balancer.tools.sim_bedrock import event_frame, exception_frame
+
+ANTHROPIC_EVENTS = [
+    events.message_start({"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "content": [],
+                          "usage": {"input_tokens": 7, "output_tokens": 1}}),
+    events.content_block_start(0, {"type": "text", "text": ""}),
+    events.content_block_delta(0, {"type": "text_delta", "text": "héllo 流式"}),
+    events.content_block_stop(0),
+    events.message_delta({"stop_reason": "end_turn"}, {"output_tokens": 3}),
+    events.message_stop(),
+]  # fmt: skip
+WIRE = b"".join(event_frame(events.dumps(e).encode()) for e in ANTHROPIC_EVENTS)
+
+
+@pytest.mark.parametrize(
+    ("model", "profile", "bedrock", "vertex"),
+    [
+        ("claude-sonnet-4-5-20250929", "global", "global.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5@20250929"),
+        ("claude-sonnet-4-5", "us", "us.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5@20250929"),
+        ("claude-haiku-4-5", "", "anthropic.claude-haiku-4-5-20251001-v1:0", "claude-haiku-4-5@20251001"),
+        ("claude-opus-4-6", "eu", "eu.anthropic.claude-opus-4-6-v1", "claude-opus-4-6"),
+        ("claude-sonnet-4-6", "global", "global.anthropic.claude-sonnet-4-6", "claude-sonnet-4-6"),
+        ("claude-opus-4-0", "global", "global.anthropic.claude-opus-4-20250514-v1:0", "claude-opus-4@20250514"),
+        ("us.anthropic.claude-x-v1:0", "global", "us.anthropic.claude-x-v1:0", "us.anthropic.claude-x-v1:0"),
+        ("claude-sonnet-4-5@20250929", "global", "claude-sonnet-4-5@20250929", "claude-sonnet-4-5@20250929"),
+    ],
+)  # fmt: skip
+def test_model_ids(model: str, profile: str, bedrock: str, vertex: str) -> None:
+    assert bedrock_model_id(model, profile) == bedrock
+    assert vertex_model_id(model) == vertex
+
+
+def test_cloud_ids_are_priced_as_their_anthropic_model() -> None:
+    table = PriceTable()
+    for cloud_id in ("global.anthropic.claude-sonnet-4-5-20250929-v1:0", "claude-sonnet-4-5@20250929"):
+        assert anthropic_model_name(cloud_id) == "claude-sonnet-4-5-20250929"
+        assert table.find(cloud_id) == table.find("claude-sonnet-4-5-20250929") is not None
+
+
+def test_bedrock_body_moves_model_stream_and_betas() -> None:
+    body = json.loads(bedrock_body({"model": "m", "stream": True, "max_tokens": 5, "messages": []}, ["b1"]))
+    assert body == {
+        "max_tokens": 5,
+        "messages": [],
+        "anthropic_version": "bedrock-2023-05-31",
+        "anthropic_beta": ["b1"],
+    }
+    assert (
+        bedrock_path("us.anthropic.x-v1:0", stream=True)
+        == "/model/us.anthropic.x-v1%3A0/invoke-with-response-stream"
+    )
+    vbody = json.loads(vertex_body({"model": "m", "stream": True, "max_tokens": 5}))
+    assert vbody == {"stream": True, "max_tokens": 5, "anthropic_version": "vertex-2023-10-16"}
+
+
+def decode_all(chunks: list[bytes]) -> list[tuple[str | None, bytes | None, bytes]]:
+    decoder = EventStreamDecoder(1 << 20)
+    out = []
+    for chunk in chunks:
+        out += decoder.feed(chunk)
+    assert decoder.close() is None
+    return [(e.event, e.data, e.raw) for e in out]
+
+
+def test_frames_become_the_anthropic_events_they_carry_byte_for_byte() -> None:
+    decoded = decode_all([WIRE])
+    assert [d[0] for d in decoded] == [e["type"] for e in ANTHROPIC_EVENTS]
+    assert [d[1] for d in decoded] == [events.dumps(e).encode() for e in ANTHROPIC_EVENTS]
+    assert decoded[2][2] == events.encode(ANTHROPIC_EVENTS[2])  # the SSE event Anthropic would send
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(WIRE)), max_size=40))
+def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
+    points = sorted(set(cuts))
+    chunks = [WIRE[a:b] for a, b in zip([0, *points], [*points, len(WIRE)], strict=True)]
+    assert decode_all(chunks) == decode_all([WIRE])
+
+
+def test_an_exception_frame_is_an_anthropic_error_event() -> None:
+    (event,) = EventStreamDecoder(1 << 20).feed(exception_frame("throttlingException", "slow down"))
+    assert event.event == "error"
+    assert json.loads(event.data or b"")["error"] == {
+        "type": "rate_limit_error",
+        "message": "Bedrock throttlingException: slow down",
+    }
+    (event,) = EventStreamDecoder(1 << 20).feed(exception_frame("modelStreamErrorException", "boom"))
+    assert json.loads(event.data or b"")["error"]["type"] == "api_error"
+
+
+@pytest.mark.parametrize(
+    ("wire", "error"),
+    [
+        (WIRE[:-1] + bytes([WIRE[-1] ^ 1]), EventStreamError),  # message CRC
+        (b"\x00\x00\x00\x05" + b"\x00" * 12, EventStreamError),  # too short to be a frame
+        ((10_000_000).to_bytes(4, "big") + b"\x00" * 8, EventTooLarge),  # refused from the prelude
+        (event_frame(b"not json"), EventStreamError),
+    ],
+)
+def test_broken_frames_are_refused(wire: bytes, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        EventStreamDecoder(1 << 20).feed(wire)
+
+
+def test_a_stream_cut_inside_a_frame_is_an_error() -> None:
+    decoder = EventStreamDecoder(1 << 20)
+    decoder.feed(WIRE[:10])
+    with pytest.raises(EventStreamError):
+        decoder.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "body", "error_type"),
+    [
+        (429, "ThrottlingException:http://internal.amazon.com/coral/com.amazon.bedrock/", b'{"message":"Too many requests"}', "rate_limit_error"),
+        (503, "ServiceUnavailableException", b'{"message":"x"}', "overloaded_error"),
+        (400, "ValidationException", b'{"message":"messages: bad"}', "invalid_request_error"),
+        (400, "ServiceQuotaExceededException", b'{"message":"quota"}', "rate_limit_error"),
+        (403, "", b'{"__type":"UnrecognizedClientException","message":"bad token"}', "authentication_error"),
+        (500, "", b"<html>", "api_error"),
+    ],
+)  # fmt: skip
+def test_bedrock_errors(status: int, header: str, body: bytes, error_type: str) -> None:
+    found, answer = bedrock_error(status, {"x-amzn-errortype": header} if header else {}, body, "b")
+    assert found == error_type
+    assert json.loads(answer)["error"]["type"] == error_type
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error_type"),
+    [
+        (429, b'{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}', "rate_limit_error"),
+        (503, b'[{"error":{"code":503,"message":"x","status":"UNAVAILABLE"}}]', "overloaded_error"),
+        (529, b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "overloaded_error"),
+        (403, b'{"error":{"code":403,"status":"PERMISSION_DENIED"}}', "permission_error"),
+        (502, b"bad gateway", "api_error"),
+    ],
+)  # fmt: skip
+def test_vertex_errors(status: int, body: bytes, error_type: str) -> None:
+    found, answer = vertex_error(status, {}, body, "v")
+    assert found == error_type and json.loads(answer)["error"]["type"] == error_type
+
+
+def test_bedrock_count_answer() -> None:
+    assert bedrock_count_answer(b'{"inputTokens": 12}') == b'{"input_tokens":12}'
+    assert bedrock_count_answer(b'{"inputTokens": true}') is None
+    assert bedrock_count_answer(b"nope") is None
