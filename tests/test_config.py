@@ -251,3 +251,8 @@ def test_defaults_that_depend_on_other_keys() -> None:
     assert (price.model, price.provider) == ("m", "a")
     assert attrs.astuple(price.rates) == (2.0, 3.0, 2.5, 4.0, 0.2)
     assert c.health.jitter == 0.2  # not a [health] key, but the same class
+
+
+def test_gemini_is_refused_at_start_until_it_is_wired() -> None:
+    with pytest.raises(ConfigError, match="kind 'gemini' is not available"):
+        parse_config({"providers": [{"name": "g", "kind": "gemini", "api_key": "k"}]})
