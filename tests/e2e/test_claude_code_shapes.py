@@ -20,11 +20,10 @@ from pathlib import Path
 
 import trio
 
-from trio_balancer.config.capabilities import PRESETS
-
 from ..fakes import FakeUpstream
 from ..helpers import BalancerFactory
 from ..matrix import FIXTURES, provider_row, replay
+from ..matrix import MATRIX_PRESETS as PRESETS  # the kind presets are tested in test_clouds
 from .capture import Capture, capture_cli, cli_command, distinct, features_of, load_fixtures
 
 
