@@ -159,7 +159,7 @@ class EventStreamDecoder:
     def __init__(self, max_event_bytes: int) -> None:
         from botocore.eventstream import EventStreamBuffer  # the [aws] extra
 
-        self._parser_class = EventStreamBuffer
+        self._parser = EventStreamBuffer()  # handed one whole frame at a time, so it holds none
         self._max_frame = max_event_bytes * 4 // 3 + _FRAME_OVERHEAD
         self._buf = bytearray()
         self._closed = False
@@ -196,10 +196,9 @@ class EventStreamDecoder:
         return None
 
     def _event(self, frame: bytes) -> SSEEvent | None:
-        parser = self._parser_class()
-        parser.add_data(frame)
+        self._parser.add_data(frame)
         try:
-            message = next(iter(parser))
+            message = next(self._parser)
         except StopIteration:
             raise EventStreamError("event-stream frame could not be parsed") from None
         except Exception as exc:  # botocore's ParserError family: checksum, header, length
