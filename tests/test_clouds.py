@@ -84,7 +84,7 @@ def sdk(b: Balancer) -> anthropic.AsyncAnthropic:
 
 
 async def streamed(b: Balancer, **extra: Any) -> anthropic.types.Message:
-    async with sdk(b).messages.stream(**{**BODY, **extra}) as s:
+    async with sdk(b) as client, client.messages.stream(**{**BODY, **extra}) as s:
         return await s.get_final_message()
 
 
@@ -102,7 +102,8 @@ class TestEachCloud:
 
     async def test_a_json_answer(self, cloud: Cloud, balancer_for: BalancerFactory, kind: str) -> None:
         b = await balancer_for(config={"providers": [getattr(cloud, kind)()]})
-        message = await sdk(b).messages.create(**BODY)
+        async with sdk(b) as client:
+            message = await client.messages.create(**BODY)
         assert message.model == BODY["model"] and message.stop_reason == "end_turn"
         assert message.usage.output_tokens == 12
 

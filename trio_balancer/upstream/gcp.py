@@ -61,17 +61,21 @@ class GoogleTokenSource:
         """Run in a thread: load the credentials once, then fetch a token."""
         import google.auth
         import google.auth.exceptions
+        import requests
         from google.auth.transport.requests import Request
 
+        session = requests.Session()  # closed here: google-auth's default one never is
         try:
             if self._credentials is None:
                 self._credentials = self._load()
-            self._credentials.refresh(Request())
+            self._credentials.refresh(Request(session))
         except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
             # google-auth's messages can quote a token endpoint's answer; the class name cannot.
             raise CredentialsUnavailable(
                 f"provider {self.provider_name!r}: Google credentials: {type(exc).__name__}"
             ) from None
+        finally:
+            session.close()
         self.refreshes += 1
         log.info("gcp.token", provider=self.provider_name, expiry=str(self._credentials.expiry))
 
