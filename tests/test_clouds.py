@@ -1,8 +1,9 @@
-"""Claude on Bedrock and on Vertex AI, through the simulator's dialects, seen by the official SDK.
+"""Claude on Bedrock and on Vertex AI, and Gemini, through the simulator's dialects, seen by the official SDK.
 
 The simulator checks what the real services check: Bedrock requests are SigV4-signed with a key
 it knows, Vertex requests carry an access token its token endpoint issued for a JWT assertion
-signed by the test service account's key.
+signed by the test service account's key, Gemini requests carry a key it knows and a body
+Gemini would take (roles, function call/response pairing, schema keys, thought signatures).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from trio_balancer.tools.sim_vertex import make_service_account
 
 from .helpers import CLIENT_KEY, PROVIDER_KEY, Balancer, BalancerFactory
 
+GEMINI_KEY = "AIzaSy-sim-gemini-key-0000000000000000"
 BODY: dict[str, Any] = {
     "model": "claude-sonnet-4-5-20250929",
     "max_tokens": 64,
@@ -56,6 +58,9 @@ class Cloud:
     def bedrock(self, name: str = "bedrock", **extra: Any) -> dict[str, Any]:
         return {"name": name, "kind": "bedrock", "region": "us-east-1", "base_url": self.url, **extra}
 
+    def gemini(self, name: str = "gemini", **extra: Any) -> dict[str, Any]:
+        return {"name": name, "kind": "gemini", "base_url": self.url, "api_key": GEMINI_KEY, **extra}
+
     def vertex(self, name: str = "vertex", **extra: Any) -> dict[str, Any]:
         return {
             "name": name,
@@ -76,6 +81,7 @@ async def cloud(nursery: trio.Nursery, tmp_path: Path, aws_env: None) -> Cloud:
     account = tmp_path / "account.json"
     email, public = make_service_account(account, f"{url}/token")
     sim.google_keys[email] = public
+    sim.gemini_keys = frozenset({GEMINI_KEY})
     return Cloud(sim, url, account)
 
 
@@ -88,7 +94,7 @@ async def streamed(b: Balancer, **extra: Any) -> anthropic.types.Message:
         return await s.get_final_message()
 
 
-@pytest.mark.parametrize("kind", ["bedrock", "vertex"])
+@pytest.mark.parametrize("kind", ["bedrock", "vertex", "gemini"])
 class TestEachCloud:
     async def test_a_stream_arrives_whole_with_the_clients_model_and_exact_usage(
         self, cloud: Cloud, balancer_for: BalancerFactory, kind: str

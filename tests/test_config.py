@@ -253,6 +253,7 @@ def test_defaults_that_depend_on_other_keys() -> None:
     assert c.health.jitter == 0.2  # not a [health] key, but the same class
 
 
-def test_gemini_is_refused_at_start_until_it_is_wired() -> None:
-    with pytest.raises(ConfigError, match="kind 'gemini' is not available"):
-        parse_config({"providers": [{"name": "g", "kind": "gemini", "api_key": "k"}]})
+def test_gemini_needs_no_extra_and_defaults_to_googles_endpoint() -> None:
+    (g,) = parse_config({"providers": [{"name": "g", "kind": "gemini", "api_key": "k"}]}).providers
+    assert g.base_url == "https://generativelanguage.googleapis.com" and g.api_key == "k"
+    assert g.capabilities.schema_dialect == "gemini" and g.capabilities.count_tokens

@@ -601,9 +601,9 @@ class TestErrors:
             }
         ).encode()
         kind, out = google_error(400, {}, body, "gemini")
-        assert kind == "invalid_request_error"
+        assert kind == "authentication_error"  # a bad key is the operator's credential, not the request
         err = json.loads(out)["error"]
-        assert err["type"] == "invalid_request_error"
+        assert err["type"] == "authentication_error"
         assert err["message"] == (
             "provider 'gemini' answered HTTP 400: API key not valid. Please pass a valid API key. "
             "(INVALID_ARGUMENT, API_KEY_INVALID)"

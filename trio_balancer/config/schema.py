@@ -272,8 +272,6 @@ class ProviderConfig:
             return "base_url", f"missing: kind {self.kind!r} has no default endpoint"
         if (needs := missing_extra(self.kind)) is not None:
             return "kind", needs
-        if self.kind == "gemini":  # its converter (protocol/convert/gemini_*) is not wired to the flight yet
-            return "kind", "kind 'gemini' is not available in this version yet (issue 18 is open)"
         return None
 
 

@@ -174,9 +174,10 @@ def _error_answer(
         text_headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in response.headers.raw}
         error_type, body = read_error(status, text_headers, body, provider.name)
         body = scrub_error_body(body, secrets)
-        if verdict is CLIENT_FAULT and error_type in _RETRYABLE_TYPES:
-            # A cloud's quota or capacity error under a 400 (Bedrock's ServiceQuotaExceeded):
-            # another provider may not have it.
+        if verdict is CLIENT_FAULT and error_type in _PROVIDER_FAULT_TYPES:
+            # A cloud's quota or capacity error under a 400 (Bedrock's ServiceQuotaExceeded),
+            # or its credential refused under a 400 (Gemini's API_KEY_INVALID): another
+            # provider may not have it.
             verdict = classify_error_type(error_type, passthrough=provider.passthrough)
         headers = _converted_headers(headers, b"application/json")
     else:
@@ -208,7 +209,9 @@ def _error_answer(
     )
 
 
-_RETRYABLE_TYPES = frozenset({"rate_limit_error", "overloaded_error", "timeout_error"})
+_PROVIDER_FAULT_TYPES = frozenset(
+    {"rate_limit_error", "overloaded_error", "timeout_error", "authentication_error", "permission_error"}
+)
 # The request id each kind sends, shown to the client as Anthropic's ``request-id``.
 _REQUEST_ID_HEADERS = (b"x-request-id", b"x-amzn-requestid", b"x-goog-request-id")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -351,7 +351,7 @@ class Flight:
             forward=self.observer.forward,
             trace=self._trace,
             thinking=self._thinking,
-            **_model_names(outbound.model, req.model, show_upstream=self._show_upstream_model),
+            **_relay_names(outbound.model, req, show_upstream=self._show_upstream_model),
         )
         self._relay = relay
 
@@ -386,11 +386,14 @@ async def _outbound(
         raise unavailable(runtime.name, str(exc).split(": ", 1)[-1], kind=FailureKind.AUTH) from None
 
 
-def _model_names(upstream: str, client: str, *, show_upstream: bool) -> dict[str, str | None]:
-    """The relay's model names: what a renamed passthrough answer is renamed to (None: left
-    as the provider sent it), and what a converted answer is written with."""
+def _relay_names(upstream: str, request: UpstreamRequest, *, show_upstream: bool) -> dict[str, Any]:
+    """What the relay is told of the answer: the model a renamed passthrough answer is
+    renamed to (None: left as the provider sent it), the one a converted answer is written
+    with, and whether it is a count (passed on as it is)."""
+    client = request.model
     renamed = None if show_upstream or upstream == client else client
-    return {"client_model": renamed, "converted_model": upstream if show_upstream else client}
+    converted = upstream if show_upstream else client
+    return {"client_model": renamed, "converted_model": converted, "counting": request.counts_tokens}
 
 
 def _after_failure(

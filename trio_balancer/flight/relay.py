@@ -94,7 +94,7 @@ class Relay:
     response's thinking signatures are remembered as the provider's family's. ``client_model``,
     when set, is the model name the client asked for, put back into a passthrough answer in
     place of the provider's (the target renamed the model): ``protocol/model_name.py``;
-    ``converted_model`` is the name a converted answer is written with.
+    ``converted_model`` names a converted answer; a ``counting`` relay's JSON is left as sent.
     """
 
     def __init__(
@@ -110,14 +110,12 @@ class Relay:
         thinking: SignatureBook | None = None,
         client_model: str | None = None,
         converted_model: str | None = None,
+        counting: bool = False,
     ) -> None:
         self.provider = provider
-        self._payload = payload
-        self._outlet = outlet
-        self._secrets = secrets
-        self._limits = limits
-        self._forward = forward
-        self._trace = trace
+        self._counting = counting
+        self._outlet, self._secrets = outlet, secrets
+        self._limits, self._forward, self._trace = limits, forward, trace
         self._book = thinking
         self._family = provider.capabilities.thinking_family
         self._answers = answer_format(provider.kind)
@@ -322,7 +320,7 @@ class Relay:
 
     async def _relay_json(self, head: Head, response: UpstreamResponse) -> None:
         limit = self._limits.max_response_bytes
-        converted = self._answers.message is not None
+        converted = self._answers.message is not None and not self._counting
         held = bytearray()
         received = 0
         async for chunk in response.chunks:

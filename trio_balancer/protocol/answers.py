@@ -28,6 +28,9 @@ from trio_balancer.protocol.convert import (
     openai_error_type,
     to_anthropic_message,
 )
+from trio_balancer.protocol.convert.gemini_response import gemini_count_answer, gemini_to_anthropic_message
+from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter
+from trio_balancer.protocol.google_errors import google_error
 from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 from trio_balancer.protocol.thinking import mint_signature
 from trio_balancer.protocol.vertex import vertex_error
@@ -100,6 +103,10 @@ def _openai_stream(model: str) -> EventConverter:
     return StreamConverter(model=model, sign=mint_signature)
 
 
+def _gemini_stream(model: str) -> EventConverter:
+    return GeminiStreamConverter(model=model)
+
+
 def _openai_message(parsed: Any, model: str) -> dict[str, Any]:
     """A chat completion as a message; an error object in a 200 is that error."""
     if isinstance(parsed, dict) and parsed.get("error") and not parsed.get("choices"):
@@ -129,6 +136,14 @@ ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
     ),
     # Anthropic's SSE and JSON as they are; errors in Anthropic's shape or Google's.
     "vertex": AnswerFormat(own_headers=False, error=vertex_error),
+    # Gemini's generateContent answers and Google's errors, converted.
+    "gemini": AnswerFormat(
+        converted=True,
+        converter=_gemini_stream,
+        message=gemini_to_anthropic_message,
+        error=google_error,
+        count=gemini_count_answer,
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from trio_balancer.errors import error_body, error_type_for_status
 from trio_balancer.redaction import scrub
 
 __all__ = [
+    "GOOGLE_REASON_TYPES",
     "GOOGLE_STATUS_TYPES",
     "google_error",
     "google_error_message",
@@ -37,6 +38,18 @@ GOOGLE_STATUS_TYPES: Mapping[str, str] = {
     "UNAVAILABLE": "overloaded_error",
     "DEADLINE_EXCEEDED": "timeout_error",
     "INTERNAL": "api_error",
+}
+# ErrorInfo reasons that say more than the status: Gemini answers a bad or expired API key
+# with 400 INVALID_ARGUMENT, which is the operator's credential, not the request.
+GOOGLE_REASON_TYPES: Mapping[str, str] = {
+    "API_KEY_INVALID": "authentication_error",
+    "API_KEY_EXPIRED": "authentication_error",
+    "API_KEY_SERVICE_BLOCKED": "permission_error",
+    "API_KEY_HTTP_REFERRER_BLOCKED": "permission_error",
+    "API_KEY_IP_ADDRESS_BLOCKED": "permission_error",
+    "SERVICE_DISABLED": "permission_error",
+    "BILLING_DISABLED": "permission_error",
+    "RATE_LIMIT_EXCEEDED": "rate_limit_error",
 }
 # Longest message passed on: Google's are a sentence or two; a gateway's page is not a message.
 MESSAGE_MAX = 2000
@@ -71,10 +84,17 @@ def google_error(status: int, headers: Mapping[str, str], body: bytes, provider:
         error_type = error_type_for_status(status)
         said = f"{len(body)} bytes that are not a Google error" if body.strip() else ""
     else:
-        error_type = google_error_type(err.get("status"), status)
+        error_type = _reason_type(err) or google_error_type(err.get("status"), status)
         said = google_error_message(err)
     text = f"provider {provider!r} answered HTTP {status}" + (f": {said}" if said else "")
     return error_type, error_body(error_type, text)
+
+
+def _reason_type(err: Mapping[str, Any]) -> str | None:
+    for detail in err.get("details") or []:
+        if isinstance(detail, dict) and detail.get("reason") in GOOGLE_REASON_TYPES:
+            return GOOGLE_REASON_TYPES[detail["reason"]]
+    return None
 
 
 def google_error_message(err: Mapping[str, Any]) -> str:

@@ -28,7 +28,15 @@ Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`
 ``x-sim-bad-utf8: 1``     text deltas carry invalid UTF-8
 ``x-sim-huge-event``      after the first delta, one event of this many bytes
 ``x-sim-context-window``  the model's window: a longer prompt gets the real "prompt too long" 400
+``x-sim-tool-name``       the name of the tools called (``read_file``)
+``x-sim-tool-input``      their input, a JSON object (``{"path": "notes/<n>.md", "limit": 20}``)
+``x-sim-tool-loop: 1``    a turn that ends with tool results is answered with text quoting them
+``x-sim-reply``           the answer's text, cut into ``x-sim-events`` deltas
+``x-sim-finish``          Gemini only: the ``finishReason`` (``SAFETY``, ``MAX_TOKENS``...)
 ========================  =====================================================================
+
+Besides Anthropic's and OpenAI's paths it speaks Bedrock's (``tools/sim_bedrock.py``), Vertex
+AI's (``tools/sim_vertex.py``) and Gemini's (``tools/sim_gemini.py``), with the same options.
 """
 
 from __future__ import annotations
@@ -40,9 +48,10 @@ import socket
 import struct
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs
 
 import attrs
 import h11
@@ -62,6 +71,15 @@ from trio_balancer.tools.sim_bedrock import (
     bedrock_route,
     check_signature,
     sse_to_frame,
+)
+from trio_balancer.tools.sim_gemini import (
+    SIM_GEMINI_SIGNATURE,
+    gemini_body_problem,
+    gemini_chunk,
+    gemini_error_answer,
+    gemini_key_problem,
+    gemini_route,
+    gemini_tool_results,
 )
 from trio_balancer.tools.sim_vertex import check_assertion, google_error_answer, vertex_route
 
@@ -95,6 +113,11 @@ class SimOptions:
     bad_utf8: bool = False
     huge_event: int = 0
     context_window: int = 0  # 0: any prompt fits (``Simulator(windows=...)`` sets it per model)
+    tool_name: str = "read_file"
+    tool_input: str = ""  # JSON object; "" for the default input
+    tool_loop: bool = False
+    reply: str = ""
+    finish: str = ""
 
     def with_headers(self, headers: Mapping[str, str]) -> SimOptions:
         changes: dict[str, Any] = {}
@@ -106,6 +129,8 @@ class SimOptions:
                 changes[field.name] = value.strip().lower() in ("1", "true", "yes")
             elif field.name in ("ttfb", "eps", "retry_after"):
                 changes[field.name] = float(value)
+            elif field.type in ("str", str):
+                changes[field.name] = value
             else:
                 changes[field.name] = int(value)
         return attrs.evolve(self, **changes) if changes else self
@@ -131,12 +156,14 @@ class Simulator:
         windows: Mapping[str, int] | None = None,
         aws_keys: Mapping[str, str] = SIM_AWS_KEYS,
         google_keys: Mapping[str, str] | None = None,
+        gemini_keys: Iterable[str] = (),
     ) -> None:
         self.defaults = defaults
         self.windows = dict(windows or {})  # model -> context window, over the default
         self.aws_keys = dict(aws_keys)  # Bedrock: access key id -> secret (tools/sim_bedrock.py)
         self.google_keys = dict(google_keys or {})  # Vertex: service account email -> public PEM
         self.google_tokens: set[str] = set()  # access tokens the token endpoint issued
+        self.gemini_keys = frozenset(gemini_keys)  # Gemini: the API keys taken (empty: any)
         self.token_requests = 0
         self.requests = 0
         self.open_connections = 0
@@ -265,6 +292,7 @@ class Simulator:
         if opts.status != 200:
             extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
             return await self._send(conn, stream, opts.status, _error_answer(opts.status, openai), extra)
+        opts = _after_tool_results(opts, _openai_tool_results(payload) if openai else _tool_results(payload))
         model = str(payload.get("model") or "sim-1")
         input_tokens = estimate_request(payload)
         window = self.windows.get(model, opts.context_window)
@@ -362,6 +390,9 @@ def _checked_payload(path: str, body: bytes) -> dict[str, Any]:
 
 
 def _text(opts: SimOptions, i: int) -> str:
+    if opts.reply:
+        size = -(-len(opts.reply) // max(1, opts.events))
+        return opts.reply[i * size : (i + 1) * size]
     if opts.cjk:
         return "".join(_CJK[(i + k) % len(_CJK)] for k in range(opts.event_bytes))
     out = ""
@@ -404,6 +435,59 @@ def _anthropic_delta(opts: SimOptions, i: int) -> bytes:
     if opts.bad_utf8:
         wire = wire.replace(b'"text":"', b'"text":"\xff\xfe', 1)
     return wire
+
+
+def _tool_input(opts: SimOptions, t: int) -> dict[str, Any]:
+    """The input of the ``t``-th tool call: ``x-sim-tool-input``, else a file to read."""
+    if opts.tool_input:
+        try:
+            given = json.loads(opts.tool_input)
+        except ValueError:
+            given = None
+        if isinstance(given, dict):
+            return given
+    return {"path": f"notes/{t}.md", "limit": 20}
+
+
+def _tool_results(payload: Mapping[str, Any]) -> str | None:
+    """The text of the tool results an Anthropic request's last message carries, else None."""
+    messages = payload.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    content = last.get("content") if isinstance(last, dict) else None
+    results = (
+        [b for b in content if isinstance(b, dict) and b.get("type") == "tool_result"]
+        if isinstance(content, list)
+        else []
+    )
+    if not results:
+        return None
+    texts = []
+    for result in results:
+        inner = result.get("content")
+        if isinstance(inner, str):
+            texts.append(inner)
+        elif isinstance(inner, list):
+            texts += [
+                str(b.get("text", "")) for b in inner if isinstance(b, dict) and b.get("type") == "text"
+            ]
+    return "\n".join(texts)
+
+
+def _openai_tool_results(payload: Mapping[str, Any]) -> str | None:
+    messages = payload.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if not isinstance(last, dict) or last.get("role") != "tool":
+        return None
+    content = last.get("content")
+    return content if isinstance(content, str) else json.dumps(content)
+
+
+def _after_tool_results(opts: SimOptions, results: str | None) -> SimOptions:
+    """With ``tool_loop``, a turn answering tool calls ends the loop: text quoting the results."""
+    if not opts.tool_loop or results is None:
+        return opts
+    quoted = " ".join(results.split())[:400]
+    return attrs.evolve(opts, tools=0, reply=f"The tool said: {quoted}", events=min(opts.events, 4) or 1)
 
 
 def _output_tokens(opts: SimOptions) -> int:
@@ -451,17 +535,17 @@ def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterat
             yield "event", b"event: content_block_delta\ndata: " + b"A" * opts.huge_event + b"\n\n"
     yield "event", events.encode(events.content_block_stop(0))
     for t in range(opts.tools):
-        yield from _anthropic_tool_call(t + 1, t)
+        yield from _anthropic_tool_call(opts, t + 1, t)
     stop = {"stop_reason": "tool_use" if opts.tools else "end_turn", "stop_sequence": None}
     usage = None if opts.no_usage else {"output_tokens": _output_tokens(opts)}
     yield "event", events.encode(events.message_delta(stop, usage))
     yield "event", events.encode(events.message_stop())
 
 
-def _anthropic_tool_call(index: int, t: int) -> Iterator[Step]:
-    block = {"type": "tool_use", "id": f"toolu_sim_{t}", "name": "read_file", "input": {}}
+def _anthropic_tool_call(opts: SimOptions, index: int, t: int) -> Iterator[Step]:
+    block = {"type": "tool_use", "id": f"toolu_sim_{t}", "name": opts.tool_name, "input": {}}
     yield "event", events.encode(events.content_block_start(index, block))
-    args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
+    args = json.dumps(_tool_input(opts, t))
     for part in (args[:10], args[10:]):
         delta = {"type": "input_json_delta", "partial_json": part}
         yield "event", events.encode(events.content_block_delta(index, delta))
@@ -494,7 +578,7 @@ def _openai_stream(opts: SimOptions, model: str, input_tokens: int, usage: bool)
             yield "delta_wait", None
         yield "event", partial(lambda k: chunk({"content": _delta_text(opts, k)}), i)
     for t in range(opts.tools):
-        args = json.dumps({"path": f"notes/{t}.md", "limit": 20})
+        args = json.dumps(_tool_input(opts, t))
         yield (
             "event",
             chunk(
@@ -504,7 +588,7 @@ def _openai_stream(opts: SimOptions, model: str, input_tokens: int, usage: bool)
                             "index": t,
                             "id": f"call_sim_{t}",
                             "type": "function",
-                            "function": {"name": "read_file", "arguments": args[:10]},
+                            "function": {"name": opts.tool_name, "arguments": args[:10]},
                         }
                     ]
                 }
@@ -537,8 +621,8 @@ def _anthropic_message(opts: SimOptions, model: str, input_tokens: int) -> dict[
         {
             "type": "tool_use",
             "id": f"toolu_sim_{t}",
-            "name": "read_file",
-            "input": {"path": f"notes/{t}.md", "limit": 20},
+            "name": opts.tool_name,
+            "input": _tool_input(opts, t),
         }
         for t in range(opts.tools)
     ]
@@ -560,8 +644,8 @@ def _openai_message(opts: SimOptions, model: str, input_tokens: int) -> dict[str
                 "id": f"call_sim_{t}",
                 "type": "function",
                 "function": {
-                    "name": "read_file",
-                    "arguments": json.dumps({"path": f"notes/{t}.md", "limit": 20}),
+                    "name": opts.tool_name,
+                    "arguments": json.dumps(_tool_input(opts, t)),
                 },
             }
             for t in range(opts.tools)
@@ -577,7 +661,7 @@ def _openai_message(opts: SimOptions, model: str, input_tokens: int) -> dict[str
     return out
 
 
-# -- the cloud dialects (tools/sim_bedrock.py, tools/sim_vertex.py) ------------------------
+# -- the cloud dialects (tools/sim_bedrock.py, tools/sim_vertex.py, tools/sim_gemini.py) ---
 
 CloudAnswer = Callable[
     ["Simulator", h11.Connection, trio.SocketStream, str, str, dict[str, str], bytes], Awaitable[None]
@@ -592,6 +676,8 @@ def _cloud_answer(path: str) -> CloudAnswer | None:
         return _token_answer
     if vertex_route(path) is not None or path.endswith("/models/count-tokens:rawPredict"):
         return _vertex_answer
+    if gemini_route(path) is not None:
+        return _gemini_answer
     return None
 
 
@@ -635,6 +721,7 @@ async def _bedrock_answer(
         return await sim._send(conn, stream, 400, {"message": f"Malformed input request: {wrong}"}, extra)
     assert payload is not None
     input_tokens = estimate_request(payload)
+    opts = _after_tool_results(opts, _tool_results(payload))
     if action == "count-tokens":
         return await sim._send(conn, stream, 200, {"inputTokens": input_tokens}, request_id)
     model = anthropic_model_name(model_id)
@@ -704,6 +791,7 @@ async def _vertex_answer(
         return await sim._send(conn, stream, 400, error)
     assert payload is not None
     input_tokens = estimate_request(payload)
+    opts = _after_tool_results(opts, _tool_results(payload))
     if counting:
         return await sim._send(conn, stream, 200, {"input_tokens": input_tokens})
     assert route is not None
@@ -724,6 +812,113 @@ def _vertex_body_problem(payload: Mapping[str, Any], *, counting: bool) -> str |
     except InvalidRequest as exc:
         return str(exc)
     return None
+
+
+async def _gemini_answer(
+    sim: Simulator, conn: h11.Connection, stream: trio.SocketStream, method: str, target: str,
+    headers: dict[str, str], body: bytes,
+) -> None:  # fmt: skip
+    """generateContent / streamGenerateContent / countTokens, with an API key, as Gemini answers."""
+    path, _, query = target.partition("?")
+    model, action = gemini_route(path) or ("", "")
+    key = headers.get("x-goog-api-key") or (parse_qs(query).get("key") or [""])[0]
+    refused = gemini_key_problem(key, sim.gemini_keys)
+    if refused is not None:
+        return await sim._send(conn, stream, refused[0], refused[1])
+    opts = sim.defaults.with_headers(headers)
+    if opts.ttfb:
+        await trio.sleep(opts.ttfb)
+    if opts.status != 200:
+        extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
+        return await sim._send(conn, stream, opts.status, gemini_error_answer(opts.status), extra)
+    payload = _json_body(body)
+    problem = gemini_body_problem(payload, model, counting=action == "countTokens")
+    if problem is not None:
+        return await sim._send(conn, stream, 400, gemini_error_answer(400, problem))
+    assert payload is not None
+    request = payload.get("generateContentRequest", payload) if action == "countTokens" else payload
+    input_tokens = max(1, len(json.dumps(request, ensure_ascii=False)) // 4)
+    if action == "countTokens":
+        return await sim._send(conn, stream, 200, {"totalTokens": input_tokens})
+    opts = _after_tool_results(opts, gemini_tool_results(payload))
+    thinking = bool(
+        ((payload.get("generationConfig") or {}).get("thinkingConfig") or {}).get("includeThoughts")
+    )
+    chunks = _gemini_stream(opts, model, input_tokens, thinking=thinking)
+    if action == "generateContent":
+        return await sim._send(conn, stream, 200, _gemini_message(chunks), trickle=opts.trickle)
+    await sim._stream(conn, stream, opts, chunks)
+
+
+def _gemini_stream(opts: SimOptions, model: str, input_tokens: int, *, thinking: bool) -> Iterator[Step]:
+    """Gemini's chunks: [a thought], one text part per delta, the calls together, the finish.
+
+    After thinking (and always on ``gemini-3*``, which signs every first call) the first part
+    made carries a ``thoughtSignature`` that a next turn must give back.
+    """
+    rid = f"sim-{uuid.uuid4().hex[:12]}"
+    usage = {"promptTokenCount": input_tokens, "candidatesTokenCount": 0}
+    if thinking:
+        usage["thoughtsTokenCount"] = 12
+    signature = thinking or model.startswith("gemini-3")
+
+    def chunk(parts: list[dict[str, Any]], finish: str | None = None) -> bytes:
+        if opts.no_usage:
+            data = gemini_chunk(parts, model=model, response_id=rid, usage={}, finish=finish)
+            data.pop("usageMetadata")
+        else:
+            data = gemini_chunk(parts, model=model, response_id=rid, usage=usage, finish=finish)
+        return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\r\n\r\n"
+
+    if thinking:
+        yield (
+            "event",
+            chunk([{"text": "**Reading the request** The user wants the next step.", "thought": True}]),
+        )
+    per = max(1, _output_tokens(attrs.evolve(opts, tools=0)) // max(1, opts.events))
+    for i in range(opts.events + 1):
+        fault = _faults(opts, i)
+        if fault == "error":
+            error = gemini_error_answer(503)
+            yield "event", b"data: " + json.dumps(error).encode() + b"\r\n\r\n"
+            return
+        if fault:
+            yield fault, None
+        if i == opts.events:
+            break
+        if i:
+            yield "delta_wait", None
+        part: dict[str, Any] = {"text": _delta_text(opts, i)}
+        if signature and i == 0 and not opts.tools:
+            part["thoughtSignature"] = SIM_GEMINI_SIGNATURE
+        usage["candidatesTokenCount"] += per
+        yield "event", chunk([part])
+    calls: list[dict[str, Any]] = []
+    for t in range(opts.tools):
+        call: dict[str, Any] = {"name": opts.tool_name, "args": _tool_input(opts, t)}
+        if model.startswith("gemini-3"):
+            call["id"] = f"call_sim_{t}"
+        calls.append({"functionCall": call})
+    if calls and signature:
+        calls[0]["thoughtSignature"] = SIM_GEMINI_SIGNATURE
+    usage["candidatesTokenCount"] += 12 * len(calls)
+    yield "event", chunk(calls, opts.finish or "STOP")
+
+
+def _gemini_message(chunks: Iterator[Step]) -> dict[str, Any]:
+    """The whole answer of ``generateContent``: the stream's parts in one response."""
+    parts: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    for kind, data in chunks:
+        if kind != "event":
+            continue
+        raw = data() if callable(data) else data
+        last = json.loads(raw.removeprefix(b"data: "))
+        if "error" in last:
+            return last
+        parts += last["candidates"][0]["content"]["parts"]
+    last["candidates"][0]["content"]["parts"] = parts
+    return last
 
 
 async def serve(

@@ -25,7 +25,10 @@ from trio_balancer.protocol.bedrock import (
     bedrock_path,
 )
 from trio_balancer.protocol.cloud_models import bedrock_base_id, bedrock_model_id, vertex_model_id
+from trio_balancer.protocol.convert.gemini_request import to_gemini
+from trio_balancer.protocol.events import dumps
 from trio_balancer.protocol.features import beta_flags
+from trio_balancer.protocol.gemini import gemini_count_body, gemini_model_id, gemini_path
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.protocol.vertex import vertex_body, vertex_count_path, vertex_path
 from trio_balancer.upstream.aws import AwsSigner
@@ -34,7 +37,15 @@ from trio_balancer.upstream.gcp import GoogleTokenSource
 from trio_balancer.upstream.headers import upstream_url
 from trio_balancer.upstream.request import UpstreamRequest
 
-__all__ = ["BedrockFamily", "DirectFamily", "Family", "Outbound", "VertexFamily", "make_family"]
+__all__ = [
+    "BedrockFamily",
+    "DirectFamily",
+    "Family",
+    "GeminiFamily",
+    "Outbound",
+    "VertexFamily",
+    "make_family",
+]
 
 _JSON = b"application/json"
 
@@ -145,11 +156,54 @@ class VertexFamily(Family):
         return Outbound(provider.base_url + path, headers, body, model_id, (token,), fitted.changes)
 
 
+class GeminiFamily(Family):
+    """Gemini's own API: the request converted to ``generateContent``, an API key header.
+
+    Fitted first like any provider (features Gemini lacks dropped, system messages folded,
+    text documents as text), then converted (``protocol/convert/gemini_request.py``), which
+    keeps only the thinking blocks Gemini signed itself: no signature book is needed.
+    """
+
+    async def outbound(
+        self, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
+    ) -> Outbound:
+        provider = self.provider
+        fitted = fit_payload(provider, request)
+        converted = to_gemini(fitted.payload)
+        model_id = gemini_model_id(model)
+        if request.counts_tokens:
+            body, path, accept = (
+                gemini_count_body(converted.body, model_id),
+                gemini_path(model_id, stream=None),
+                _JSON,
+            )
+        else:
+            body, path = dumps(converted.body).encode(), gemini_path(model_id, stream=request.stream)
+            accept = b"text/event-stream" if request.stream else _JSON
+        headers = [(b"content-type", _JSON), (b"accept", accept), (b"x-goog-api-key", self._key(request))]
+        headers += [(k.lower().encode(), v.encode()) for k, v in provider.headers.items()]
+        changes = (*fitted.changes, *(f"dropped {f}" for f in converted.dropped))
+        return Outbound(provider.base_url + path, headers, body, model_id, changes=changes)
+
+    def _key(self, request: UpstreamRequest) -> bytes:
+        """The operator's key, or with ``passthrough`` the client's own (as ``x-api-key``,
+        or a bearer token: Claude Code sends either)."""
+        if not self.provider.passthrough:
+            return (self.provider.api_key or "").encode()
+        for name, value in request.headers:
+            if name == b"x-api-key":
+                return value
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                return value[7:]
+        return b""
+
+
 _FAMILIES: Mapping[str, Callable[[ProviderConfig], Family]] = {
     "anthropic": DirectFamily,
     "openai": DirectFamily,
     "bedrock": BedrockFamily,
     "vertex": VertexFamily,
+    "gemini": GeminiFamily,
 }
 
 
