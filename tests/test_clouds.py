@@ -211,6 +211,16 @@ async def test_an_error_in_a_bedrock_stream_before_content_fails_over(
     assert message.stop_reason == "end_turn"
 
 
+async def test_a_bedrock_model_error_fails_over(cloud: Cloud, balancer_for: BalancerFactory) -> None:
+    """424 ModelErrorException: the model failed on Bedrock, not the request (found by review)."""
+    b = await balancer_for(
+        config={"providers": [cloud.bedrock(headers={"x-sim-status": "424"}), cloud.vertex()]}
+    )
+    r = await b.client.post("/v1/messages", json=BODY)
+    assert r.status_code == 200, r.text
+    assert (await b.ledger_rows(1))[0]["provider"] == "vertex"
+
+
 async def test_anthropic_overloaded_then_bedrock_throttled_then_vertex_serves_the_tool_loop(
     cloud: Cloud, balancer_for: BalancerFactory, tmp_path: Path
 ) -> None:

@@ -176,8 +176,8 @@ def _error_answer(
         body = scrub_error_body(body, secrets)
         if verdict is CLIENT_FAULT and error_type in _PROVIDER_FAULT_TYPES:
             # A cloud's quota or capacity error under a 400 (Bedrock's ServiceQuotaExceeded),
-            # or its credential refused under a 400 (Gemini's API_KEY_INVALID): another
-            # provider may not have it.
+            # its model failing under a 424 (ModelErrorException), or its credential refused
+            # under a 400 (Gemini's API_KEY_INVALID): another provider may not have it.
             verdict = classify_error_type(error_type, passthrough=provider.passthrough)
         headers = _converted_headers(headers, b"application/json")
     else:
@@ -210,7 +210,14 @@ def _error_answer(
 
 
 _PROVIDER_FAULT_TYPES = frozenset(
-    {"rate_limit_error", "overloaded_error", "timeout_error", "authentication_error", "permission_error"}
+    {
+        "rate_limit_error",
+        "overloaded_error",
+        "timeout_error",
+        "api_error",
+        "authentication_error",
+        "permission_error",
+    }
 )
 # The request id each kind sends, shown to the client as Anthropic's ``request-id``.
 _REQUEST_ID_HEADERS = (b"x-request-id", b"x-amzn-requestid", b"x-goog-request-id")

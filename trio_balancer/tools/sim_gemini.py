@@ -27,6 +27,7 @@ __all__ = [
     "gemini_error_answer",
     "gemini_key_problem",
     "gemini_route",
+    "gemini_tool_names",
     "gemini_tool_results",
 ]
 
@@ -144,6 +145,17 @@ def _schema_problem(schema: Any) -> str | None:
             if (bad := _schema_problem(child)) is not None:
                 return bad
     return None
+
+
+def gemini_tool_names(body: Any) -> list[str]:
+    """The names of the functions a request declares."""
+    tools = body.get("tools") if isinstance(body, dict) else None
+    names = []
+    for tool in tools if isinstance(tools, list) else []:
+        for declaration in (tool.get("functionDeclarations") or []) if isinstance(tool, dict) else []:
+            if isinstance(declaration, dict):
+                names.append(str(declaration.get("name")))
+    return names
 
 
 def gemini_tool_results(body: Any) -> str | None:

@@ -30,7 +30,8 @@ Behaviour comes from command-line defaults, overridden per request by ``x-sim-*`
 ``x-sim-context-window``  the model's window: a longer prompt gets the real "prompt too long" 400
 ``x-sim-tool-name``       the name of the tools called (``read_file``)
 ``x-sim-tool-input``      their input, a JSON object (``{"path": "notes/<n>.md", "limit": 20}``)
-``x-sim-tool-loop: 1``    a turn that ends with tool results is answered with text quoting them
+``x-sim-tool-loop: 1``    tools are called only when offered; a turn that ends with their results
+                          is answered with text quoting them
 ``x-sim-reply``           the answer's text, cut into ``x-sim-events`` deltas
 ``x-sim-finish``          Gemini only: the ``finishReason`` (``SAFETY``, ``MAX_TOKENS``...)
 ========================  =====================================================================
@@ -79,6 +80,7 @@ from trio_balancer.tools.sim_gemini import (
     gemini_error_answer,
     gemini_key_problem,
     gemini_route,
+    gemini_tool_names,
     gemini_tool_results,
 )
 from trio_balancer.tools.sim_vertex import check_assertion, google_error_answer, vertex_route
@@ -292,7 +294,11 @@ class Simulator:
         if opts.status != 200:
             extra = [("retry-after", f"{opts.retry_after:g}")] if opts.retry_after is not None else []
             return await self._send(conn, stream, opts.status, _error_answer(opts.status, openai), extra)
-        opts = _after_tool_results(opts, _openai_tool_results(payload) if openai else _tool_results(payload))
+        opts = (
+            _after_tool_results(opts, _openai_tool_results(payload), _tool_names(payload, openai=True))
+            if openai
+            else _after_tool_results(opts, _tool_results(payload), _tool_names(payload))
+        )
         model = str(payload.get("model") or "sim-1")
         input_tokens = estimate_request(payload)
         window = self.windows.get(model, opts.context_window)
@@ -473,6 +479,18 @@ def _tool_results(payload: Mapping[str, Any]) -> str | None:
     return "\n".join(texts)
 
 
+def _tool_names(payload: Mapping[str, Any], *, openai: bool = False) -> list[str]:
+    """The names of the tools a request offers (OpenAI's under ``function``)."""
+    tools = payload.get("tools")
+    out = []
+    for tool in tools if isinstance(tools, list) else []:
+        if isinstance(tool, dict):
+            named = tool.get("function") if openai else tool
+            if isinstance(named, dict) and isinstance(named.get("name"), str):
+                out.append(named["name"])
+    return out
+
+
 def _openai_tool_results(payload: Mapping[str, Any]) -> str | None:
     messages = payload.get("messages")
     last = messages[-1] if isinstance(messages, list) and messages else None
@@ -482,10 +500,14 @@ def _openai_tool_results(payload: Mapping[str, Any]) -> str | None:
     return content if isinstance(content, str) else json.dumps(content)
 
 
-def _after_tool_results(opts: SimOptions, results: str | None) -> SimOptions:
-    """With ``tool_loop``, a turn answering tool calls ends the loop: text quoting the results."""
-    if not opts.tool_loop or results is None:
+def _after_tool_results(opts: SimOptions, results: str | None, offered: Iterable[str] = ()) -> SimOptions:
+    """With ``tool_loop``, the tool is called only if the request offers it by name (a real
+    model calls nothing else: Claude Code's background calls offer none), and a turn
+    answering tool calls ends the loop with text quoting the results."""
+    if not opts.tool_loop:
         return opts
+    if results is None:
+        return opts if opts.tool_name in set(offered) else attrs.evolve(opts, tools=0)
     quoted = " ".join(results.split())[:400]
     return attrs.evolve(opts, tools=0, reply=f"The tool said: {quoted}", events=min(opts.events, 4) or 1)
 
@@ -721,7 +743,7 @@ async def _bedrock_answer(
         return await sim._send(conn, stream, 400, {"message": f"Malformed input request: {wrong}"}, extra)
     assert payload is not None
     input_tokens = estimate_request(payload)
-    opts = _after_tool_results(opts, _tool_results(payload))
+    opts = _after_tool_results(opts, _tool_results(payload), _tool_names(payload))
     if action == "count-tokens":
         return await sim._send(conn, stream, 200, {"inputTokens": input_tokens}, request_id)
     model = anthropic_model_name(model_id)
@@ -791,7 +813,7 @@ async def _vertex_answer(
         return await sim._send(conn, stream, 400, error)
     assert payload is not None
     input_tokens = estimate_request(payload)
-    opts = _after_tool_results(opts, _tool_results(payload))
+    opts = _after_tool_results(opts, _tool_results(payload), _tool_names(payload))
     if counting:
         return await sim._send(conn, stream, 200, {"input_tokens": input_tokens})
     assert route is not None
@@ -840,7 +862,7 @@ async def _gemini_answer(
     input_tokens = max(1, len(json.dumps(request, ensure_ascii=False)) // 4)
     if action == "countTokens":
         return await sim._send(conn, stream, 200, {"totalTokens": input_tokens})
-    opts = _after_tool_results(opts, gemini_tool_results(payload))
+    opts = _after_tool_results(opts, gemini_tool_results(payload), gemini_tool_names(payload))
     thinking = bool(
         ((payload.get("generationConfig") or {}).get("thinkingConfig") or {}).get("includeThoughts")
     )
