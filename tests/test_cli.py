@@ -136,3 +136,25 @@ def test_bad_config_exits_with_message(tmp_path: Path, capsys) -> None:  # type:
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert "providers[0].kind" in err
+
+
+def test_check_config_says_how_each_cloud_authenticates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "clouds.toml"
+    path.write_text(
+        '[[providers]]\nname = "b"\nkind = "bedrock"\nregion = "us-east-1"\nprofile = "work"\n'
+        '[[providers]]\nname = "v"\nkind = "vertex"\nproject = "p"\nregion = "global"\n'
+        '[[providers]]\nname = "g"\nkind = "gemini"\napi_key = "AIzaSy-secret-123"\n'
+    )
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "b: bedrock https://bedrock-runtime.us-east-1.amazonaws.com (AWS credentials, profile 'work', SigV4)"
+        in out
+    )
+    assert (
+        "v: vertex https://aiplatform.googleapis.com (Google access tokens from Application Default Credentials)"
+        in out
+    )
+    assert "(own key, sent as x-goog-api-key)" in out and "AIzaSy-secret-123" not in out

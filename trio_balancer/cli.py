@@ -21,7 +21,7 @@ import trio
 
 from trio_balancer import __version__
 from trio_balancer import logging as blog
-from trio_balancer.config import Config, ConfigError, load_config
+from trio_balancer.config import Config, ConfigError, ProviderConfig, load_config
 from trio_balancer.errors import leaf_exceptions
 from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
 from trio_balancer.tools.simulator import SimOptions
@@ -354,6 +354,20 @@ def _keys_new(name: str, *, admin: bool) -> int:
     return 0
 
 
+def _credential_said(provider: ProviderConfig) -> str:
+    """How ``check-config`` says a provider is authenticated (never the credential itself)."""
+    if provider.passthrough:
+        return "client's own key (passthrough)"
+    if provider.kind == "bedrock":
+        return f"AWS credentials, {'profile ' + repr(provider.profile) if provider.profile else 'the default chain'}, SigV4"
+    if provider.kind == "vertex":
+        source = provider.service_account_file or "Application Default Credentials"
+        return f"Google access tokens from {source}"
+    if provider.kind == "gemini":
+        return "own key, sent as x-goog-api-key"
+    return f"own key, sent as {provider.auth}"
+
+
 def _check_config(path: str) -> int:
     from trio_balancer.policy.routing import Router, listed_models
 
@@ -362,8 +376,7 @@ def _check_config(path: str) -> int:
     print(f"server: http://{config.server.host}:{config.server.port}")
     print("providers:")
     for p in config.providers:
-        key = "client's own key (passthrough)" if p.passthrough else f"own key, sent as {p.auth}"
-        print(f"  {p.name}: {p.kind} {p.base_url} ({key})")
+        print(f"  {p.name}: {p.kind} {p.base_url} ({_credential_said(p)})")
     router = Router(config)
     print("routes (first match wins; targets in failover order):")
     routes = config.routes or (router.route_for("*"),)
