@@ -288,7 +288,7 @@ class TestCrashContainment:
         real = Relay.run
 
         async def broken(self: Relay, *args: Any) -> None:
-            if self._payload["model"] == "claude-boom":
+            if self._converted_model == "claude-boom":
                 raise KeyError("bug")
             await real(self, *args)
 

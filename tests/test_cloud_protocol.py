@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -172,3 +173,91 @@ def test_bedrock_count_answer() -> None:
     assert bedrock_count_answer(b'{"inputTokens": 12}') == b'{"input_tokens":12}'
     assert bedrock_count_answer(b'{"inputTokens": true}') is None
     assert bedrock_count_answer(b"nope") is None
+
+
+class TestAttackFindings:
+    """What the attack on issue 18 found, each held here."""
+
+    def test_a_model_name_cannot_add_path_segments_on_any_cloud(self) -> None:
+        from trio_balancer.protocol.gemini import gemini_path
+        from trio_balancer.protocol.vertex import vertex_path
+
+        bad = "claude-haiku-4-5/../../v1/projects/VICTIM?x#y"
+        for path in (
+            vertex_path("p", "us-east5", bad, stream=True),
+            gemini_path(bad, stream=True),
+            bedrock_path(bad, stream=True),
+        ):
+            assert "/../" not in path and "?x" not in path and "#" not in path, path
+        assert bedrock_path("..", stream=False) == "/model/%2E%2E/invoke"
+        assert vertex_path("p", "r", "claude-sonnet-4-5@20250929", stream=False).endswith(
+            "/claude-sonnet-4-5@20250929:rawPredict"
+        )
+
+    def test_a_project_id_that_is_not_one_is_refused_at_load(self) -> None:
+        from trio_balancer.config import ConfigError, parse_config
+
+        with pytest.raises(ConfigError, match="project"):
+            parse_config(
+                {"providers": [{"name": "v", "kind": "vertex", "project": "p/../q?x", "region": "global"}]}
+            )
+
+    def test_json_nested_past_the_stack_is_a_conversion_error_not_a_crash(self) -> None:
+        from trio_balancer.protocol.convert.gemini_response import gemini_count_answer
+        from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter
+        from trio_balancer.protocol.convert.stream import ConversionError
+        from trio_balancer.protocol.google_errors import google_error
+        from trio_balancer.protocol.sse import SSEEvent
+        from trio_balancer.protocol.upstream_errors import error_type_of, scrub_error_body
+
+        deep = b"[" * 100_000 + b"]" * 100_000
+        with pytest.raises(ConversionError):
+            GeminiStreamConverter(model="m").feed(SSEEvent(raw=b"", data=deep))
+        assert gemini_count_answer(deep) is None and error_type_of(deep) is None
+        assert scrub_error_body(deep, ["k"]) == deep
+        assert google_error(500, {}, deep, "g")[0] == "api_error"
+
+    @pytest.mark.parametrize("details", [5, True, [{"reason": ["x"]}], [{"reason": {"a": 1}}], "s"])
+    def test_google_errors_with_odd_details_are_read(self, details: Any) -> None:
+        from trio_balancer.protocol.google_errors import google_error
+
+        body = json.dumps(
+            {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": details}}
+        ).encode()
+        assert google_error(429, {}, body, "g")[0] == "rate_limit_error"
+
+    def test_a_vertex_200_carrying_googles_error_is_that_error(self) -> None:
+        from trio_balancer.protocol.vertex import vertex_error_in_200
+
+        for body in (
+            {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}},
+            [{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota"}}],
+        ):
+            found = vertex_error_in_200(json.dumps(body).encode(), "vertex")
+            assert found is not None and found[0] == "rate_limit_error"
+            assert json.loads(found[1])["error"]["type"] == "rate_limit_error"
+        assert vertex_error_in_200(b'{"type":"message","content":[]}', "vertex") is None
+
+    def test_a_secret_echoed_in_any_field_of_an_error_is_scrubbed(self) -> None:
+        from trio_balancer.protocol.upstream_errors import scrub_error_body
+
+        token = "ya29.sim-abcdefghijklmnopqrstuvwxyz012345"
+        body = json.dumps(
+            {
+                "type": "error",
+                "error": {"type": "invalid_request_error", "message": "bad", "echo": f"Bearer {token}"},
+            }
+        ).encode()
+        assert token not in scrub_error_body(body, [token]).decode()
+
+    def test_duplicate_gemini_call_ids_become_distinct_tool_use_ids(self) -> None:
+        from trio_balancer.protocol.convert.gemini_response import gemini_to_anthropic_message
+
+        call = {"functionCall": {"id": "same", "name": "f", "args": {}}}
+        answer = {
+            "candidates": [{"content": {"parts": [call, call], "role": "model"}, "finishReason": "STOP"}]
+        }
+        ids = [
+            b["id"] for b in gemini_to_anthropic_message(answer, "m")["content"] if b["type"] == "tool_use"
+        ]
+        assert len(ids) == 2 and len(set(ids)) == 2 and ids[0] == "same"

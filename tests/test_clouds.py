@@ -284,3 +284,30 @@ def test_default_endpoints() -> None:
         "https://us-east5-aiplatform.googleapis.com",
         "https://aiplatform.googleapis.com",
     ]
+
+
+async def test_a_token_endpoint_that_never_answers_fails_over_within_the_deadline(
+    cloud: Cloud, balancer_for: BalancerFactory, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Found by attack: the token fetch waited past every provider deadline, on Trio's shared threads."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    accepted: list[trio.SocketStream] = []
+
+    async def hold(stream: trio.SocketStream) -> None:
+        accepted.append(stream)  # read nothing, answer nothing
+        await trio.sleep_forever()
+
+    nursery.start_soon(partial(trio.serve_listeners, hold, listeners))
+    port = listeners[0].socket.getsockname()[1]
+    silent = tmp_path / "silent.json"
+    make_service_account(silent, f"http://127.0.0.1:{port}/token")
+    rows = [
+        cloud.vertex("v1", service_account_file=str(silent), timeouts={"connect": 0.2, "total": 1.0}),
+        cloud.bedrock(),
+    ]
+    b = await balancer_for(config={"providers": rows})
+    r = await b.client.post("/v1/messages", json=BODY)
+    assert r.status_code == 200, r.text
+    assert (await b.ledger_rows(1))[0]["provider"] == "bedrock"
+    for stream in accepted:
+        await stream.aclose()

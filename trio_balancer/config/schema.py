@@ -85,6 +85,13 @@ def _sha256_digest(value: str) -> str | None:
     return "must be 64 hex digits (sha256 of the key; see `trio-balancer keys new`)"
 
 
+def _project_id(value: str) -> str | None:
+    # It becomes part of a URL path: a project id, or a domain-scoped one (example.com:project).
+    if re.fullmatch(r"([a-z0-9.-]+:)?[a-z0-9]([a-z0-9-]*[a-z0-9])?", value):
+        return None
+    return "must be a Google Cloud project id (lowercase letters, digits, hyphens)"
+
+
 def _region_name(value: str) -> str | None:
     # It becomes part of a host name.
     if re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", value):
@@ -208,7 +215,7 @@ class ProviderConfig:
     # Bedrock: the AWS region; Vertex: the Google Cloud location ("global" or a region).
     region: str = attrs.field(default="", metadata=spec.string(check=_region_name))
     # Vertex: the Google Cloud project id.
-    project: str = attrs.field(default="", metadata=spec.string(check=_not_empty))
+    project: str = attrs.field(default="", metadata=spec.string(check=_project_id))
     # Bedrock: a named profile of the shared AWS config, instead of the default chain.
     profile: str | None = attrs.field(default=None, metadata=spec.string(check=_not_empty))
     # Bedrock: the cross-region inference profile prefixed to model ids ("" for the base ids).

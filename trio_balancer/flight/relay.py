@@ -335,7 +335,11 @@ class Relay:
             if len(held) > MAX_HELD_JSON and not converted:
                 await self._committed(head, bytes(held))
         if not self._outlet.committed:
-            body = self._converted_json(bytes(held)) if converted else self._checked_json(bytes(held))
+            body = (
+                self._converted_json(bytes(held))
+                if converted
+                else _checked_json(self.provider, bytes(held), self._secrets, counting=self._counting)
+            )
             if self._rename is not None:
                 body = message_with_model(body, self._rename)
             message = _message(body)
@@ -353,14 +357,6 @@ class Relay:
     async def _published(self, chunk: bytes) -> None:
         self.bytes += len(chunk)
         await self._outlet.publish(chunk)
-
-    def _checked_json(self, body: bytes) -> bytes:
-        """A 200 whose body is an Anthropic error is that error, with its real status."""
-        error_type = error_type_of(body)
-        if error_type is None:
-            return body
-        message = f"provider {self.provider.name!r}: {error_type} in a 200 answer"
-        raise provider_error(self.provider, error_type, message, scrub_error_body(body, self._secrets))
 
     def _converted_json(self, body: bytes) -> bytes:
         """A converted kind's JSON answer as an Anthropic message; an error object is that error."""
@@ -385,10 +381,26 @@ class Relay:
         return anthropic.dumps(message_obj).encode()
 
 
+def _checked_json(provider: ProviderConfig, body: bytes, secrets: Sequence[str], *, counting: bool) -> bytes:
+    """A 200 JSON answer of a kind not converted, as it is; an error object in it is that
+    error, with its real status; a body that is no JSON object (a proxy's HTML page) is no
+    answer and fails over. A count's answer is the count flight's to read."""
+    found = answer_format(provider.kind).error_in_200(body, provider.name)
+    if found is None:
+        if not counting and _message(body) is None:
+            raise broken(
+                provider.name, f"unusable answer: a 200 of {len(body)} bytes that is not a JSON object"
+            )
+        return body
+    error_type, error = found
+    message = f"provider {provider.name!r}: {error_type} in a 200 answer"
+    raise provider_error(provider, error_type, message, scrub_error_body(error, secrets))
+
+
 def _message(body: bytes) -> dict[str, Any] | None:
     """A JSON answer as a message, or None when it is not one."""
     try:
         message = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return message if isinstance(message, dict) else None

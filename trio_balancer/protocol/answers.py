@@ -33,7 +33,8 @@ from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter
 from trio_balancer.protocol.google_errors import google_error
 from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 from trio_balancer.protocol.thinking import mint_signature
-from trio_balancer.protocol.vertex import vertex_error
+from trio_balancer.protocol.upstream_errors import anthropic_error_in_200
+from trio_balancer.protocol.vertex import vertex_error, vertex_error_in_200
 
 __all__ = [
     "ANSWER_FORMATS",
@@ -81,7 +82,9 @@ class AnswerFormat:
     model)``: a JSON answer as an Anthropic message (raises ``UpstreamStreamError`` for an
     error object, ``ConversionError`` for anything else), None for Anthropic's own.
     ``error``: an HTTP error answer as Anthropic's, None when it already is (or is read as
-    one). ``count``: a count-tokens answer as ``{"input_tokens": N}``, None when it already is.
+    one). ``error_in_200(body, provider)``: an error object in a 200 JSON answer of a kind not
+    converted, as ``(type, Anthropic error body)``, else None. ``count``: a count-tokens answer
+    as ``{"input_tokens": N}``, None when it already is.
     ``own_headers``: the provider's response headers are Anthropic's (rate limits, request id)
     and reach the client; a cloud's are its own, and the client sees only the request id.
     """
@@ -93,6 +96,7 @@ class AnswerFormat:
     converter: Callable[[str], EventConverter] | None = None
     message: Callable[[Any, str], dict[str, Any]] | None = None
     error: ErrorReader | None = None
+    error_in_200: Callable[[bytes, str], tuple[str, bytes] | None] = anthropic_error_in_200
     count: Callable[[bytes], bytes | None] | None = None
 
     def is_stream(self, content_type: str) -> bool:
@@ -135,7 +139,7 @@ ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
         count=bedrock_count_answer,
     ),
     # Anthropic's SSE and JSON as they are; errors in Anthropic's shape or Google's.
-    "vertex": AnswerFormat(own_headers=False, error=vertex_error),
+    "vertex": AnswerFormat(own_headers=False, error=vertex_error, error_in_200=vertex_error_in_200),
     # Gemini's generateContent answers and Google's errors, converted.
     "gemini": AnswerFormat(
         converted=True,

@@ -97,11 +97,19 @@ def bedrock_body(payload: Mapping[str, Any], betas: Sequence[str] = ()) -> bytes
 def bedrock_path(model_id: str, *, stream: bool) -> str:
     """``/model/{id}/invoke[-with-response-stream]``, the id percent-encoded (``:`` too)."""
     action = "invoke-with-response-stream" if stream else "invoke"
-    return f"/model/{quote(model_id, safe='')}/{action}"
+    return f"/model/{_segment(model_id)}/{action}"
 
 
 def bedrock_count_path(model_id: str) -> str:
-    return f"/model/{quote(model_id, safe='')}/count-tokens"
+    return f"/model/{_segment(model_id)}/count-tokens"
+
+
+def _segment(model_id: str) -> str:
+    """The id as one path segment: escaped, and never ``.`` or ``..``, which URL resolution
+    would remove with the segment before (a client's model name can be the id)."""
+    if model_id and not model_id.strip("."):
+        return "%2E" * len(model_id)
+    return quote(model_id, safe="")
 
 
 def bedrock_count_body(invoke_body: bytes) -> bytes:
@@ -221,7 +229,7 @@ def _chunk_event(payload: bytes) -> SSEEvent:
     try:
         wrapper = json.loads(payload)
         data = base64.b64decode(wrapper["bytes"], validate=True)
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise EventStreamError('chunk payload is not {"bytes": base64}') from None
     match = _TYPE_PREFIX.match(data)
     if match is not None and b"\n" not in data and b"\r" not in data:
@@ -240,7 +248,7 @@ def _chunk_event(payload: bytes) -> SSEEvent:
 def _exception_event(name: str, payload: bytes) -> SSEEvent:
     try:
         parsed = json.loads(payload) if payload else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = {}
     text = parsed.get("message", parsed.get("Message", "")) if isinstance(parsed, dict) else ""
     return _error_event(bedrock_error_type(name), name, text if isinstance(text, str) else "")

@@ -76,7 +76,7 @@ def google_error(status: int, headers: Mapping[str, str], body: bytes, provider:
     """``(error_type, body)`` in Anthropic's shape for a Google HTTP error answer."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         parsed = None
     err = google_error_object(parsed)
     if err is None:
@@ -90,21 +90,26 @@ def google_error(status: int, headers: Mapping[str, str], body: bytes, provider:
     return error_type, error_body(error_type, text)
 
 
+def _reasons(err: Mapping[str, Any]) -> list[str]:
+    """The ``ErrorInfo`` reasons of a Google error object (any other shape: none)."""
+    details = err.get("details")
+    listed = details if isinstance(details, list) else []
+    return [
+        d["reason"]
+        for d in listed
+        if isinstance(d, dict) and isinstance(d.get("reason"), str) and d["reason"]
+    ]
+
+
 def _reason_type(err: Mapping[str, Any]) -> str | None:
-    for detail in err.get("details") or []:
-        if isinstance(detail, dict) and detail.get("reason") in GOOGLE_REASON_TYPES:
-            return GOOGLE_REASON_TYPES[detail["reason"]]
-    return None
+    return next((GOOGLE_REASON_TYPES[r] for r in _reasons(err) if r in GOOGLE_REASON_TYPES), None)
 
 
 def google_error_message(err: Mapping[str, Any]) -> str:
     """A Google error object's message, its status and reasons, safe to show."""
     message = str(err.get("message") or "")[:MESSAGE_MAX]
     codes = [str(err["status"])] if isinstance(err.get("status"), str) and err["status"] else []
-    for detail in err.get("details") or []:
-        # ErrorInfo's reason says what went wrong in one word (API_KEY_INVALID, ...).
-        if isinstance(detail, dict) and isinstance(detail.get("reason"), str) and detail["reason"]:
-            codes.append(detail["reason"])
+    codes += _reasons(err)  # ErrorInfo's reason says what went wrong in one word (API_KEY_INVALID...)
     if codes:
         message = f"{message} ({', '.join(codes)})" if message else ", ".join(codes)
     return scrub(message)

@@ -82,6 +82,8 @@ class SSEEvent:
             raise MalformedEventData(
                 f"{self.event or 'message'} event: data is not valid JSON ({exc.msg} at {exc.pos})"
             ) from None
+        except RecursionError:  # JSON nested past the parser's stack (found by attack)
+            raise MalformedEventData(f"{self.event or 'message'} event: data nested too deep") from None
 
 
 class SSEDecoder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from trio_balancer.protocol.events import dumps, error_sse_event
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
@@ -21,12 +22,18 @@ def error_type_of(body: bytes) -> str | None:
     """The ``error.type`` of an Anthropic error body; None when ``body`` is not one."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if isinstance(parsed, dict) and parsed.get("type") == "error" and isinstance(parsed.get("error"), dict):
         t = parsed["error"].get("type")
         return t if isinstance(t, str) else "api_error"
     return None
+
+
+def anthropic_error_in_200(body: bytes, provider: str) -> tuple[str, bytes] | None:
+    """``(error type, body)`` of an Anthropic error object answered with a 200, else None."""
+    error_type = error_type_of(body)
+    return None if error_type is None else (error_type, body)
 
 
 def is_error_data(data: bytes | None) -> bool:
@@ -50,19 +57,35 @@ def parse_error_event(event: SSEEvent) -> tuple[str, str]:
 
 
 def scrub_error_body(body: bytes, secrets: Sequence[str]) -> bytes:
-    """An Anthropic error body with its message scrubbed; the same bytes when nothing changed."""
+    """An Anthropic error body with every string in it scrubbed (not only the message: a
+    provider may echo a header in another field, found by attack); the same bytes when
+    nothing changed."""
     try:
         parsed = json.loads(body)
-        message = parsed["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, RecursionError):
         return body
-    if not isinstance(message, str):
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("error"), dict):
         return body
-    clean = scrub(message, secrets)
-    if clean == message:
-        return body
-    parsed["error"]["message"] = clean
-    return dumps(parsed).encode()
+    try:
+        clean = _scrub_strings(parsed, secrets)
+    except RecursionError:  # nested past the stack: only what an error needs is kept
+        err = parsed["error"]
+        said = {
+            "type": str(err.get("type", "api_error")),
+            "message": scrub(str(err.get("message", "")), secrets),
+        }
+        return dumps({"type": "error", "error": said}).encode()
+    return body if clean == parsed else dumps(clean).encode()
+
+
+def _scrub_strings(value: Any, secrets: Sequence[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secrets)
+    if isinstance(value, dict):
+        return {k: _scrub_strings(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub_strings(v, secrets) for v in value]
+    return value
 
 
 def scrub_error_event(event: SSEEvent, secrets: Sequence[str]) -> SSEEvent:

@@ -16,18 +16,21 @@ Gemini's adapter shares).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from trio_balancer.protocol.events import dumps
-from trio_balancer.protocol.google_errors import google_error
-from trio_balancer.protocol.upstream_errors import error_type_of
+from trio_balancer.protocol.google_errors import google_error, google_error_object
+from trio_balancer.protocol.upstream_errors import anthropic_error_in_200, error_type_of
 
 __all__ = [
     "VERTEX_VERSION",
     "vertex_body",
     "vertex_count_path",
     "vertex_error",
+    "vertex_error_in_200",
     "vertex_path",
 ]
 
@@ -46,8 +49,10 @@ def _model_root(project: str, region: str) -> str:
 
 
 def vertex_path(project: str, region: str, model_id: str, *, stream: bool) -> str:
+    """The model's predict path; the id escaped, so that a client's model name (sent as the id
+    when no target renames it) cannot add segments, ``..``, a query or an action (found by attack)."""
     action = "streamRawPredict" if stream else "rawPredict"
-    return f"{_model_root(project, region)}/{model_id}:{action}"
+    return f"{_model_root(project, region)}/{quote(model_id, safe='@')}:{action}"
 
 
 def vertex_count_path(project: str, region: str) -> str:
@@ -61,3 +66,20 @@ def vertex_error(status: int, headers: Mapping[str, str], body: bytes, provider:
     if anthropic_type is not None:
         return anthropic_type, body
     return google_error(status, headers, body, provider)
+
+
+def vertex_error_in_200(body: bytes, provider: str) -> tuple[str, bytes] | None:
+    """An error object Vertex answered with a 200 (Anthropic's or Google's, found by attack),
+    as ``(Anthropic error type, Anthropic error body)``; None for an answer."""
+    found = anthropic_error_in_200(body, provider)
+    if found is not None:
+        return found
+    try:
+        err = google_error_object(json.loads(body))
+    except (ValueError, RecursionError):
+        return None
+    if err is None:
+        return None
+    code = err.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else 502
+    return google_error(status, {}, body, provider)

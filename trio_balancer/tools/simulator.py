@@ -238,14 +238,9 @@ class Simulator:
                 return None
 
     async def _answer(
-        self,
-        conn: h11.Connection,
-        stream: trio.SocketStream,
-        method: str,
-        target: str,
-        headers: dict[str, str],
-        body: bytes,
-    ) -> None:
+        self, conn: h11.Connection, stream: trio.SocketStream, method: str, target: str,
+        headers: dict[str, str], body: bytes,
+    ) -> None:  # fmt: skip
         path = target.split("?", 1)[0]
         cloud = _cloud_answer(path)
         if cloud is not None:

@@ -12,6 +12,7 @@ what it sent in ``Outbound.secrets`` so that no relayed text can contain it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import attrs
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 _JSON = b"application/json"
+TOKEN_ANSWER_S = 10.0  # a token endpoint answers in well under a second
 
 
 @attrs.frozen
@@ -134,7 +136,9 @@ class VertexFamily(Family):
 
     def __init__(self, provider: ProviderConfig) -> None:
         super().__init__(provider)
-        self._tokens = GoogleTokenSource(provider.name, provider.service_account_file)
+        self._tokens = GoogleTokenSource(
+            provider.name, provider.service_account_file, deadline=_token_deadline(provider)
+        )
 
     async def outbound(
         self, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
@@ -196,6 +200,13 @@ class GeminiFamily(Family):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 return value[7:]
         return b""
+
+
+def _token_deadline(provider: ProviderConfig) -> float:
+    """How long a request waits for a Google token: a connect and a short answer, within
+    the provider's whole-response deadline."""
+    timeouts = provider.timeouts
+    return min(timeouts.connect + TOKEN_ANSWER_S, timeouts.total or math.inf)
 
 
 _FAMILIES: Mapping[str, Callable[[ProviderConfig], Family]] = {

@@ -7,11 +7,17 @@ to its ``token_uri``, or the metadata server) through google-auth's ``requests``
 it runs in a worker thread, one at a time per provider, and a token is refreshed
 :data:`REFRESH_MARGIN_S` before it expires so that no request waits on a refresh it could have
 avoided and none goes out with a token about to lapse.
+
+A fetch is bounded by ``deadline`` seconds, both here (the request waiting on it gives up: its
+provider fails over) and in google-auth's HTTP call (so the abandoned thread ends too, instead
+of holding a worker thread for google-auth's own two minutes). Each provider's fetches run on a
+thread limiter of their own, one at a time, never on Trio's shared pool.
 """
 
 from __future__ import annotations
 
 import datetime
+import functools
 from typing import Any
 
 import trio
@@ -29,9 +35,13 @@ REFRESH_MARGIN_S = 300.0
 class GoogleTokenSource:
     """One Vertex provider's credentials, and the access token they give."""
 
-    def __init__(self, provider_name: str, service_account_file: str | None = None) -> None:
+    def __init__(
+        self, provider_name: str, service_account_file: str | None = None, *, deadline: float = 20.0
+    ) -> None:
         self.provider_name = provider_name
         self.service_account_file = service_account_file
+        self.deadline = deadline
+        self._threads = trio.CapacityLimiter(1)
         self._credentials: Any = None  # google.auth.credentials.Credentials
         self._lock = trio.Lock()
         self.refreshes = 0  # tokens fetched (tests and the debug log read it)
@@ -39,9 +49,16 @@ class GoogleTokenSource:
     async def token(self) -> str:
         """A valid access token, fetched or refreshed in a thread when it is due."""
         if self._due():
-            async with self._lock:
-                if self._due():  # another task may have refreshed while this one waited
-                    await trio.to_thread.run_sync(self._refresh, abandon_on_cancel=True)
+            with trio.move_on_after(self.deadline) as waited:
+                async with self._lock:
+                    if self._due():  # another task may have refreshed while this one waited
+                        await trio.to_thread.run_sync(
+                            self._refresh, abandon_on_cancel=True, limiter=self._threads
+                        )
+            if waited.cancelled_caught:
+                raise CredentialsUnavailable(
+                    f"provider {self.provider_name!r}: no Google token within {self.deadline:g} s"
+                )
         token = self._credentials.token
         assert isinstance(token, str)
         return token
@@ -68,7 +85,9 @@ class GoogleTokenSource:
         try:
             if self._credentials is None:
                 self._credentials = self._load()
-            self._credentials.refresh(Request(session))
+            # google-auth's Request takes a timeout per call, which refresh() does not pass.
+            request = functools.partial(Request(session), timeout=self.deadline)
+            self._credentials.refresh(request)
         except (google.auth.exceptions.GoogleAuthError, OSError, ValueError) as exc:
             # google-auth's messages can quote a token endpoint's answer; the class name cannot.
             raise CredentialsUnavailable(

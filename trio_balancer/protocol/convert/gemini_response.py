@@ -43,7 +43,7 @@ def gemini_count_answer(body: bytes) -> bytes | None:
     """``countTokens``' ``{"totalTokens": N}`` as Anthropic's ``{"input_tokens": N}``."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     total = parsed.get("totalTokens") if isinstance(parsed, dict) else None
     if not isinstance(total, int) or isinstance(total, bool) or total < 0:

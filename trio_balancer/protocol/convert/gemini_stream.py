@@ -87,6 +87,7 @@ class GeminiStreamConverter:
         self._next_index = 0
         self._current: tuple[str, int] | None = None  # open text/thinking block: (kind, index)
         self._calls = 0  # tool_use blocks emitted
+        self._call_ids: set[str] = set()
         self._stop_reason: str | None = None
         self._usage: dict[str, int] | None = None
         self._ended = False
@@ -202,6 +203,9 @@ class GeminiStreamConverter:
         if not isinstance(call_id, str) or not call_id:
             seed = f"{self.message_id}:{self._calls}".encode()
             call_id = "toolu_" + hashlib.sha256(seed).hexdigest()[:24]
+        if call_id in self._call_ids:  # two calls of one id would pair their results ambiguously
+            call_id = f"{call_id}_{self._calls}"
+        self._call_ids.add(call_id)
         self._calls += 1
         index, start = self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
         args = call.get("args")
