@@ -261,3 +261,12 @@ class TestAttackFindings:
             b["id"] for b in gemini_to_anthropic_message(answer, "m")["content"] if b["type"] == "tool_use"
         ]
         assert len(ids) == 2 and len(set(ids)) == 2 and ids[0] == "same"
+
+
+def test_every_kind_has_a_family_and_an_answer_format() -> None:
+    """The three kind-keyed tables agree (found by review): a kind added to one is in all."""
+    from trio_balancer.config.schema import PROVIDER_KINDS
+    from trio_balancer.protocol.answers import ANSWER_FORMATS
+    from trio_balancer.upstream.families import _FAMILIES
+
+    assert set(PROVIDER_KINDS) == set(_FAMILIES) == set(ANSWER_FORMATS)

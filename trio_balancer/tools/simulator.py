@@ -527,6 +527,25 @@ def _faults(opts: SimOptions, sent: int) -> str | None:
 Step = tuple[str, Any]
 
 
+def _deltas(opts: SimOptions, error_event: bytes) -> Iterator[Step]:
+    """The steps of the paced text deltas, for every dialect: ``("delta", i)`` for each, the
+    waits and faults asked for between them; an error fault is ``error_event`` then
+    ``("ended", None)``, after which the stream must end."""
+    for i in range(opts.events + 1):
+        fault = _faults(opts, i)
+        if fault == "error":
+            yield "event", error_event
+            yield "ended", None
+            return
+        if fault:
+            yield fault, None
+        if i == opts.events:
+            return
+        if i:
+            yield "delta_wait", None
+        yield "delta", i
+
+
 def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterator[Step]:
     start: dict[str, Any] = {"id": f"msg_sim_{uuid.uuid4().hex[:20]}", "type": "message", "role": "assistant", "model": model,
                              "content": [], "stop_reason": None, "stop_sequence": None}  # fmt: skip
@@ -536,17 +555,12 @@ def _anthropic_stream(opts: SimOptions, model: str, input_tokens: int) -> Iterat
     yield "event", events.encode(events.message_start(start))
     yield "event", events.encode(events.content_block_start(0, {"type": "text", "text": ""}))
     yield "event", events.PING
-    for i in range(opts.events + 1):
-        fault = _faults(opts, i)
-        if fault == "error":
-            yield "event", encode_event("error", overloaded)
+    for kind, i in _deltas(opts, encode_event("error", overloaded)):
+        if kind == "ended":
             return
-        if fault:
-            yield fault, None
-        if i == opts.events:
-            break
-        if i:
-            yield "delta_wait", None
+        if kind != "delta":
+            yield kind, i
+            continue
         yield "event", partial(_anthropic_delta, opts, i)
         if i == 0 and opts.huge_event:
             yield "event", b"event: content_block_delta\ndata: " + b"A" * opts.huge_event + b"\n\n"
@@ -893,18 +907,13 @@ def _gemini_stream(opts: SimOptions, model: str, input_tokens: int, *, thinking:
             chunk([{"text": "**Reading the request** The user wants the next step.", "thought": True}]),
         )
     per = max(1, _output_tokens(attrs.evolve(opts, tools=0)) // max(1, opts.events))
-    for i in range(opts.events + 1):
-        fault = _faults(opts, i)
-        if fault == "error":
-            error = gemini_error_answer(503)
-            yield "event", b"data: " + json.dumps(error).encode() + b"\r\n\r\n"
+    error = b"data: " + json.dumps(gemini_error_answer(503)).encode() + b"\r\n\r\n"
+    for kind, i in _deltas(opts, error):
+        if kind == "ended":
             return
-        if fault:
-            yield fault, None
-        if i == opts.events:
-            break
-        if i:
-            yield "delta_wait", None
+        if kind != "delta":
+            yield kind, i
+            continue
         part: dict[str, Any] = {"text": _delta_text(opts, i)}
         if signature and i == 0 and not opts.tools:
             part["thoughtSignature"] = SIM_GEMINI_SIGNATURE
