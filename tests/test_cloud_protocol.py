@@ -203,9 +203,9 @@ class TestAttackFindings:
             )
 
     def test_json_nested_past_the_stack_is_a_conversion_error_not_a_crash(self) -> None:
+        from trio_balancer.protocol.convert.errors import ConversionError
         from trio_balancer.protocol.convert.gemini_response import gemini_count_answer
         from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter
-        from trio_balancer.protocol.convert.stream import ConversionError
         from trio_balancer.protocol.google_errors import google_error
         from trio_balancer.protocol.sse import SSEEvent
         from trio_balancer.protocol.upstream_errors import error_type_of, scrub_error_body

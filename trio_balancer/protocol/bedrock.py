@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import quote
 
 from trio_balancer.errors import error_body, error_type_for_status
-from trio_balancer.protocol.convert.stream import ConversionError
+from trio_balancer.protocol.convert.errors import ConversionError
 from trio_balancer.protocol.events import dumps
 from trio_balancer.protocol.sse import EventTooLarge, SSEEvent
 

@@ -1,17 +1,16 @@
 """Sans-I/O conversion between Anthropic Messages and the OpenAI Chat Completions and Gemini formats."""
 
-from trio_balancer.protocol.convert.errors import openai_error_to_anthropic
+from trio_balancer.protocol.convert.errors import (
+    ConversionError,
+    UpstreamStreamError,
+    openai_error_to_anthropic,
+)
 from trio_balancer.protocol.convert.gemini_request import GeminiRequest, to_gemini
 from trio_balancer.protocol.convert.gemini_response import gemini_count_answer, gemini_to_anthropic_message
 from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter
 from trio_balancer.protocol.convert.request import Converted, RequestOptions, to_openai
 from trio_balancer.protocol.convert.response import to_anthropic_message
-from trio_balancer.protocol.convert.stream import (
-    ConversionError,
-    StreamConverter,
-    UpstreamStreamError,
-    openai_error_type,
-)
+from trio_balancer.protocol.convert.stream import StreamConverter, openai_error_type
 
 __all__ = [
     "ConversionError",

@@ -1,4 +1,4 @@
-"""OpenAI-style error bodies -> Anthropic error bodies. Pure."""
+"""Errors of conversion, and OpenAI-style error bodies -> Anthropic error bodies. Pure."""
 
 from __future__ import annotations
 
@@ -6,7 +6,20 @@ import json
 
 from trio_balancer.errors import error_body, error_type_for_status
 
-__all__ = ["openai_error_to_anthropic"]
+__all__ = ["ConversionError", "UpstreamStreamError", "openai_error_to_anthropic"]
+
+
+class ConversionError(Exception):
+    """A foreign answer (stream or JSON) cannot be turned into a well-formed Anthropic one."""
+
+
+class UpstreamStreamError(ConversionError):
+    """The upstream's answer carried an error object instead of content; ``error_type`` is
+    its Anthropic ``error.type``."""
+
+    def __init__(self, message: str, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 def openai_error_to_anthropic(status: int, body: bytes, provider: str) -> tuple[str, bytes]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from trio_balancer.protocol.convert.errors import ConversionError
 from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter, raise_for_gemini_error
-from trio_balancer.protocol.convert.stream import ConversionError
 from trio_balancer.protocol.events import dumps
 from trio_balancer.protocol.reshape import AssemblyError, MessageAssembler
 from trio_balancer.protocol.sse import SSEEvent

@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from trio_balancer.protocol import events
+from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
+from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.convert.gemini_request import gemini_signature
-from trio_balancer.protocol.convert.stream import ConversionError, UpstreamStreamError
-from trio_balancer.protocol.events import sse_event
 from trio_balancer.protocol.google_errors import google_error_message, google_error_object, google_error_type
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
-from trio_balancer.protocol.tokens import estimate_text
 
 __all__ = ["GEMINI_STOP_REASONS", "GeminiStreamConverter", "gemini_usage", "raise_for_gemini_error"]
 
@@ -67,12 +64,14 @@ def gemini_usage(metadata: Any) -> dict[str, int] | None:
     output counts the thoughts, which Gemini bills as output."""
     if not isinstance(metadata, dict):
         return None
-    cached = _int(metadata.get("cachedContentTokenCount"))
-    prompt = _int(metadata.get("promptTokenCount")) + _int(metadata.get("toolUsePromptTokenCount"))
+    cached = nonneg_int(metadata.get("cachedContentTokenCount"))
+    prompt = nonneg_int(metadata.get("promptTokenCount")) + nonneg_int(
+        metadata.get("toolUsePromptTokenCount")
+    )
     out = {
         "input_tokens": max(0, prompt - cached),
-        "output_tokens": _int(metadata.get("candidatesTokenCount"))
-        + _int(metadata.get("thoughtsTokenCount")),
+        "output_tokens": nonneg_int(metadata.get("candidatesTokenCount"))
+        + nonneg_int(metadata.get("thoughtsTokenCount")),
     }
     if cached:
         out["cache_read_input_tokens"] = cached
@@ -82,23 +81,29 @@ def gemini_usage(metadata: Any) -> dict[str, int] | None:
 class GeminiStreamConverter:
     def __init__(self, *, model: str, message_id: str | None = None) -> None:
         self.model = model
-        self.message_id = message_id
-        self._started = False
-        self._next_index = 0
-        self._current: tuple[str, int] | None = None  # open text/thinking block: (kind, index)
+        self._out = BlockWriter(model=model, message_id=message_id)
         self._calls = 0  # tool_use blocks emitted
         self._call_ids: set[str] = set()
         self._stop_reason: str | None = None
         self._usage: dict[str, int] | None = None
-        self._ended = False
-        self.output_text_chars = 0
-        self._output_estimate = 0
         self.usage_reported = False  # the upstream sent usageMetadata
+
+    @property
+    def message_id(self) -> str | None:
+        return self._out.message_id
+
+    @property
+    def output_text_chars(self) -> int:
+        return self._out.output_text_chars
+
+    @property
+    def ended(self) -> bool:
+        return self._out.ended
 
     # -- input -------------------------------------------------------------------------------
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
-        if event.data is None or self._ended or not event.data.strip():
+        if event.data is None or self._out.ended or not event.data.strip():
             return []
         try:
             chunk = event.json()
@@ -114,7 +119,7 @@ class GeminiStreamConverter:
             self._usage = usage
             self.usage_reported = True
         out: list[SSEEvent] = []
-        if not self._started:
+        if not self._out.started:
             out.append(self._message_start(chunk))
         if self._stop_reason is not None:
             return out  # after the finish only usage counts
@@ -137,24 +142,15 @@ class GeminiStreamConverter:
 
     def close(self) -> list[SSEEvent]:
         """End of the upstream stream: the message ends, if Gemini said it finished."""
-        if self._ended:
+        if self._out.ended:
             return []
         if self._stop_reason is None:
             raise ConversionError("the upstream stream ended before a finishReason")
-        out = self._close_current()
-        stop = {"stop_reason": self._stop_reason, "stop_sequence": None}
-        out.append(sse_event(events.message_delta(stop, self.usage())))
-        out.append(sse_event(events.message_stop()))
-        self._ended = True
-        return out
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
+        return self._out.close_open() + self._out.message_end(self._stop_reason, self.usage())
 
     def usage(self) -> dict[str, int]:
         """The usage Gemini reported last (its counts are running totals), else an estimate."""
-        return dict(self._usage) if self._usage else {"output_tokens": self._output_estimate}
+        return dict(self._usage) if self._usage else {"output_tokens": self._out.output_estimate}
 
     # -- parts -------------------------------------------------------------------------------
 
@@ -166,53 +162,37 @@ class GeminiStreamConverter:
         out: list[SSEEvent] = []
         if part.get("thought"):
             if text:
-                out.extend(self._delta("thinking", {"type": "thinking_delta", "thinking": text}))
-                self._count(text)
+                out.extend(self._out.delta("thinking", {"type": "thinking_delta", "thinking": text}))
+                self._out.count(text)
             if signature:
-                out.extend(self._sign(signature))
+                out.extend(self._out.sign_thinking(gemini_signature(signature)))
             return out
         if signature:
-            out.extend(self._sign(signature))
+            out.extend(self._out.sign_thinking(gemini_signature(signature)))
         call = part.get("functionCall")
         if isinstance(call, dict):
             out.extend(self._call(call))
         elif text:
-            out.extend(self._delta("text", {"type": "text_delta", "text": text}))
-            self._count(text)
+            out.extend(self._out.delta("text", {"type": "text_delta", "text": text}))
+            self._out.count(text)
         # Other parts (inlineData images, executableCode...) have no block here.
         return out
-
-    def _sign(self, signature: str) -> list[SSEEvent]:
-        """The signature on the open thinking block, else on an empty one of its own; closed."""
-        out: list[SSEEvent] = []
-        if self._current is None or self._current[0] != "thinking":
-            out.extend(self._close_current())
-            index, start = self._open({"type": "thinking", "thinking": "", "signature": ""})
-            out.append(start)
-            self._current = ("thinking", index)
-        delta = {"type": "signature_delta", "signature": gemini_signature(signature)}
-        out.append(sse_event(events.content_block_delta(self._current[1], delta)))
-        return out + self._close_current()
 
     def _call(self, call: Mapping[str, Any]) -> list[SSEEvent]:
         name = call.get("name")
         if not isinstance(name, str) or not name:
             raise ConversionError("a functionCall without a name")
-        out = self._close_current()
         call_id = call.get("id")
         if not isinstance(call_id, str) or not call_id:
-            seed = f"{self.message_id}:{self._calls}".encode()
+            seed = f"{self._out.message_id}:{self._calls}".encode()
             call_id = "toolu_" + hashlib.sha256(seed).hexdigest()[:24]
         if call_id in self._call_ids:  # two calls of one id would pair their results ambiguously
             call_id = f"{call_id}_{self._calls}"
         self._call_ids.add(call_id)
         self._calls += 1
-        index, start = self._open({"type": "tool_use", "id": call_id, "name": name, "input": {}})
         args = call.get("args")
         partial = json.dumps(args if isinstance(args, dict) else {}, ensure_ascii=False)
-        self._count(partial)
-        delta = {"type": "input_json_delta", "partial_json": partial}
-        return [*out, start, sse_event(events.content_block_delta(index, delta)), self._stop(index)]
+        return self._out.whole_tool_use(call_id, name, partial)
 
     def _finish(self, finish: str) -> list[SSEEvent]:
         reason = GEMINI_STOP_REASONS.get(finish)
@@ -221,70 +201,12 @@ class GeminiStreamConverter:
         if reason == "end_turn" and self._calls:
             reason = "tool_use"  # Gemini says STOP after function calls; Claude Code needs tool_use
         self._stop_reason = reason
-        return self._close_current()
-
-    # -- output ------------------------------------------------------------------------------
+        return self._out.close_open()
 
     def _message_start(self, chunk: Mapping[str, Any]) -> SSEEvent:
-        self._started = True
-        upstream_id = chunk.get("responseId")
-        if self.message_id is None:
-            self.message_id = (
-                f"msg_{upstream_id}"
-                if isinstance(upstream_id, str) and upstream_id
-                else f"msg_{uuid.uuid4().hex}"
-            )
         usage = {"input_tokens": 0, "output_tokens": 0}
-        if self._usage:
+        if self._usage:  # Gemini may report the prompt's count on its first chunk
             usage["input_tokens"] = self._usage["input_tokens"]
             if "cache_read_input_tokens" in self._usage:
                 usage["cache_read_input_tokens"] = self._usage["cache_read_input_tokens"]
-        message: dict[str, Any] = {
-            "id": self.message_id,
-            "type": "message",
-            "role": "assistant",
-            "model": self.model,
-            "content": [],
-            "stop_reason": None,
-            "stop_sequence": None,
-            "usage": usage,
-        }
-        return sse_event(events.message_start(message))
-
-    def _open(self, block: dict[str, Any]) -> tuple[int, SSEEvent]:
-        index = self._next_index
-        self._next_index += 1
-        return index, sse_event(events.content_block_start(index, block))
-
-    def _stop(self, index: int) -> SSEEvent:
-        return sse_event(events.content_block_stop(index))
-
-    def _delta(self, kind: str, delta: dict[str, Any]) -> list[SSEEvent]:
-        out: list[SSEEvent] = []
-        if self._current is None or self._current[0] != kind:
-            out.extend(self._close_current())
-            block = (
-                {"type": "text", "text": ""}
-                if kind == "text"
-                else {"type": "thinking", "thinking": "", "signature": ""}
-            )
-            index, start = self._open(block)
-            out.append(start)
-            self._current = (kind, index)
-        out.append(sse_event(events.content_block_delta(self._current[1], delta)))
-        return out
-
-    def _close_current(self) -> list[SSEEvent]:
-        if self._current is None:
-            return []
-        index = self._current[1]
-        self._current = None
-        return [self._stop(index)]
-
-    def _count(self, text: str) -> None:
-        self.output_text_chars += len(text)
-        self._output_estimate += estimate_text(text)
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+        return self._out.message_start(chunk.get("responseId"), usage)

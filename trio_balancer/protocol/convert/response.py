@@ -7,13 +7,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from trio_balancer.protocol.convert.stream import (
-    STOP_REASONS,
-    ConversionError,
-    _int,
-    content_parts,
-    find_usage,
-)
+from trio_balancer.protocol.convert.blocks import nonneg_int
+from trio_balancer.protocol.convert.errors import ConversionError
+from trio_balancer.protocol.convert.stream import STOP_REASONS, content_parts, find_usage
 
 __all__ = ["to_anthropic_message"]
 
@@ -63,10 +59,10 @@ def to_anthropic_message(body: Any, *, model: str, sign: Callable[[], str] | Non
         reason = "tool_use"
     usage = find_usage(body) or {}
     details = usage.get("prompt_tokens_details") or {}
-    cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    cached = nonneg_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
     out_usage: dict[str, int] = {
-        "input_tokens": max(0, _int(usage.get("prompt_tokens")) - cached),
-        "output_tokens": _int(usage.get("completion_tokens")),
+        "input_tokens": max(0, nonneg_int(usage.get("prompt_tokens")) - cached),
+        "output_tokens": nonneg_int(usage.get("completion_tokens")),
     }
     if cached:
         out_usage["cache_read_input_tokens"] = cached

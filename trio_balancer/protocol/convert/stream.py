@@ -28,16 +28,13 @@ from typing import Any
 import attrs
 
 from trio_balancer.errors import error_type_for_status
-from trio_balancer.protocol import events
-from trio_balancer.protocol.events import sse_event
+from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
+from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
-from trio_balancer.protocol.tokens import estimate_text
 
 __all__ = [
     "STOP_REASONS",
-    "ConversionError",
     "StreamConverter",
-    "UpstreamStreamError",
     "content_parts",
     "find_usage",
     "openai_error_type",
@@ -51,18 +48,6 @@ STOP_REASONS = {
     # OpenAI's content filter stopped the answer; Anthropic's closest is a refusal.
     "content_filter": "refusal",
 }
-
-
-class ConversionError(Exception):
-    """The OpenAI stream cannot be turned into a well-formed Anthropic stream."""
-
-
-class UpstreamStreamError(ConversionError):
-    """The OpenAI stream carried an error object instead of a chunk."""
-
-    def __init__(self, message: str, error_type: str) -> None:
-        super().__init__(message)
-        self.error_type = error_type
 
 
 @attrs.define
@@ -79,24 +64,29 @@ class StreamConverter:
         self, *, model: str, message_id: str | None = None, sign: Callable[[], str] | None = None
     ) -> None:
         self.model = model
-        self.message_id = message_id
-        self._sign = sign  # a signature for each thinking block, or none
-        self._started = False
-        self._next_index = 0
-        self._current: tuple[str, int] | None = None  # open text/thinking block: (kind, index)
+        self._out = BlockWriter(model=model, message_id=message_id, sign=sign)
         self._tools: dict[int, _Tool] = {}
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
-        self._ended = False
-        self.output_text_chars = 0
-        self._output_estimate = 0
         self.usage_reported = False  # the upstream sent a usage object
         self._refused = False
+
+    @property
+    def message_id(self) -> str | None:
+        return self._out.message_id
+
+    @property
+    def output_text_chars(self) -> int:
+        return self._out.output_text_chars
+
+    @property
+    def ended(self) -> bool:
+        return self._out.ended
 
     # -- input -------------------------------------------------------------------------------
 
     def feed(self, event: SSEEvent) -> list[SSEEvent]:
-        if event.data is None or self._ended:
+        if event.data is None or self._out.ended:
             return []
         data = event.data.strip()
         if data == b"[DONE]":
@@ -111,7 +101,7 @@ class StreamConverter:
             err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
             raise UpstreamStreamError(str(err.get("message") or "error in stream"), openai_error_type(err))
         out: list[SSEEvent] = []
-        if not self._started:
+        if not self._out.started:
             out.append(self._message_start(chunk))
         usage = find_usage(chunk)
         if usage is not None:
@@ -121,23 +111,8 @@ class StreamConverter:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # n > 1 is not something Anthropic clients can receive
             delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                continue
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                out.extend(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
-                self._count(reasoning)
-            for kind, text in content_parts(delta.get("content")):
-                key = "text" if kind == "text" else "thinking"
-                out.extend(self._delta(kind, {"type": f"{key}_delta", key: text}))
-                self._count(text)
-            refusal = delta.get("refusal")
-            if isinstance(refusal, str) and refusal:
-                self._refused = True  # the refusal's words are the answer; the stop reason says so
-                out.extend(self._delta("text", {"type": "text_delta", "text": refusal}))
-                self._count(refusal)
-            for position, call in enumerate(delta.get("tool_calls") or []):
-                out.extend(self._tool_delta(position, call))
+            if isinstance(delta, dict):
+                out.extend(self._choice_delta(delta))
             finish = choice.get("finish_reason")
             if finish:
                 self._finish_reason = str(finish)
@@ -148,65 +123,39 @@ class StreamConverter:
 
     def close(self) -> list[SSEEvent]:
         """End of the upstream stream."""
-        if self._ended:
+        if self._out.ended:
             return []
         if self._finish_reason is None:
             raise ConversionError("the upstream stream ended before a finish_reason or [DONE]")
         return self._end(done=False)
 
-    @property
-    def ended(self) -> bool:
-        return self._ended
-
     # -- output ------------------------------------------------------------------------------
 
+    def _choice_delta(self, delta: dict[str, Any]) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            out.extend(self._delta("thinking", {"type": "thinking_delta", "thinking": reasoning}))
+        for kind, text in content_parts(delta.get("content")):
+            key = "text" if kind == "text" else "thinking"
+            out.extend(self._delta(kind, {"type": f"{key}_delta", key: text}))
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            self._refused = True  # the refusal's words are the answer; the stop reason says so
+            out.extend(self._delta("text", {"type": "text_delta", "text": refusal}))
+        for position, call in enumerate(delta.get("tool_calls") or []):
+            out.extend(self._tool_delta(position, call))
+        return out
+
     def _message_start(self, chunk: dict[str, Any]) -> SSEEvent:
-        self._started = True
-        upstream_id = chunk.get("id")
-        if self.message_id is None:
-            self.message_id = (
-                f"msg_{upstream_id}"
-                if isinstance(upstream_id, str) and upstream_id
-                else f"msg_{uuid.uuid4().hex}"
-            )
-        return sse_event(
-            events.message_start(
-                {
-                    "id": self.message_id,
-                    "type": "message",
-                    "role": "assistant",
-                    "model": self.model,
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    # OpenAI reports usage only at the end; the final numbers go in message_delta.
-                    "usage": {"input_tokens": 0, "output_tokens": 0},
-                }
-            )
-        )
-
-    def _open(self, block: dict[str, Any]) -> tuple[int, SSEEvent]:
-        index = self._next_index
-        self._next_index += 1
-        return index, sse_event(events.content_block_start(index, block))
-
-    def _stop(self, index: int) -> SSEEvent:
-        return sse_event(events.content_block_stop(index))
+        # OpenAI reports usage only at the end; the final numbers go in message_delta.
+        return self._out.message_start(chunk.get("id"), {"input_tokens": 0, "output_tokens": 0})
 
     def _delta(self, kind: str, delta: dict[str, Any]) -> list[SSEEvent]:
-        out: list[SSEEvent] = []
-        if self._current is None or self._current[0] != kind:
-            out.extend(self._close_current())
-            out.extend(self._close_tools())
-            block = (
-                {"type": "text", "text": ""}
-                if kind == "text"
-                else {"type": "thinking", "thinking": "", "signature": ""}
-            )
-            index, start = self._open(block)
-            out.append(start)
-            self._current = (kind, index)
-        out.append(sse_event(events.content_block_delta(self._current[1], delta)))
+        """A text or thinking delta; a new block also ends the tool calls before it."""
+        out = [] if self._out.is_open(kind) else self._close_tools()
+        out.extend(self._out.delta(kind, delta))
+        self._out.count(delta.get("text") or delta.get("thinking") or "")
         return out
 
     def _tool_delta(self, position: int, call: Any) -> list[SSEEvent]:
@@ -229,42 +178,20 @@ class StreamConverter:
                 tool.pending_args.append(args)
             if not tool.name:
                 return out  # wait for the name: a tool_use block cannot start without one
-            out.extend(self._close_current())
-            tool.index, start = self._open(
-                {
-                    "type": "tool_use",
-                    "id": tool.id or f"toolu_{uuid.uuid4().hex[:24]}",
-                    "name": tool.name,
-                    "input": {},
-                }
+            out.extend(self._out.close_open())
+            tool_id = tool.id or f"toolu_{uuid.uuid4().hex[:24]}"
+            tool.index, start = self._out.open(
+                {"type": "tool_use", "id": tool_id, "name": tool.name, "input": {}}
             )
             out.append(start)
             pending, tool.pending_args = "".join(tool.pending_args), []
             if pending:
-                out.append(self._json_delta(tool.index, pending))
+                out.append(self._out.json_delta(tool.index, pending))
             return out
         if isinstance(args, str) and args:
             if tool.closed:
                 raise ConversionError(f"arguments for tool call {key} arrived after its block ended")
-            out.append(self._json_delta(tool.index, args))
-        return out
-
-    def _json_delta(self, index: int, partial: str) -> SSEEvent:
-        self._count(partial)
-        return sse_event(
-            events.content_block_delta(index, {"type": "input_json_delta", "partial_json": partial})
-        )
-
-    def _close_current(self) -> list[SSEEvent]:
-        if self._current is None:
-            return []
-        kind, index = self._current
-        self._current = None
-        out = []
-        if kind == "thinking" and self._sign is not None:
-            delta = {"type": "signature_delta", "signature": self._sign()}
-            out.append(sse_event(events.content_block_delta(index, delta)))
-        out.append(self._stop(index))
+            out.append(self._out.json_delta(tool.index, args))
         return out
 
     def _close_tools(self) -> list[SSEEvent]:
@@ -272,11 +199,11 @@ class StreamConverter:
         for tool in sorted(self._tools.values(), key=lambda t: t.index if t.index is not None else -1):
             if tool.index is not None and not tool.closed:
                 tool.closed = True
-                out.append(self._stop(tool.index))
+                out.append(self._out.stop(tool.index))
         return out
 
     def _close_all(self) -> list[SSEEvent]:
-        out = self._close_current()
+        out = self._out.close_open()
         # A call whose name never came cannot be shown; better an error than a nameless tool.
         for key, tool in self._tools.items():
             if tool.index is None:
@@ -284,38 +211,31 @@ class StreamConverter:
         return out + self._close_tools()
 
     def _end(self, *, done: bool) -> list[SSEEvent]:
-        if self._ended:
+        if self._out.ended:
             return []
-        if not self._started:
+        out = []
+        if not self._out.started:
             if not done:
                 raise ConversionError("the upstream stream ended before its first chunk")
-            self._started = True
-            out = [self._message_start({})]
-        else:
-            out = []
+            out.append(self._message_start({}))
         out.extend(self._close_all())
         reason = "refusal" if self._refused else STOP_REASONS.get(self._finish_reason or "", "end_turn")
         if reason == "end_turn" and self._tools:
             reason = "tool_use"  # some servers say "stop" after tool calls; Claude Code needs tool_use
-        stop = {"stop_reason": reason, "stop_sequence": None}
-        out.append(sse_event(events.message_delta(stop, self.usage())))
-        out.append(sse_event(events.message_stop()))
-        self._ended = True
-        return out
-
-    def _count(self, text: str) -> None:
-        self.output_text_chars += len(text)
-        self._output_estimate += estimate_text(text)
+        return out + self._out.message_end(reason, self.usage())
 
     def usage(self) -> dict[str, int]:
         """Anthropic usage from OpenAI's: input excludes cache reads, which are counted apart."""
         u = self._usage
         if not u:
-            return {"output_tokens": self._output_estimate}
-        prompt = _int(u.get("prompt_tokens"))
+            return {"output_tokens": self._out.output_estimate}
+        prompt = nonneg_int(u.get("prompt_tokens"))
         details = u.get("prompt_tokens_details") or {}
-        cached = _int(details.get("cached_tokens")) if isinstance(details, dict) else 0
-        out = {"input_tokens": max(0, prompt - cached), "output_tokens": _int(u.get("completion_tokens"))}
+        cached = nonneg_int(details.get("cached_tokens")) if isinstance(details, dict) else 0
+        out = {
+            "input_tokens": max(0, prompt - cached),
+            "output_tokens": nonneg_int(u.get("completion_tokens")),
+        }
         if cached:
             out["cache_read_input_tokens"] = cached
         return out
@@ -361,10 +281,6 @@ def content_parts(content: Any) -> list[tuple[str, str]]:
             if text:
                 out.append(("thinking", text))
     return out
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and value >= 0 else 0
 
 
 # Error types an OpenAI-style error object may already give in Anthropic's own words.
