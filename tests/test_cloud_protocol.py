@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import binascii
 import json
+import struct
 from typing import Any
 
 import pytest
@@ -116,6 +118,15 @@ def test_an_exception_frame_is_an_anthropic_error_event() -> None:
     assert json.loads(event.data or b"")["error"]["type"] == "api_error"
 
 
+def crc_frame(headers: bytes, payload: bytes) -> bytes:
+    """An event-stream frame with correct CRCs around whatever ``headers`` and ``payload`` are."""
+    total = 16 + len(headers) + len(payload)
+    prelude = struct.pack(">II", total, len(headers))
+    prelude += struct.pack(">I", binascii.crc32(prelude))
+    body = prelude + headers + payload
+    return body + struct.pack(">I", binascii.crc32(body))
+
+
 @pytest.mark.parametrize(
     ("wire", "error"),
     [
@@ -123,11 +134,24 @@ def test_an_exception_frame_is_an_anthropic_error_event() -> None:
         (b"\x00\x00\x00\x05" + b"\x00" * 12, EventStreamError),  # too short to be a frame
         ((10_000_000).to_bytes(4, "big") + b"\x00" * 8, EventTooLarge),  # refused from the prelude
         (event_frame(b"not json"), EventStreamError),
+        # CRCs that hold around insides that do not: an upstream that lies computes them too.
+        (crc_frame(b"\x01x\xc8" + b"v", b"{}"), EventStreamError),  # unknown header type
+        (crc_frame(b"\x01x\x07\x00\x02\xff\xfe", b"{}"), EventStreamError),  # header not UTF-8
+        (crc_frame(b"\x01x\x04\x00", b"{}"), EventStreamError),  # header value cut short
     ],
 )
 def test_broken_frames_are_refused(wire: bytes, error: type[Exception]) -> None:
     with pytest.raises(error):
         EventStreamDecoder(1 << 20).feed(wire)
+
+
+@settings(max_examples=300, deadline=None)
+@given(headers=st.binary(max_size=64), payload=st.binary(max_size=64))
+def test_any_frame_with_good_crcs_is_read_or_refused_never_crashes(headers: bytes, payload: bytes) -> None:
+    try:
+        EventStreamDecoder(1 << 20).feed(crc_frame(headers, payload))
+    except (EventStreamError, EventTooLarge):
+        pass
 
 
 def test_a_stream_cut_inside_a_frame_is_an_error() -> None:

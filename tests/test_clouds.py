@@ -311,3 +311,32 @@ async def test_a_token_endpoint_that_never_answers_fails_over_within_the_deadlin
     assert (await b.ledger_rows(1))[0]["provider"] == "bedrock"
     for stream in accepted:
         await stream.aclose()
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "gemini"])
+async def test_a_configured_header_replaces_the_familys_own(kind: str, aws_env: None) -> None:
+    """Bedrock's and Gemini's own headers (accept, content-type) are replaced by a provider's
+    ``headers`` of the same name, never sent twice (a second ``accept`` line is read differently
+    by different servers), and Bedrock signs what is sent."""
+    from trio_balancer.upstream.families import make_family
+    from trio_balancer.upstream.request import UpstreamRequest
+
+    row = {"name": "c", "kind": kind, "base_url": "http://127.0.0.1:9", "headers": {"Accept": "text/x-test"}}
+    row |= {"region": "us-east-1"} if kind == "bedrock" else {"api_key": GEMINI_KEY}
+    (provider,) = parse_config({"providers": [row]}).providers
+    payload = {**BODY, "stream": True}
+    request = UpstreamRequest(
+        path="/v1/messages",
+        query=b"",
+        headers=(),
+        body=b"{}",
+        payload=payload,
+        model=BODY["model"],
+        stream=True,
+    )
+    out = await make_family(provider).outbound(request, BODY["model"])
+    accepts = [v for n, v in out.headers if n.lower() == b"accept"]
+    assert accepts == [b"text/x-test"]
+    if kind == "bedrock":
+        signed = {n.lower(): v for n, v in out.headers}[b"authorization"].decode()
+        assert "accept" in signed.split("SignedHeaders=")[1]

@@ -541,6 +541,21 @@ class TestStream:
         assert caught.value.error_type == "overloaded_error"
         assert "overloaded" in str(caught.value) and "UNAVAILABLE" in str(caught.value)
 
+    def test_error_chunk_reason_is_read_as_on_http(self) -> None:
+        # A refused key inside a stream is the operator's credential (fails over as such),
+        # exactly as the same object in an HTTP 400 answer is.
+        err = {
+            "code": 400,
+            "message": "API key not valid.",
+            "status": "INVALID_ARGUMENT",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}],
+        }
+        raw = b"data: " + json.dumps({"error": err}).encode() + b"\r\n\r\n"
+        with pytest.raises(UpstreamStreamError) as caught:
+            convert(raw)
+        assert caught.value.error_type == "authentication_error"
+        assert google_error(400, {}, json.dumps({"error": err}).encode(), "g")[0] == "authentication_error"
+
     def test_no_finish_reason(self) -> None:
         with pytest.raises(ConversionError, match="finishReason"):
             convert(fixture("no_finish.sse"))

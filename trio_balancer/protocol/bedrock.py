@@ -26,6 +26,7 @@ import base64
 import binascii
 import json
 import re
+import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -165,8 +166,12 @@ class EventStreamDecoder:
     """
 
     def __init__(self, max_event_bytes: int) -> None:
-        from botocore.eventstream import EventStreamBuffer  # the [aws] extra
+        from botocore.eventstream import EventStreamBuffer, ParserError  # the [aws] extra
 
+        # What botocore raises for a frame whose CRCs hold but whose insides do not: its own
+        # ParserError family, and from its decoding an unknown header type (KeyError), a header
+        # that is not UTF-8 (ValueError) or is cut short (struct.error).
+        self._frame_errors = (ParserError, KeyError, ValueError, struct.error)
         self._parser = EventStreamBuffer()  # handed one whole frame at a time, so it holds none
         self._max_frame = max_event_bytes * 4 // 3 + _FRAME_OVERHEAD
         self._buf = bytearray()
@@ -209,7 +214,7 @@ class EventStreamDecoder:
             message = next(self._parser)
         except StopIteration:
             raise EventStreamError("event-stream frame could not be parsed") from None
-        except Exception as exc:  # botocore's ParserError family: checksum, header, length
+        except self._frame_errors as exc:
             raise EventStreamError(f"event-stream frame refused: {type(exc).__name__}") from None
         headers = message.headers
         kind = headers.get(":message-type")

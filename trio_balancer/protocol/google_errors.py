@@ -23,6 +23,7 @@ __all__ = [
     "google_error",
     "google_error_message",
     "google_error_object",
+    "google_error_object_type",
     "google_error_type",
 ]
 
@@ -64,6 +65,13 @@ def google_error_type(status_name: Any, http_status: Any) -> str:
     return "api_error"
 
 
+def google_error_object_type(err: Mapping[str, Any], http_status: Any) -> str:
+    """The Anthropic ``error.type`` for a Google error object, wherever it came (an HTTP error
+    answer, a 200, a stream's chunk): an ``ErrorInfo`` reason first, then ``status``, then the
+    HTTP status (the object's own ``code`` when there is none)."""
+    return _reason_type(err) or google_error_type(err.get("status"), http_status)
+
+
 def google_error_object(parsed: Any) -> dict[str, Any] | None:
     """The ``error`` object of a parsed Google error body (bare or wrapped in a list)."""
     if isinstance(parsed, list) and parsed:
@@ -84,7 +92,7 @@ def google_error(status: int, headers: Mapping[str, str], body: bytes, provider:
         error_type = error_type_for_status(status)
         said = f"{len(body)} bytes that are not a Google error" if body.strip() else ""
     else:
-        error_type = _reason_type(err) or google_error_type(err.get("status"), status)
+        error_type = google_error_object_type(err, status)
         said = google_error_message(err)
     text = f"provider {provider!r} answered HTTP {status}" + (f": {said}" if said else "")
     return error_type, error_body(error_type, text)

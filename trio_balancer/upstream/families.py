@@ -35,7 +35,7 @@ from trio_balancer.protocol.vertex import vertex_body, vertex_count_path, vertex
 from trio_balancer.upstream.aws import AwsSigner
 from trio_balancer.upstream.fit import fit_payload, fit_request
 from trio_balancer.upstream.gcp import GoogleTokenSource
-from trio_balancer.upstream.headers import upstream_url
+from trio_balancer.upstream.headers import upstream_url, with_overrides
 from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = [
@@ -125,8 +125,7 @@ class BedrockFamily(Family):
             path = bedrock_path(model_id, stream=request.stream)
             accept = EVENT_STREAM_TYPE.encode() if request.stream else _JSON
         url = provider.base_url + path
-        headers = [(b"content-type", _JSON), (b"accept", accept)]
-        headers += [(k.lower().encode(), v.encode()) for k, v in provider.headers.items()]
+        headers = with_overrides([(b"content-type", _JSON), (b"accept", accept)], provider.headers)
         signed, secrets = await self._signer.sign("POST", url, headers, body)
         return Outbound(url, signed, body, model_id, secrets, fitted.changes)
 
@@ -184,8 +183,8 @@ class GeminiFamily(Family):
         else:
             body, path = dumps(converted.body).encode(), gemini_path(model_id, stream=request.stream)
             accept = b"text/event-stream" if request.stream else _JSON
-        headers = [(b"content-type", _JSON), (b"accept", accept), (b"x-goog-api-key", self._key(request))]
-        headers += [(k.lower().encode(), v.encode()) for k, v in provider.headers.items()]
+        own = [(b"content-type", _JSON), (b"accept", accept), (b"x-goog-api-key", self._key(request))]
+        headers = with_overrides(own, provider.headers)
         changes = (*fitted.changes, *(f"dropped {f}" for f in converted.dropped))
         return Outbound(provider.base_url + path, headers, body, model_id, changes=changes)
 

@@ -5,12 +5,13 @@ Pure functions, so they can be tested exhaustively; the HTTP clients are in :mod
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from trio_balancer.config import ProviderConfig
 
 __all__ = [
     "HOP_BY_HOP",
+    "with_overrides",
     "request_headers",
     "response_headers",
     "upstream_url",
@@ -88,10 +89,7 @@ def _request_headers(
             out.append(("authorization", f"Bearer {provider.api_key}"))
         else:
             out.append(("x-api-key", provider.api_key))
-    overrides = {k.lower() for k in provider.headers}
-    if overrides:
-        out = [(n, v) for n, v in out if n not in overrides]
-        out.extend((k.lower(), v) for k, v in provider.headers.items())
+    out = _overridden(out, provider.headers)
     # Plain bytes from the provider: passthrough stays byte-exact and usage stays readable.
     out.append(("accept-encoding", "identity"))
     return out
@@ -107,10 +105,26 @@ def _openai_headers(client: list[tuple[str, str]], provider: ProviderConfig) -> 
         key = auth[7:] if auth.lower().startswith("bearer ") else given.get("x-api-key")
     if key:
         out.append(("authorization", f"Bearer {key}"))
-    overrides = {k.lower() for k in provider.headers}
-    out = [(n, v) for n, v in out if n not in overrides]
-    out.extend((k.lower(), v) for k, v in provider.headers.items())
-    return out
+    return _overridden(out, provider.headers)
+
+
+def _overridden(headers: list[tuple[str, str]], overrides: Mapping[str, str]) -> list[tuple[str, str]]:
+    """``headers`` with each of the provider's configured ``headers`` replacing, not joining,
+    one of the same name (two ``accept`` or ``anthropic-version`` lines are read differently
+    by different servers)."""
+    if not overrides:
+        return headers
+    names = {k.lower() for k in overrides}
+    return [(n, v) for n, v in headers if n not in names] + [(k.lower(), v) for k, v in overrides.items()]
+
+
+def with_overrides(
+    headers: list[tuple[bytes, bytes]], overrides: Mapping[str, str]
+) -> list[tuple[bytes, bytes]]:
+    """:func:`_overridden` for headers already encoded (a family's own, before signing)."""
+    names = {k.lower().encode() for k in overrides}
+    kept = [(n, v) for n, v in headers if n.lower() not in names]
+    return kept + [(k.lower().encode(), v.encode()) for k, v in overrides.items()]
 
 
 def response_headers(

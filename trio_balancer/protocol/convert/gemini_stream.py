@@ -32,7 +32,11 @@ from typing import Any
 from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
 from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.convert.gemini_request import gemini_signature
-from trio_balancer.protocol.google_errors import google_error_message, google_error_object, google_error_type
+from trio_balancer.protocol.google_errors import (
+    google_error_message,
+    google_error_object,
+    google_error_object_type,
+)
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
 
 __all__ = ["GEMINI_STOP_REASONS", "GeminiStreamConverter", "gemini_usage", "raise_for_gemini_error"]
@@ -56,7 +60,7 @@ def raise_for_gemini_error(chunk: Any) -> None:
     err = google_error_object(chunk)
     if err is not None:
         message = google_error_message(err) or "error in stream"
-        raise UpstreamStreamError(message, google_error_type(err.get("status"), err.get("code")))
+        raise UpstreamStreamError(message, google_error_object_type(err, err.get("code")))
 
 
 def gemini_usage(metadata: Any) -> dict[str, int] | None:
