@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import struct
 from typing import Any
@@ -148,10 +149,8 @@ def test_broken_frames_are_refused(wire: bytes, error: type[Exception]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(headers=st.binary(max_size=64), payload=st.binary(max_size=64))
 def test_any_frame_with_good_crcs_is_read_or_refused_never_crashes(headers: bytes, payload: bytes) -> None:
-    try:
+    with contextlib.suppress(EventStreamError, EventTooLarge):
         EventStreamDecoder(1 << 20).feed(crc_frame(headers, payload))
-    except (EventStreamError, EventTooLarge):
-        pass
 
 
 def test_a_stream_cut_inside_a_frame_is_an_error() -> None:

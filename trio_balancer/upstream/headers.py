@@ -11,10 +11,10 @@ from trio_balancer.config import ProviderConfig
 
 __all__ = [
     "HOP_BY_HOP",
-    "with_overrides",
     "request_headers",
     "response_headers",
     "upstream_url",
+    "with_overrides",
 ]
 
 # RFC 9110 section 7.6.1, plus headers that describe one hop's framing or that httpx must set.
