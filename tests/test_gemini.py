@@ -17,7 +17,7 @@ import anthropic
 import pytest
 import trio
 
-from trio_balancer.protocol.convert.gemini_request import GEMINI_SIGNATURE_PREFIX
+from trio_balancer.protocol.gemini import GEMINI_SIGNATURE_PREFIX
 from trio_balancer.tools import simulator
 from trio_balancer.tools.sim_gemini import SIM_GEMINI_SIGNATURE
 

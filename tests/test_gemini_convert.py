@@ -23,7 +23,8 @@ from trio_balancer.protocol.convert import (
     gemini_to_anthropic_message,
     to_gemini,
 )
-from trio_balancer.protocol.convert.gemini_request import SKIP_SIGNATURE, gemini_signature
+from trio_balancer.protocol.convert.gemini_request import SKIP_SIGNATURE
+from trio_balancer.protocol.gemini import gemini_signature
 from trio_balancer.protocol.google_errors import google_error, google_error_type
 from trio_balancer.protocol.sse import SSEDecoder, SSEEvent
 from trio_balancer.protocol.thinking import MINTED_PREFIX

@@ -33,7 +33,7 @@ from urllib.parse import quote
 
 from trio_balancer.errors import error_body, error_type_for_status
 from trio_balancer.protocol.convert.errors import ConversionError
-from trio_balancer.protocol.events import dumps
+from trio_balancer.protocol.events import count_answer, dumps
 from trio_balancer.protocol.sse import EventTooLarge, SSEEvent
 
 __all__ = [
@@ -120,15 +120,8 @@ def bedrock_count_body(invoke_body: bytes) -> bytes:
 
 
 def bedrock_count_answer(body: bytes) -> bytes | None:
-    """``{"inputTokens": N}`` as Anthropic's ``{"input_tokens": N}``; None if it is not that."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    tokens = parsed.get("inputTokens") if isinstance(parsed, dict) else None
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-        return None
-    return dumps({"input_tokens": tokens}).encode()
+    """CountTokens' ``{"inputTokens": N}`` as Anthropic's ``{"input_tokens": N}``."""
+    return count_answer(body, "inputTokens")
 
 
 def bedrock_error_type(name: str, status: int | None = None) -> str:

@@ -7,9 +7,27 @@ text, system messages converted for OpenAI) read it the same way.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["content_text"]
+__all__ = ["content_text", "has_cache_control"]
+
+
+def has_cache_control(payload: Mapping[str, Any]) -> bool:
+    """Whether the request marks anything for prompt caching (top level, system, tools or any
+    message block): a converted request says what of that its target cannot keep."""
+    if "cache_control" in payload:
+        return True
+    system = payload.get("system")
+    blocks: list[Any] = list(system) if isinstance(system, list) else []
+    tools = payload.get("tools")
+    blocks += tools if isinstance(tools, list) else []
+    messages = payload.get("messages")
+    for message in messages if isinstance(messages, list) else []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            blocks += content
+    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
 
 
 def content_text(content: Any) -> str:

@@ -20,6 +20,7 @@ __all__ = [
     "content_block_delta",
     "content_block_start",
     "content_block_stop",
+    "count_answer",
     "dumps",
     "encode",
     "error_event",
@@ -35,6 +36,19 @@ __all__ = [
 def dumps(payload: Any) -> str:
     """JSON as Anthropic writes it on the wire: compact, non-ASCII kept."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def count_answer(body: bytes, field: str) -> bytes | None:
+    """A provider's count answer (``{field: N}``: Bedrock's ``inputTokens``, Gemini's
+    ``totalTokens``) as Anthropic's ``{"input_tokens": N}``; None if it is not that."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    tokens = parsed.get(field) if isinstance(parsed, dict) else None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        return None
+    return dumps({"input_tokens": tokens}).encode()
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

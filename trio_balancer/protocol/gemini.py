@@ -15,10 +15,24 @@ from typing import Any
 from urllib.parse import quote
 
 from trio_balancer.protocol.events import dumps
+from trio_balancer.protocol.thinking import MINTED_PREFIX
 
-__all__ = ["GEMINI_API_VERSION", "gemini_count_body", "gemini_model_id", "gemini_path"]
+__all__ = [
+    "GEMINI_API_VERSION",
+    "GEMINI_SIGNATURE_PREFIX",
+    "gemini_count_body",
+    "gemini_count_path",
+    "gemini_model_id",
+    "gemini_path",
+    "gemini_signature",
+    "thought_signature_of",
+]
 
 GEMINI_API_VERSION = "v1beta"
+# Our signature for a thinking block carrying Gemini's thoughtSignature: minted (so no
+# Anthropic-format provider is sent it, protocol/thinking.py), and readable back when the
+# client sends the block in its history (convert/gemini_request.py).
+GEMINI_SIGNATURE_PREFIX = MINTED_PREFIX + "g."
 
 
 def gemini_model_id(model: str) -> str:
@@ -26,11 +40,31 @@ def gemini_model_id(model: str) -> str:
     return model.removeprefix("models/")
 
 
-def gemini_path(model: str, *, stream: bool | None) -> str:
-    """The path for ``model``: streamed, one JSON answer, or (``stream=None``) countTokens."""
-    action = "countTokens" if stream is None else "streamGenerateContent" if stream else "generateContent"
-    path = f"/{GEMINI_API_VERSION}/models/{quote(gemini_model_id(model), safe='')}:{action}"
-    return path + "?alt=sse" if stream else path
+def gemini_path(model: str, *, stream: bool) -> str:
+    """The path that asks ``model`` for a streamed (SSE) or one JSON answer."""
+    if stream:
+        return _model_path(model, "streamGenerateContent") + "?alt=sse"
+    return _model_path(model, "generateContent")
+
+
+def gemini_count_path(model: str) -> str:
+    return _model_path(model, "countTokens")
+
+
+def _model_path(model: str, action: str) -> str:
+    return f"/{GEMINI_API_VERSION}/models/{quote(gemini_model_id(model), safe='')}:{action}"
+
+
+def gemini_signature(thought_signature: str) -> str:
+    """The Anthropic thinking signature that carries a Gemini ``thoughtSignature``."""
+    return GEMINI_SIGNATURE_PREFIX + thought_signature
+
+
+def thought_signature_of(signature: Any) -> str | None:
+    """The Gemini ``thoughtSignature`` inside one of our signatures, else None."""
+    if isinstance(signature, str) and signature.startswith(GEMINI_SIGNATURE_PREFIX):
+        return signature[len(GEMINI_SIGNATURE_PREFIX) :] or None
+    return None
 
 
 def gemini_count_body(body: Mapping[str, Any], model: str) -> bytes:

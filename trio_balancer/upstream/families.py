@@ -29,7 +29,7 @@ from trio_balancer.protocol.cloud_models import bedrock_base_id, bedrock_model_i
 from trio_balancer.protocol.convert.gemini_request import to_gemini
 from trio_balancer.protocol.events import dumps
 from trio_balancer.protocol.features import beta_flags
-from trio_balancer.protocol.gemini import gemini_count_body, gemini_model_id, gemini_path
+from trio_balancer.protocol.gemini import gemini_count_body, gemini_count_path, gemini_model_id, gemini_path
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.protocol.vertex import vertex_body, vertex_count_path, vertex_path
 from trio_balancer.upstream.aws import AwsSigner
@@ -177,7 +177,7 @@ class GeminiFamily(Family):
         if request.counts_tokens:
             body, path, accept = (
                 gemini_count_body(converted.body, model_id),
-                gemini_path(model_id, stream=None),
+                gemini_count_path(model_id),
                 _JSON,
             )
         else:

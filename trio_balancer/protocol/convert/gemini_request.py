@@ -10,7 +10,7 @@ neither is in the body. The mapping:
 - ``tool_use`` is a ``functionCall`` (its id kept), ``tool_result`` a ``functionResponse`` with
   the same id and the name of the call it answers, in a ``user`` content;
 - a thinking block whose signature we minted from a Gemini ``thoughtSignature``
-  (:data:`GEMINI_SIGNATURE_PREFIX`, see ``gemini_stream.py``) gives that signature back on the
+  (``protocol/gemini.py``'s prefix, see ``gemini_stream.py``) gives that signature back on the
   part after it in the same model turn, where Gemini put it; any other thinking block is
   another family's and is dropped. Gemini 3 answers 400 to a model turn whose first
   ``functionCall`` carries no signature, so one that has none (history from another provider)
@@ -28,23 +28,17 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from trio_balancer.protocol.blocks import content_text
+from trio_balancer.protocol.blocks import content_text, has_cache_control
 from trio_balancer.protocol.documents import document_as_text, document_kind
+from trio_balancer.protocol.gemini import thought_signature_of
 from trio_balancer.protocol.schema_dialect import clean_tools
-from trio_balancer.protocol.thinking import MINTED_PREFIX
 
 __all__ = [
-    "GEMINI_SIGNATURE_PREFIX",
     "SKIP_SIGNATURE",
     "GeminiRequest",
-    "gemini_signature",
-    "thought_signature_of",
     "to_gemini",
 ]
 
-# Our signature for a thinking block carrying Gemini's thoughtSignature: minted (so no
-# Anthropic-format provider is sent it, protocol/thinking.py), and readable back here.
-GEMINI_SIGNATURE_PREFIX = MINTED_PREFIX + "g."
 # "You can set the thought signature to this value to skip validation" (Gemini API docs,
 # thought signatures: for function calls not made by Gemini, e.g. history from another model).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -64,18 +58,6 @@ _MAPPED = frozenset(
 class GeminiRequest:
     body: dict[str, Any]
     dropped: tuple[str, ...] = ()
-
-
-def gemini_signature(thought_signature: str) -> str:
-    """The Anthropic thinking signature that carries a Gemini ``thoughtSignature``."""
-    return GEMINI_SIGNATURE_PREFIX + thought_signature
-
-
-def thought_signature_of(signature: Any) -> str | None:
-    """The Gemini ``thoughtSignature`` inside one of our signatures, else None."""
-    if isinstance(signature, str) and signature.startswith(GEMINI_SIGNATURE_PREFIX):
-        return signature[len(GEMINI_SIGNATURE_PREFIX) :] or None
-    return None
 
 
 def to_gemini(payload: Mapping[str, Any]) -> GeminiRequest:
@@ -114,7 +96,7 @@ def to_gemini(payload: Mapping[str, Any]) -> GeminiRequest:
     if generation:
         body["generationConfig"] = generation
     dropped.extend(key for key in payload if key not in _MAPPED)
-    if _has_cache_control(payload):
+    if has_cache_control(payload):
         dropped.append("cache_control")  # Gemini caches implicitly; the marks have no equivalent
     return GeminiRequest(body=body, dropped=tuple(dropped))
 
@@ -192,19 +174,6 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     if choice["type"] == "tool" and choice.get("name"):
         config["allowedFunctionNames"] = [str(choice["name"])]
     return {"functionCallingConfig": config}
-
-
-def _has_cache_control(payload: Mapping[str, Any]) -> bool:
-    if "cache_control" in payload:
-        return True
-    system = payload.get("system")
-    blocks: list[Any] = list(system) if isinstance(system, list) else []
-    blocks += payload.get("tools") or []
-    for message in payload.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            blocks += content
-    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
 
 
 # -- content -------------------------------------------------------------------------------------

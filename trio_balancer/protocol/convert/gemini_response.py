@@ -7,12 +7,11 @@ the stream converter fed that one chunk and the events assembled into a message
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from trio_balancer.protocol.convert.errors import ConversionError
 from trio_balancer.protocol.convert.gemini_stream import GeminiStreamConverter, raise_for_gemini_error
-from trio_balancer.protocol.events import dumps
+from trio_balancer.protocol.events import count_answer, dumps
 from trio_balancer.protocol.reshape import AssemblyError, MessageAssembler
 from trio_balancer.protocol.sse import SSEEvent
 
@@ -41,11 +40,4 @@ def gemini_to_anthropic_message(parsed: Any, model: str) -> dict[str, Any]:
 
 def gemini_count_answer(body: bytes) -> bytes | None:
     """``countTokens``' ``{"totalTokens": N}`` as Anthropic's ``{"input_tokens": N}``."""
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    total = parsed.get("totalTokens") if isinstance(parsed, dict) else None
-    if not isinstance(total, int) or isinstance(total, bool) or total < 0:
-        return None
-    return dumps({"input_tokens": total}).encode()
+    return count_answer(body, "totalTokens")

@@ -31,7 +31,7 @@ from typing import Any
 
 from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
 from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
-from trio_balancer.protocol.convert.gemini_request import gemini_signature
+from trio_balancer.protocol.gemini import gemini_signature
 from trio_balancer.protocol.google_errors import (
     google_error_message,
     google_error_object,

@@ -27,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from trio_balancer.protocol.blocks import content_text
+from trio_balancer.protocol.blocks import content_text, has_cache_control
 from trio_balancer.protocol.documents import document_as_text, document_kind
 
 __all__ = ["NO_REASONING", "Converted", "RequestOptions", "effort_for_budget", "to_openai", "user_digest"]
@@ -130,7 +130,7 @@ def to_openai(
     for key in payload:
         if key not in _MAPPED:
             dropped.append(key)
-    if _has_cache_control(payload):
+    if has_cache_control(payload):
         dropped.append("cache_control")  # OpenAI caches prompts by itself; the marks have no equivalent
     return Converted(body=body, dropped=tuple(dropped))
 
@@ -143,19 +143,6 @@ def user_digest(user_id: str) -> str:
     and the id itself does not leave.
     """
     return "u-" + hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).hexdigest()[:40]
-
-
-def _has_cache_control(payload: Mapping[str, Any]) -> bool:
-    if "cache_control" in payload:
-        return True
-    system = payload.get("system")
-    blocks: list[Any] = list(system) if isinstance(system, list) else []
-    blocks += payload.get("tools") or []
-    for message in payload.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            blocks += content
-    return any(isinstance(b, dict) and "cache_control" in b for b in blocks)
 
 
 _MAPPED = frozenset(
