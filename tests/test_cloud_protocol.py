@@ -293,3 +293,7 @@ def test_every_kind_has_a_family_and_an_answer_format() -> None:
     from trio_balancer.upstream.families import _FAMILIES
 
     assert set(PROVIDER_KINDS) == set(_FAMILIES) == set(ANSWER_FORMATS)
+    for kind, answers in ANSWER_FORMATS.items():
+        # A converted answer's headers describe the provider's bytes, not what the client gets.
+        assert not (answers.converted and answers.own_headers), kind
+        assert answers.converted == (answers.message is not None), kind

@@ -141,7 +141,7 @@ async def _answer(
     answers = answer_format(provider.kind)
     content_type = response.headers.get("content-type", "")
     sse = answers.is_stream(content_type)
-    if answers.converted or not answers.own_headers:
+    if not answers.own_headers:
         # A converted answer, or a cloud's (Bedrock's event stream is relayed as SSE): the
         # client gets the content type of what it is sent, and of the provider's headers only
         # its request id.

@@ -75,8 +75,8 @@ ErrorReader = Callable[[int, Mapping[str, str], bytes, str], tuple[str, bytes]]
 class AnswerFormat:
     """What a kind's answers are, for the flight.
 
-    ``converted``: the answer is not Anthropic's bytes, so the client is sent Anthropic's
-    headers and our model name rather than the provider's. ``stream_types``: the content types
+    ``converted`` (derived: the kind has a stream ``converter``): the answer is not Anthropic's
+    bytes, so the client is sent our model name rather than the provider's. ``stream_types``: the content types
     of a streamed answer. ``decoder(max_event_bytes)``: the incremental decoder of a stream.
     ``converter(model)``: the stream converter, None for Anthropic events. ``message(parsed,
     model)``: a JSON answer as an Anthropic message (raises ``UpstreamStreamError`` for an
@@ -86,10 +86,10 @@ class AnswerFormat:
     converted, as ``(type, Anthropic error body)``, else None. ``count``: a count-tokens answer
     as ``{"input_tokens": N}``, None when it already is.
     ``own_headers``: the provider's response headers are Anthropic's (rate limits, request id)
-    and reach the client; a cloud's are its own, and the client sees only the request id.
+    and reach the client; a cloud's or a converted kind's are its own, and the client sees only
+    the request id.
     """
 
-    converted: bool = False
     own_headers: bool = True
     stream_types: tuple[str, ...] = (SSE_TYPE,)
     decoder: Callable[[int], EventDecoder] = SSEDecoder
@@ -98,6 +98,10 @@ class AnswerFormat:
     error: ErrorReader | None = None
     error_in_200: Callable[[bytes, str], tuple[str, bytes] | None] = anthropic_error_in_200
     count: Callable[[bytes], bytes | None] | None = None
+
+    @property
+    def converted(self) -> bool:
+        return self.converter is not None
 
     def is_stream(self, content_type: str) -> bool:
         return content_type.startswith(self.stream_types)
@@ -128,7 +132,7 @@ def _openai_error(status: int, headers: Mapping[str, str], body: bytes, provider
 ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
     "anthropic": AnswerFormat(),
     "openai": AnswerFormat(
-        converted=True, converter=_openai_stream, message=_openai_message, error=_openai_error
+        own_headers=False, converter=_openai_stream, message=_openai_message, error=_openai_error
     ),
     # Anthropic's events in AWS event-stream frames; JSON answers are Anthropic's messages.
     "bedrock": AnswerFormat(
@@ -142,7 +146,7 @@ ANSWER_FORMATS: Mapping[str, AnswerFormat] = {
     "vertex": AnswerFormat(own_headers=False, error=vertex_error, error_in_200=vertex_error_in_200),
     # Gemini's generateContent answers and Google's errors, converted.
     "gemini": AnswerFormat(
-        converted=True,
+        own_headers=False,
         converter=_gemini_stream,
         message=gemini_to_anthropic_message,
         error=google_error,

@@ -39,10 +39,11 @@ from trio_balancer.upstream.headers import upstream_url, with_overrides
 from trio_balancer.upstream.request import UpstreamRequest
 
 __all__ = [
+    "AnthropicFamily",
     "BedrockFamily",
-    "DirectFamily",
     "Family",
     "GeminiFamily",
+    "OpenAIFamily",
     "Outbound",
     "VertexFamily",
     "make_family",
@@ -81,12 +82,9 @@ class Family:
         raise NotImplementedError
 
 
-class DirectFamily(Family):
-    """Anthropic's API and servers speaking its format or OpenAI's: an API key, no signing."""
-
-    @property
-    def counts_tokens(self) -> bool:
-        return self.provider.kind != "openai" and self.provider.capabilities.count_tokens
+class AnthropicFamily(Family):
+    """Anthropic's API and servers speaking its format: an API key, no signing; the body is
+    the client's (fitted to what the provider takes)."""
 
     async def outbound(
         self, request: UpstreamRequest, model: str, *, thinking: SignatureBook | None = None
@@ -94,6 +92,15 @@ class DirectFamily(Family):
         fitted = fit_request(self.provider, request, model, thinking=thinking)
         url = upstream_url(self.provider, request.path, request.query)
         return Outbound(url, fitted.headers, fitted.body, model, changes=fitted.changes)
+
+
+class OpenAIFamily(AnthropicFamily):
+    """OpenAI-compatible servers: sent like Anthropic's (``fit_request`` converts the body and
+    the headers for the kind), and they have no count endpoint."""
+
+    @property
+    def counts_tokens(self) -> bool:
+        return False
 
 
 class BedrockFamily(Family):
@@ -209,8 +216,8 @@ def _token_deadline(provider: ProviderConfig) -> float:
 
 
 _FAMILIES: Mapping[str, Callable[[ProviderConfig], Family]] = {
-    "anthropic": DirectFamily,
-    "openai": DirectFamily,
+    "anthropic": AnthropicFamily,
+    "openai": OpenAIFamily,
     "bedrock": BedrockFamily,
     "vertex": VertexFamily,
     "gemini": GeminiFamily,
