@@ -297,3 +297,37 @@ def test_every_kind_has_a_family_and_an_answer_format() -> None:
         # A converted answer's headers describe the provider's bytes, not what the client gets.
         assert not (answers.converted and answers.own_headers), kind
         assert answers.converted == (answers.message is not None), kind
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "not_served"),
+    [
+        (404, b'{"type":"error","error":{"type":"not_found_error","message":"model: claude-x"}}', True),
+        (
+            404,
+            b'{"error":{"code":404,"message":"models/gemini-9 is not found for API version v1beta"}}',
+            True,
+        ),
+        (400, b'{"message":"The provided model identifier is invalid."}', True),  # Bedrock
+        (
+            400,
+            b'{"message":"Invocation of model ID anthropic.claude-x with on-demand throughput isn\\u2019t'
+            b' supported. Retry your request with the ID or ARN of an inference profile"}',
+            True,
+        ),
+        (404, b"<html><body>Not Found</body></html>", True),  # not the provider we think it is
+        (404, b'{"type":"error","error":{"type":"not_found_error","message":"file_abc not found"}}', False),
+        (
+            400,
+            b'{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too big"}}',
+            False,
+        ),
+        (422, b'{"message":"model"}', False),
+    ],
+)
+def test_model_not_served_is_read_from_the_providers_own_words(
+    status: int, body: bytes, not_served: bool
+) -> None:
+    from trio_balancer.protocol.upstream_errors import model_not_served
+
+    assert model_not_served(status, body) is not_served

@@ -14,6 +14,7 @@ import trio
 from .fakes import (
     CUT,
     HANG,
+    JSON_HEADERS,
     FakeUpstream,
     Pause,
     Reply,
@@ -28,6 +29,18 @@ from .helpers import NO_DEDUP, PROVIDER_KEY, SONNET, Balancer, BalancerFactory, 
 
 BODY = message_body(model=SONNET, stream=True)
 GOOD = anthropic_text_events(["served ", "by ", "the ", "backup"], message_id="msg_backup")
+
+
+VERTEX_NOT_FOUND = json.dumps(
+    {
+        "error": {
+            "code": 404,
+            "message": "Publisher Model `projects/p/locations/us-east5/publishers/anthropic/models/claude-x`"
+            " was not found or your project does not have access to it.",
+            "status": "NOT_FOUND",
+        }
+    }
+).encode()
 
 
 async def two(
@@ -157,6 +170,44 @@ class TestBeforeCommit:
         assert body == anthropic_error("invalid_request_error", "x")
         assert backup.received == []
         assert (await provider_state(b, "p0"))["state"] == "healthy"
+
+    @pytest.mark.parametrize(
+        "first",
+        [
+            error_reply(404, "not_found_error", "model: claude-sonnet-4-5"),  # Anthropic's words
+            Reply(status=404, headers=list(JSON_HEADERS), steps=[VERTEX_NOT_FOUND]),  # Vertex's
+            Reply(status=404, steps=[b"<html>Not Found</html>"]),  # a wrong base URL's page
+        ],
+    )
+    async def test_a_model_this_provider_lacks_fails_over_and_leaves_health_alone(
+        self, nursery: trio.Nursery, balancer_for: BalancerFactory, first: Reply
+    ) -> None:
+        b, _a, backup = await two(nursery, balancer_for, first)
+        r, body = await stream_body(b)
+        assert r.status_code == 200 and b"message_stop" in body
+        assert len(backup.received) == 1
+        assert (await provider_state(b, "p0"))["state"] == "healthy"
+
+    async def test_a_model_no_provider_has_is_the_last_providers_404(
+        self, nursery: trio.Nursery, balancer_for: BalancerFactory
+    ) -> None:
+        a = await FakeUpstream(error_reply(404, "not_found_error", "model: a")).start(nursery)
+        c = await FakeUpstream(error_reply(404, "not_found_error", "model: c")).start(nursery)
+        b = await balancer_for(a, c)
+        r, body = await stream_body(b)
+        assert r.status_code == 404 and json.loads(body)["error"]["message"] == "model: c"
+        assert len(a.received) == len(c.received) == 1
+
+    async def test_overloaded_then_no_such_model_is_every_provider_failed(
+        self, nursery: trio.Nursery, balancer_for: BalancerFactory
+    ) -> None:
+        """The client should retry (the first provider may recover), not be told the model
+        does not exist."""
+        a = await FakeUpstream(error_reply(529, "overloaded_error")).start(nursery)
+        c = await FakeUpstream(error_reply(404, "not_found_error", "model: c")).start(nursery)
+        b = await balancer_for(a, c)
+        r, body = await stream_body(b)
+        assert r.status_code == 529 and json.loads(body)["error"]["type"] == "overloaded_error"
 
     async def test_sse_invalid_request_error_relayed_as_http_error(
         self, nursery: trio.Nursery, balancer_for: BalancerFactory

@@ -22,11 +22,17 @@ from trio_balancer.config import ProviderConfig
 from trio_balancer.errors import JSON_HEADERS, ProviderError, error_body, error_type_for_status
 from trio_balancer.flight.failures import AttemptFailed, ErrorAnswer, timed_out, unavailable
 from trio_balancer.logging import get_logger
-from trio_balancer.policy.failover import CLIENT_FAULT, PROMPT_TOO_LONG, classify_error_type, classify_status
+from trio_balancer.policy.failover import (
+    CLIENT_FAULT,
+    MODEL_NOT_HERE,
+    PROMPT_TOO_LONG,
+    classify_error_type,
+    classify_status,
+)
 from trio_balancer.policy.health import FailureKind
 from trio_balancer.policy.ratelimits import read_headers, retry_after_seconds
 from trio_balancer.protocol.answers import answer_format
-from trio_balancer.protocol.upstream_errors import error_type_of, scrub_error_body
+from trio_balancer.protocol.upstream_errors import error_type_of, model_not_served, scrub_error_body
 from trio_balancer.protocol.windows import prompt_too_long
 from trio_balancer.redaction import scrub
 from trio_balancer.upstream.headers import response_headers
@@ -169,6 +175,8 @@ def _error_answer(
     verdict = classify_status(status, passthrough=provider.passthrough)
     if verdict.kind is None and prompt_too_long(status, body):
         verdict = PROMPT_TOO_LONG
+    elif verdict is CLIENT_FAULT and model_not_served(status, body):
+        verdict = MODEL_NOT_HERE  # the provider's own words say it has no such model
     read_error = answer_format(provider.kind).error
     if read_error is not None:
         text_headers = {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in response.headers.raw}

@@ -255,6 +255,7 @@ class Flight:
     async def _serve(self) -> None:
         """The failover loop: each target in the plan until one serves or a verdict is final."""
         last: AttemptFailed | None = None
+        nobody_has_it = True  # every failure so far said "no such model here"
         queue = list(self.attempts)
         while queue:
             attempt = queue.pop(0)
@@ -274,12 +275,12 @@ class Flight:
                 if final:
                     await self._relay_answer(failure)
                     return
-                last = failure
+                last, nobody_has_it = failure, nobody_has_it and failure.verdict.not_here
                 self.observer.failover(runtime.name, _failover_reason(failure.verdict))
                 _log_failover(runtime.name, failure, queue)
         assert last is not None
-        if sum(not r.skipped for r in self._tried) == 1:
-            await self._relay_answer(last)  # one provider: its own answer says it best
+        if nobody_has_it or sum(not r.skipped for r in self._tried) == 1:
+            await self._relay_answer(last)  # one provider, or none has the model: it says it best
             return
         raise _all_failed(self._tried, self._providers)
 
@@ -296,8 +297,7 @@ class Flight:
             )
         if failure.answer is None:
             raise failure.error
-        self._error = failure.error.error_type
-        answer = failure.answer
+        self._error, answer = failure.error.error_type, failure.answer
         await self.commit(Head(answer.status, answer.headers), answer.body)
 
     async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
@@ -419,6 +419,8 @@ def _failover_reason(verdict: Verdict) -> str:
     """The failover metric's reason label."""
     if verdict.too_long:
         return "prompt_too_long"
+    if verdict.not_here:
+        return "model_not_here"
     return verdict.kind.value if verdict.kind else "client"
 
 

@@ -3,7 +3,9 @@
 Rule of thumb: before anything is committed to the client, every failure that another
 provider might not have fails over. Only answers that say the *request* is wrong (400, 404,
 413, 422 and their SSE twins) go back to the client, since every provider would say the same;
-except "prompt too long", which a model with a larger window may not say (``PROMPT_TOO_LONG``).
+except "prompt too long", which a model with a larger window may not say (``PROMPT_TOO_LONG``),
+and "no such model", which is about the target (a region or key without it), not the request
+(``MODEL_NOT_HERE``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ import attrs
 
 from trio_balancer.policy.health import FailureKind
 
-__all__ = ["CLIENT_FAULT", "PROMPT_TOO_LONG", "Verdict", "classify_error_type", "classify_status"]
+__all__ = [
+    "CLIENT_FAULT",
+    "MODEL_NOT_HERE",
+    "PROMPT_TOO_LONG",
+    "Verdict",
+    "classify_error_type",
+    "classify_status",
+]
 
 
 @attrs.frozen
@@ -21,6 +30,8 @@ class Verdict:
     kind: FailureKind | None  # what it does to the provider's health; None: not its fault
     # The prompt does not fit this model's window: try only targets with a larger one.
     too_long: bool = False
+    # The provider does not serve the model asked for: the next target may.
+    not_here: bool = False
 
 
 CLIENT_FAULT = Verdict(retry=False, kind=None)
@@ -28,6 +39,11 @@ CLIENT_FAULT = Verdict(retry=False, kind=None)
 # larger window. Nobody's fault, so health is untouched; with no larger target left, the flight
 # relays the provider's own answer, as for any client error.
 PROMPT_TOO_LONG = Verdict(retry=True, kind=None, too_long=True)
+# A model this provider does not have (Bedrock's model not in the region, Vertex's not in the
+# project): the next target, health untouched. If every target said so, the last answer is
+# relayed (the client asked for a model nobody has); after any other failure, the client gets
+# "every provider failed" and retries.
+MODEL_NOT_HERE = Verdict(retry=True, kind=None, not_here=True)
 
 
 def classify_status(status: int, *, passthrough: bool) -> Verdict:

@@ -15,7 +15,14 @@ from trio_balancer.protocol.events import dumps, error_sse_event
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
 from trio_balancer.redaction import scrub
 
-__all__ = ["error_type_of", "is_error_data", "parse_error_event", "scrub_error_body", "scrub_error_event"]
+__all__ = [
+    "error_type_of",
+    "is_error_data",
+    "model_not_served",
+    "parse_error_event",
+    "scrub_error_body",
+    "scrub_error_event",
+]
 
 
 def error_type_of(body: bytes) -> str | None:
@@ -28,6 +35,24 @@ def error_type_of(body: bytes) -> str | None:
         t = parsed["error"].get("type")
         return t if isinstance(t, str) else "api_error"
     return None
+
+
+# What the services say when the model asked for is not one they serve (at this region, this
+# project, this key), as opposed to a request that is wrong anywhere: Anthropic's 404 names the
+# model ("model: claude-x"); Vertex's and Gemini's 404 NOT_FOUND name the publisher model or
+# "models/x"; Bedrock answers 400 ValidationException for an id it does not know or one that
+# needs an inference profile in that region.
+_NOT_SERVED_400 = (b"model identifier is invalid", b"on-demand throughput isn", b"inference profile")
+
+
+def model_not_served(status: int, body: bytes) -> bool:
+    """Whether a provider's error answer, as it sent it (any shape: its own words), says it
+    does not serve the model asked for, which another provider may. A 404 that is not about a
+    model (a wrong base URL's page) is the provider's configuration too, so it may say so."""
+    text = body[:4096].lower()
+    if status == 404:
+        return b"model" in text or not text.lstrip().startswith((b"{", b"["))
+    return status == 400 and any(phrase in text for phrase in _NOT_SERVED_400)
 
 
 def anthropic_error_in_200(body: bytes, provider: str) -> tuple[str, bytes] | None:
