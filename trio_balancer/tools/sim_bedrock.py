@@ -1,6 +1,7 @@
 """The simulator's Bedrock dialect: SigV4 checked against test credentials, event-stream frames.
 
-Pure helpers; ``tools/simulator.py`` does the I/O. A request to ``/model/{id}/invoke`` or
+:func:`bedrock_answer` answers on the exchange ``tools/simulator.py`` hands it; the rest is
+pure. A request to ``/model/{id}/invoke`` or
 ``/model/{id}/invoke-with-response-stream`` must be signed (SigV4, service ``bedrock``) with a
 key the simulator knows (:data:`SIM_AWS_KEYS`; set ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` to the pair to try a config), else the 403 Bedrock answers. Streams
@@ -17,14 +18,39 @@ import hmac
 import json
 import re
 import struct
+import uuid
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 from urllib.parse import unquote
+
+from trio_balancer.protocol.bedrock import EVENT_STREAM_TYPE
+from trio_balancer.protocol.cloud_models import anthropic_model_name
+from trio_balancer.protocol.tokens import estimate_request
+from trio_balancer.tools.sim_anthropic import (
+    anthropic_body_problem,
+    anthropic_message,
+    anthropic_stream,
+    tool_names,
+    tool_results,
+)
+from trio_balancer.tools.sim_common import (
+    Exchange,
+    FaultShape,
+    Header,
+    Request,
+    SimState,
+    after_tool_results,
+    fault_preamble,
+    json_object,
+    output_tokens,
+)
 
 __all__ = [
     "SIM_AWS_KEYS",
     "SIM_AWS_KEY_ID",
     "SIM_AWS_SECRET",
+    "bedrock_answer",
     "bedrock_error_answer",
     "bedrock_route",
     "check_signature",
@@ -99,12 +125,72 @@ def check_signature(
     return None
 
 
-def bedrock_error_answer(status: int) -> tuple[list[tuple[str, str]], dict[str, Any]]:
+def bedrock_error_answer(status: int) -> tuple[list[Header], dict[str, Any]]:
     """Headers and body of a simulated Bedrock HTTP error."""
     name, message = _HTTP_ERRORS.get(status, _HTTP_ERRORS[503 if status >= 500 else 400])
     return [("x-amzn-errortype", f"{name}:http://internal.amazon.com/coral/com.amazon.bedrock/")], {
         "message": message
     }
+
+
+def _too_long(tokens: int, window: int) -> tuple[int, list[Header], Any]:
+    """Bedrock's answer to a prompt over the model's window (it says no numbers)."""
+    return (
+        400,
+        [("x-amzn-errortype", "ValidationException")],
+        {"message": "Input is too long for requested model."},
+    )
+
+
+BEDROCK_FAULTS = FaultShape(error=bedrock_error_answer, too_long=_too_long)
+
+
+async def bedrock_answer(sim: SimState, ex: Exchange, request: Request) -> None:
+    """InvokeModel[WithResponseStream] and CountTokens, signed, as Bedrock answers them."""
+    model_id, action = bedrock_route(request.path) or ("", "")
+    ex.headers.append(("x-amzn-requestid", str(uuid.uuid4())))
+    problem = check_signature(request.method, request.target, request.headers, request.body, sim.aws_keys)
+    if problem is not None:
+        name = "UnrecognizedClientException" if "token" in problem.lower() else "InvalidSignatureException"
+        return await ex.send(403, {"message": problem}, [("x-amzn-errortype", name)])
+    opts = sim.defaults.with_headers(request.headers)
+    payload = _body(request.body, counting=action == "count-tokens")
+    wrong = "body is not JSON" if payload is None else anthropic_body_problem(
+        payload, version="bedrock-2023-05-31", forbidden=("model", "stream"),
+        extra="extraneous key [{field}] is not permitted",
+    )  # fmt: skip
+    if wrong is not None:
+        extra = [("x-amzn-errortype", "ValidationException")]
+        return await ex.send(400, {"message": f"Malformed input request: {wrong}"}, extra)
+    assert payload is not None
+    input_tokens = estimate_request(payload)
+    model = anthropic_model_name(model_id)
+    window = 0 if action == "count-tokens" else sim.windows.get(model, opts.context_window)
+    if await fault_preamble(ex, opts, BEDROCK_FAULTS, input_tokens=input_tokens, window=window):
+        return
+    if action == "count-tokens":
+        return await ex.send(200, {"inputTokens": input_tokens})
+    opts = after_tool_results(opts, tool_results(payload), tool_names(payload))
+    if action == "invoke":
+        return await ex.send(200, anthropic_message(opts, model, input_tokens), trickle=opts.trickle)
+    metrics = {"inputTokenCount": input_tokens, "outputTokenCount": output_tokens(opts),
+               "invocationLatency": 1, "firstByteLatency": 1}  # fmt: skip
+    await ex.send_stream(
+        opts, anthropic_stream(opts, model, input_tokens),
+        frame=partial(sse_to_frame, invocation=metrics), content_type=EVENT_STREAM_TYPE,
+    )  # fmt: skip
+
+
+def _body(body: bytes, *, counting: bool) -> dict[str, Any] | None:
+    """The Anthropic body of a request (CountTokens carries it base64 in ``input``), else None."""
+    payload = json_object(body)
+    if not counting or payload is None:
+        return payload
+    try:
+        inner = json.loads(base64.b64decode(payload["input"]["invokeModel"]["body"]))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return inner if isinstance(inner, dict) else None
 
 
 def _header(name: str, value: str) -> bytes:

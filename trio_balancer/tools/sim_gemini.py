@@ -1,6 +1,7 @@
 """The simulator's Gemini dialect: ``generateContent`` requests checked, answers in Gemini's shape.
 
-Pure helpers; ``tools/simulator.py`` does the I/O. ``/v1beta/models/{model}:{action}`` with
+:func:`gemini_answer` answers on the exchange ``tools/simulator.py`` hands it; the rest is
+pure. ``/v1beta/models/{model}:{action}`` with
 ``streamGenerateContent`` (SSE, each ``data:`` a whole ``GenerateContentResponse``),
 ``generateContent`` (one JSON) or ``countTokens``. The key comes in ``x-goog-api-key`` (or
 ``?key=``); a simulator given keys (``Simulator(gemini_keys=...)``) answers any other with the
@@ -15,13 +16,36 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
+from urllib.parse import parse_qs
+
+import attrs
 
 from trio_balancer.protocol.schema_dialect import GEMINI_KEYS
+from trio_balancer.tools.sim_common import (
+    Exchange,
+    FaultShape,
+    Header,
+    Request,
+    SimOptions,
+    SimState,
+    Step,
+    StreamShape,
+    after_tool_results,
+    delta_text,
+    fault_preamble,
+    google_error,
+    json_object,
+    output_tokens,
+    paced_deltas,
+    tool_input,
+)
 
 __all__ = [
     "SIM_GEMINI_SIGNATURE",
+    "gemini_answer",
     "gemini_body_problem",
     "gemini_chunk",
     "gemini_error_answer",
@@ -54,17 +78,115 @@ def gemini_route(path: str) -> tuple[str, str] | None:
 
 
 def gemini_error_answer(status: int, message: str | None = None, reason: str | None = None) -> dict[str, Any]:
-    name, default = _ERRORS.get(status, _ERRORS[500 if status >= 500 else 400])
-    error: dict[str, Any] = {"code": status, "message": message or default, "status": name}
-    if reason:
-        error["details"] = [
-            {
-                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                "reason": reason,
-                "domain": "googleapis.com",
-            }
-        ]
-    return {"error": error}
+    """Gemini's error answer (Google's shape, Gemini's usual messages)."""
+    return google_error(status, _ERRORS, message, reason)
+
+
+def _too_long(tokens: int, window: int) -> tuple[int, list[Header], Any]:
+    message = f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({window})."
+    return 400, [], gemini_error_answer(400, message)
+
+
+def _sse(data: bytes) -> bytes:
+    return b"data: " + data + b"\r\n\r\n"
+
+
+GEMINI_FAULTS = FaultShape(error=lambda status: ([], gemini_error_answer(status)), too_long=_too_long)
+GEMINI_STREAM = StreamShape(error_event=_sse(json.dumps(gemini_error_answer(503)).encode()), event=_sse)
+
+
+async def gemini_answer(sim: SimState, ex: Exchange, request: Request) -> None:
+    """generateContent / streamGenerateContent / countTokens, with an API key, as Gemini answers."""
+    model, action = gemini_route(request.path) or ("", "")
+    key = request.headers.get("x-goog-api-key") or (parse_qs(request.query).get("key") or [""])[0]
+    refused = gemini_key_problem(key, sim.gemini_keys)
+    if refused is not None:
+        return await ex.send(*refused)
+    opts = sim.defaults.with_headers(request.headers)
+    payload = json_object(request.body)
+    counting = action == "countTokens"
+    problem = gemini_body_problem(payload, model, counting=counting)
+    if problem is not None:
+        return await ex.send(400, gemini_error_answer(400, problem))
+    assert payload is not None
+    body = payload.get("generateContentRequest", payload) if counting else payload
+    input_tokens = max(1, len(json.dumps(body, ensure_ascii=False)) // 4)
+    window = 0 if counting else sim.windows.get(model, opts.context_window)
+    if await fault_preamble(ex, opts, GEMINI_FAULTS, input_tokens=input_tokens, window=window):
+        return
+    if counting:
+        return await ex.send(200, {"totalTokens": input_tokens})
+    opts = after_tool_results(opts, gemini_tool_results(payload), gemini_tool_names(payload))
+    thinking = bool(
+        ((payload.get("generationConfig") or {}).get("thinkingConfig") or {}).get("includeThoughts")
+    )
+    if action == "generateContent":  # one JSON: the stream's faults have no bytes to spoil
+        whole = attrs.evolve(opts, bad_utf8=False, huge_event=0)
+        message = _message(gemini_stream(whole, model, input_tokens, thinking=thinking))
+        return await ex.send(200, message, trickle=opts.trickle)
+    await ex.send_stream(opts, gemini_stream(opts, model, input_tokens, thinking=thinking))
+
+
+def gemini_stream(opts: SimOptions, model: str, input_tokens: int, *, thinking: bool) -> Iterator[Step]:
+    """Gemini's chunks: [a thought], one text part per delta, the calls together, the finish.
+
+    After thinking (and always on ``gemini-3*``, which signs every first call) the first part
+    made carries a ``thoughtSignature`` that a next turn must give back.
+    """
+    rid = f"sim-{uuid.uuid4().hex[:12]}"
+    usage = {"promptTokenCount": input_tokens, "candidatesTokenCount": 0}
+    if thinking:
+        usage["thoughtsTokenCount"] = 12
+    signature = thinking or model.startswith("gemini-3")
+
+    def chunk(parts: list[dict[str, Any]], finish: str | None = None) -> bytes:
+        data = gemini_chunk(parts, model=model, response_id=rid, usage=usage, finish=finish)
+        if opts.no_usage:
+            data.pop("usageMetadata")
+        return _sse(json.dumps(data, ensure_ascii=False).encode())
+
+    per = max(1, output_tokens(attrs.evolve(opts, tools=0)) // max(1, opts.events))
+
+    def delta(i: int) -> bytes:
+        part: dict[str, Any] = {"text": delta_text(opts, i)}
+        if signature and i == 0 and not opts.tools:
+            part["thoughtSignature"] = SIM_GEMINI_SIGNATURE
+        usage["candidatesTokenCount"] += per
+        return chunk([part])
+
+    if thinking:
+        yield (
+            "event",
+            chunk([{"text": "**Reading the request** The user wants the next step.", "thought": True}]),
+        )
+    if (yield from paced_deltas(opts, GEMINI_STREAM, delta)):
+        return
+    calls: list[dict[str, Any]] = []
+    for t in range(opts.tools):
+        call: dict[str, Any] = {"name": opts.tool_name, "args": tool_input(opts, t)}
+        if model.startswith("gemini-3"):
+            call["id"] = f"call_sim_{t}"
+        calls.append({"functionCall": call})
+    if calls and signature:
+        calls[0]["thoughtSignature"] = SIM_GEMINI_SIGNATURE
+    usage["candidatesTokenCount"] += 12 * len(calls)
+    yield "event", chunk(calls, opts.finish or "STOP")
+
+
+def _message(chunks: Iterator[Step]) -> dict[str, Any]:
+    """The whole answer of ``generateContent``: the stream's parts in one response."""
+    parts: list[dict[str, Any]] = []
+    last: dict[str, Any] = {}
+    for kind, data in chunks:
+        if kind != "event":
+            continue
+        raw = data() if callable(data) else data
+        last = json.loads(raw.removeprefix(b"data: "))
+        if "error" in last:
+            return last
+        parts += last["candidates"][0]["content"]["parts"]
+    last["candidates"][0]["content"]["parts"] = parts
+    return last
 
 
 def gemini_key_problem(key: str, keys: frozenset[str]) -> tuple[int, dict[str, Any]] | None:

@@ -1,13 +1,14 @@
-"""The simulator's Vertex AI dialect: the service-account token flow and Vertex's paths. Pure.
+"""The simulator's Vertex AI dialect: the service-account token flow and Vertex's paths.
 
-``tools/simulator.py`` does the I/O. ``POST /token`` is an OAuth token endpoint for the
+:func:`vertex_answer` and :func:`token_answer` answer on the exchange ``tools/simulator.py``
+hands them; the rest is pure. ``POST /token`` is an OAuth token endpoint for the
 service-account flow: it takes the JWT bearer assertion google-auth signs with the account's
 private key, checks it against the public keys the simulator was given (``Simulator(
 google_keys=...)``; :func:`make_service_account` writes a key file and returns its public key),
 and answers an access token the simulator then requires on
 ``/v1/projects/{project}/locations/{region}/publishers/anthropic/models/{model}:{action}``.
-Errors come in Google's shape, except the model's own (529 overloaded), which is Anthropic's,
-as on Vertex.
+Errors come in Google's shape, except the model's own (529 overloaded, a prompt over the
+window), which are Anthropic's, as on Vertex.
 """
 
 from __future__ import annotations
@@ -21,7 +22,38 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["check_assertion", "google_error_answer", "make_service_account", "vertex_route"]
+from trio_balancer.protocol.cloud_models import anthropic_model_name
+from trio_balancer.protocol.tokens import estimate_request
+from trio_balancer.tools.sim_anthropic import (
+    anthropic_body_problem,
+    anthropic_error,
+    anthropic_message,
+    anthropic_stream,
+    anthropic_too_long,
+    tool_names,
+    tool_results,
+)
+from trio_balancer.tools.sim_common import (
+    Exchange,
+    FaultShape,
+    Header,
+    Request,
+    SimState,
+    after_tool_results,
+    fault_preamble,
+    google_error,
+    json_object,
+)
+
+__all__ = [
+    "check_assertion",
+    "google_error_answer",
+    "is_vertex_path",
+    "make_service_account",
+    "token_answer",
+    "vertex_answer",
+    "vertex_route",
+]
 
 _ROUTE = re.compile(
     r"/v1/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/publishers/anthropic/models/"
@@ -48,9 +80,64 @@ def vertex_route(path: str) -> tuple[str, str, str, str] | None:
     return (m["project"], m["region"], m["model"], m["action"]) if m else None
 
 
-def google_error_answer(status: int) -> dict[str, Any]:
-    name, message = _GOOGLE_ERRORS.get(status, _GOOGLE_ERRORS[500 if status >= 500 else 400])
-    return {"error": {"code": status, "message": message, "status": name}}
+def google_error_answer(status: int, message: str | None = None) -> dict[str, Any]:
+    """Vertex's own error answer (Google's shape, Vertex's usual messages)."""
+    return google_error(status, _GOOGLE_ERRORS, message)
+
+
+def _error(status: int) -> tuple[list[Header], Any]:
+    if status == 529:  # the model's own overload: Anthropic's shape, as Vertex relays it
+        return [], anthropic_error(529)
+    return [], google_error_answer(status)
+
+
+VERTEX_FAULTS = FaultShape(error=_error, too_long=anthropic_too_long)  # the model's "too long"
+_COUNT_PATH = "/models/count-tokens:rawPredict"
+
+
+async def token_answer(sim: SimState, ex: Exchange, request: Request) -> None:
+    """The OAuth token endpoint a service account's JWT assertion is exchanged at."""
+    sim.token_requests += 1
+    audience = f"http://{request.headers.get('host', '')}/token"
+    answer, problem = check_assertion(request.body, sim.google_keys, audience)
+    if answer is None:
+        return await ex.send(400, {"error": problem.split(":")[0], "error_description": problem})
+    sim.google_tokens.add(answer["access_token"])
+    await ex.send(200, answer)
+
+
+def is_vertex_path(path: str) -> bool:
+    return vertex_route(path) is not None or path.endswith(_COUNT_PATH)
+
+
+async def vertex_answer(sim: SimState, ex: Exchange, request: Request) -> None:
+    """rawPredict / streamRawPredict / count-tokens, with a token the endpoint issued."""
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+    if sim.google_keys and bearer not in sim.google_tokens:
+        return await ex.send(401, google_error_answer(401))
+    opts = sim.defaults.with_headers(request.headers)
+    payload = json_object(request.body)
+    counting = request.path.endswith(_COUNT_PATH)
+    problem = "body is not JSON" if payload is None else anthropic_body_problem(
+        payload, version="vertex-2023-10-16", forbidden=() if counting else ("model",),
+        extra="{field}: Extra inputs are not permitted",
+    )  # fmt: skip
+    if problem is not None:
+        error = {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+        return await ex.send(400, error)
+    assert payload is not None
+    input_tokens = estimate_request(payload)
+    route = vertex_route(request.path)
+    model = anthropic_model_name(route[2]) if route is not None else ""
+    window = 0 if counting else sim.windows.get(model, opts.context_window)
+    if await fault_preamble(ex, opts, VERTEX_FAULTS, input_tokens=input_tokens, window=window):
+        return
+    if counting or route is None:
+        return await ex.send(200, {"input_tokens": input_tokens})
+    opts = after_tool_results(opts, tool_results(payload), tool_names(payload))
+    if route[3] == "rawPredict" or not payload.get("stream"):
+        return await ex.send(200, anthropic_message(opts, model, input_tokens), trickle=opts.trickle)
+    await ex.send_stream(opts, anthropic_stream(opts, model, input_tokens))
 
 
 def check_assertion(form: bytes, keys: Mapping[str, str], audience: str) -> tuple[dict[str, Any] | None, str]:
