@@ -123,7 +123,8 @@ _TOO_LONG = re.compile(
     r"|exceed(?:s|ed)? (?:the )?context (?:limit|window)"
     r"|maximum context length"
     r"|exceeded model token limit"
-    r"|input token count .{0,40}exceeds the maximum number of tokens",
+    r"|input token count .{0,40}exceeds the maximum number of tokens"
+    r"|input is too long for requested model",  # Bedrock's ValidationException
     re.IGNORECASE,
 )
 _TOO_LONG_CODES = frozenset({"context_length_exceeded"})
@@ -141,7 +142,7 @@ def prompt_too_long(status: int, body: bytes) -> bool:
         doc = doc[0]
     error = doc.get("error") if isinstance(doc, dict) else None
     if not isinstance(error, dict):
-        return False
+        error = doc if isinstance(doc, dict) else {}  # Bedrock's: {"message": ...} at the top
     if error.get("code") in _TOO_LONG_CODES:
         return True
     message = error.get("message")
