@@ -10,11 +10,13 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import attrs
 import trio
@@ -24,6 +26,8 @@ from trio_balancer import logging as blog
 from trio_balancer.config import Config, ConfigError, ProviderConfig, load_config
 from trio_balancer.errors import leaf_exceptions
 from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
+from trio_balancer.ledger.store import LedgerStore
+from trio_balancer.policy.budgets import Spend, budget_lines, periods_at
 from trio_balancer.tools.simulator import SimOptions
 
 __all__ = ["main"]
@@ -267,10 +271,45 @@ def _usage(args: argparse.Namespace) -> int:
                 return 2
             columns = [*groups, "requests", "input_tokens", "output_tokens", "cache_creation_input_tokens",
                        "cache_read_input_tokens", "cost_usd", "flagged", "unpriced", "errors"]  # fmt: skip
+        budgets = _budget_rows(_load(args.config), store) if "client" in args.by.split(",") else []
     finally:
         store.close()
     _print_table(rows, columns, csv_out=args.csv)
+    if budgets:
+        print()
+        _print_table(budgets, ["client", "budget", "limit", "spent", "left", "resets_at"], csv_out=args.csv)
     return 0
+
+
+def _budget_rows(config: Config, store: LedgerStore) -> list[dict[str, Any]]:
+    """Each client key's budgets against what the ledger says it spent in the current periods
+    (every process's records: what the running balancers check against, give or take a sync)."""
+    keys = [k for k in config.server.client_keys if k.has_budget]
+    if not keys:
+        return []
+    tz = ZoneInfo(config.server.budget_timezone)
+    now = time.time()
+    periods = periods_at(now, tz)
+    spent = {
+        client: {"month": Spend(mu, mt), "day": Spend(du, dt)}
+        for client, mu, mt, du, dt in store.spend_by_client(
+            periods.month_start, periods.day_start, excluding_instance=""
+        )
+    }
+    rows = []
+    for key in keys:
+        for line in budget_lines(key, spent.get(key.name, {}), periods):
+            rows.append(
+                {
+                    "client": key.name,
+                    "budget": f"{line.what}/{line.period}",
+                    "limit": line.limit,
+                    "spent": round(line.spent, 6),
+                    "left": round(line.left, 6),
+                    "resets_at": datetime.fromtimestamp(line.resets_at, tz).isoformat(),
+                }
+            )
+    return rows
 
 
 def _print_table(rows: list[dict[str, Any]], columns: list[str], *, csv_out: bool) -> None:

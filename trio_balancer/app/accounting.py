@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 
+import attrs
+
 from trio_balancer.app.metrics import normalise_model
 from trio_balancer.app.records import RequestContext, fallback_record, request_record
 from trio_balancer.app.state import AppState
@@ -44,11 +46,16 @@ class RecordSink:
         except Exception:
             log.exception("accounting.crash", request_id=ctx.id)
             record = fallback_record(ctx)
+        record = attrs.evolve(record, instance=self._state.budgets.instance)
         _log_end(ctx, record)
         try:
             self._count(record)
         except Exception:  # a metrics bug must not cost the ledger its record
             log.exception("metrics.record_failed", request_id=record.id)
+        try:
+            self._state.budgets.recorded(record)  # counts for the key's next request at once
+        except Exception:
+            log.exception("budgets.record_failed", request_id=record.id)
         if self._state.ledger is not None:
             await self._state.ledger.record(record)
 

@@ -197,6 +197,11 @@ class BalancerApp:
                 await services.start(ledger.run)
             except LedgerUnavailable as exc:
                 raise StartupFailed(str(exc)) from None
+            state = self.state
+            sync_every = lambda: state.config.server.budget_sync_s  # noqa: E731 - read at each turn
+            await services.start(
+                partial(state.budgets.run, ledger.reader, sync_every, lambda: state.budgets_wanted)
+            )
 
     def _close_on_failure(self, exc: BaseException) -> None:
         """The app cannot serve any more: say so everywhere, once."""

@@ -90,6 +90,8 @@ class MessagesEndpoint:
         admitted = False
         self._supervisor.handler_started()
         try:
+            if ctx.path != COUNT_TOKENS_PATH:  # counting costs nothing: never refused for spend
+                state.budgets.admit(key)
             lease = await self._acquire(client, key)
             admitted = True
             state.metrics.active_listeners.inc()
@@ -137,15 +139,7 @@ class MessagesEndpoint:
             try:
                 lease = await cluster.acquire(client, max_concurrent=max_concurrent, per_minute=per_minute)
             except LimitRefused as exc:
-                what = (
-                    f"{max_concurrent} concurrent requests"
-                    if exc.reason == "concurrency"
-                    else f"{per_minute} requests per minute"
-                )
-                raise RateLimited(
-                    f"client {client!r} is at its limit of {what}",
-                    headers={"retry-after": str(exc.retry_after)},
-                ) from None
+                raise _refused(client, exc, max_concurrent, per_minute) from None
             except Exception:  # Redis went away mid-call: this instance's own counts
                 shared = False
         limiter.acquire(
@@ -362,6 +356,20 @@ class MessagesEndpoint:
                 upstream_model=outcome.upstream_model,
             )
             state.cluster.cache_put(key, entry, ttl)
+
+
+def _refused(
+    client: str, exc: LimitRefused, max_concurrent: int | None, per_minute: int | None
+) -> RateLimited:
+    """The cluster's refusal in words: which of the key's limits it is at."""
+    what = (
+        f"{max_concurrent} concurrent requests"
+        if exc.reason == "concurrency"
+        else f"{per_minute} requests per minute"
+    )
+    return RateLimited(
+        f"client {client!r} is at its limit of {what}", headers={"retry-after": str(exc.retry_after)}
+    )
 
 
 def _require_json(headers: Iterable[tuple[bytes, bytes]]) -> None:

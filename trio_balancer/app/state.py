@@ -6,8 +6,13 @@ old router or price table by accident. Handlers read it; only the lifespan and r
 
 from __future__ import annotations
 
+import os
+import socket
+import uuid
+
 import attrs
 
+from trio_balancer.app.budgets import BudgetKeeper
 from trio_balancer.app.cluster import Cluster
 from trio_balancer.app.metrics import Metrics
 from trio_balancer.config import DEFAULT_MODELS, Config
@@ -21,7 +26,7 @@ from trio_balancer.protocol.pricing import PriceTable
 from trio_balancer.protocol.thinking import SignatureBook
 from trio_balancer.upstream.providers import ProviderRuntime, Registry
 
-__all__ = ["COUNT_CACHE_ITEMS", "COUNT_CACHE_TTL_S", "AppState"]
+__all__ = ["COUNT_CACHE_ITEMS", "COUNT_CACHE_TTL_S", "AppState", "new_instance_id"]
 
 # Identical count_tokens requests are answered from here: Claude Code sends bursts of 40-50
 # a second, mostly the same request, while a conversation sits still. Half a minute covers a
@@ -42,6 +47,7 @@ class AppState:
     cache: ResponseCache
     count_cache: ResponseCache  # answers of /v1/messages/count_tokens, local to this instance
     known_models: set[str]  # model ids that may be metric labels
+    budgets: BudgetKeeper  # outlives reloads: spend does not reset when the config changes
     metrics: Metrics = attrs.Factory(Metrics)
     stats: RecentStats = attrs.Factory(RecentStats)
     # Which family signed each thinking block seen: outlives reloads (signatures do not change).
@@ -64,6 +70,7 @@ class AppState:
                 ttl_s=COUNT_CACHE_TTL_S, max_bytes=COUNT_CACHE_ITEMS * 1024, max_items=COUNT_CACHE_ITEMS
             ),
             known_models=known_models(config),
+            budgets=BudgetKeeper(config.server.budget_timezone, new_instance_id(config.cluster.instance_id)),
         )
 
     def apply(self, new: Config) -> list[ProviderRuntime]:
@@ -76,7 +83,21 @@ class AppState:
         self.known_models = known_models(new)
         self.keyring = KeyRing(new.server.client_keys, new.server.admin_key_sha256)
         self.limiter.max_total = new.server.max_concurrent
+        self.budgets.set_timezone(new.server.budget_timezone)
         return retired
+
+    @property
+    def budgets_wanted(self) -> bool:
+        """Some client key has a budget (else the book is not synced)."""
+        return any(k.has_budget for k in self.config.server.client_keys)
+
+
+def new_instance_id(configured: str | None = None) -> str:
+    """This process's id in the ledger: its name (the cluster's ``instance_id``, else host and
+    pid) and a random part, since a restarted container has the same host name and pid 1, and
+    its earlier run's records must read as another process's."""
+    name = configured or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def known_models(config: Config) -> set[str]:

@@ -25,6 +25,8 @@ from trio_balancer.config.schema import (
     ServerConfig,
     Target,
     Timeouts,
+    TokenBudget,
+    UsdBudget,
     When,
     default_config,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "ServerConfig",
     "Target",
     "Timeouts",
+    "TokenBudget",
+    "UsdBudget",
     "When",
     "default_config",
     "load_config",

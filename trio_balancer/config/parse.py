@@ -21,6 +21,7 @@ from trio_balancer.config.schema import (
     PASSTHROUGH,
     Config,
     HealthPolicy,
+    LedgerConfig,
     ProviderConfig,
     Route,
     RoutingConfig,
@@ -97,9 +98,18 @@ def parse_config(
     ctx = attrs.evolve(
         ctx, provider_names=frozenset(p.name for p in providers), defaults={Route: route_defaults}
     )
+    ledger: LedgerConfig = _read_field(top, f.ledger, ctx)
+    if not ledger.enabled:
+        for i, key in enumerate(server.client_keys):
+            if key.has_budget:
+                raise top.error(
+                    f"server.client_keys[{i}]",
+                    "has a budget, and budgets are kept in the usage ledger (they survive restarts"
+                    " through it): enable [ledger]",
+                )
     return Config(
         server=server, providers=providers, routes=_read_field(top, f.routes, ctx), routing=routing,
-        health=health, ledger=_read_field(top, f.ledger, ctx), prices=_read_field(top, f.prices, ctx),
+        health=health, ledger=ledger, prices=_read_field(top, f.prices, ctx),
         dedup=_read_field(top, f.dedup, ctx), cluster=_read_field(top, f.cluster, ctx), source=source,
     )  # fmt: skip
 

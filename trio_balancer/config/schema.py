@@ -40,6 +40,8 @@ __all__ = [
     "ServerConfig",
     "Target",
     "Timeouts",
+    "TokenBudget",
+    "UsdBudget",
     "When",
     "default_config",
     "missing_extra",
@@ -122,6 +124,32 @@ def _strip_slash(value: str) -> str:
     return value.rstrip("/")
 
 
+def _timezone(value: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "must be an IANA time zone name (UTC, Europe/Berlin, America/New_York)"
+    return None
+
+
+@attrs.frozen
+class UsdBudget:
+    """``budget_usd = { day = 20, month = 300 }``: what a key may spend per calendar period."""
+
+    day: float | None = attrs.field(default=None, metadata=spec.number(lo=0))
+    month: float | None = attrs.field(default=None, metadata=spec.number(lo=0))
+
+
+@attrs.frozen
+class TokenBudget:
+    """``tokens = { day = 5_000_000 }``: input + output + cache tokens per calendar period."""
+
+    day: int | None = attrs.field(default=None, metadata=spec.integer(lo=0))
+    month: int | None = attrs.field(default=None, metadata=spec.integer(lo=0))
+
+
 @attrs.frozen
 class ClientKey:
     """One ``[[server.client_keys]]`` entry: who a client is, and what it may do."""
@@ -132,9 +160,19 @@ class ClientKey:
     models: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings())
     max_concurrent: int | None = attrs.field(default=None, metadata=spec.integer(lo=1))
     requests_per_minute: int | None = attrs.field(default=None, metadata=spec.integer(lo=1))
+    # Spend caps per calendar period in [server] budget_timezone (policy/budgets.py).
+    budget_usd: UsdBudget = attrs.field(factory=UsdBudget, metadata=spec.table(UsdBudget))
+    tokens: TokenBudget = attrs.field(factory=TokenBudget, metadata=spec.table(TokenBudget))
 
     def __repr__(self) -> str:
         return f"ClientKey(name={self.name!r})"
+
+    @property
+    def has_budget(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.budget_usd.day, self.budget_usd.month, self.tokens.day, self.tokens.month)
+        )
 
 
 @attrs.frozen
@@ -408,6 +446,11 @@ class ServerConfig:
     # Without client keys, a request's Host must be a loopback name or address, or one of
     # these (a name of this machine that clients use), so DNS rebinding cannot reach us.
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings(clean=str.lower))
+    # The calendar the client keys' budgets count days and months in.
+    budget_timezone: str = attrs.field(default="UTC", metadata=spec.string(check=_timezone))
+    # How often the spend of other instances (and of this one before a restart) is read back
+    # from the ledger while any key has a budget.
+    budget_sync_s: float = attrs.field(default=5.0, metadata=spec.number(lo=0.1))
 
 
 @attrs.frozen

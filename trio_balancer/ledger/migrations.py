@@ -30,6 +30,12 @@ _BOTH: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN route_why TEXT;
     """,
+    # 5: which balancer process served it (budgets read the others' spend), and a key's
+    # requests by time (budgets, the console's request browser)
+    """
+    ALTER TABLE requests ADD COLUMN instance TEXT;
+    CREATE INDEX requests_client_started_at ON requests (client, started_at);
+    """,
 )
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (

@@ -55,6 +55,14 @@ class LedgerReader:
             lambda store: store.records(since, until, flagged=flagged, limit=limit, offset=offset)
         )
 
+    async def spend_by_client(
+        self, month_start: float, day_start: float, *, excluding_instance: str
+    ) -> list[tuple[str, float, int, float, int]]:
+        """Every other process's spend per client (see :meth:`LedgerStore.spend_by_client`)."""
+        return await self._query(
+            lambda store: store.spend_by_client(month_start, day_start, excluding_instance=excluding_instance)
+        )
+
     async def aclose(self) -> None:
         async with self._lock:
             self._closed = True

@@ -63,6 +63,18 @@ class Record:
     outcome: str = "delivered"
     # The route's conditions that matched ("match claude-*; thinking"); ``route`` is its name or index.
     route_why: str | None = None
+    # The balancer process that served it (one id per run: ``app/state.new_instance_id``).
+    instance: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Every token it used: input, output and cache (what a token budget counts)."""
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_creation_input_tokens
+            + self.cache_read_input_tokens
+        )
 
     @property
     def flagged(self) -> bool:

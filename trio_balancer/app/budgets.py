@@ -1,0 +1,145 @@
+"""Budgets at run time: the spend book checked before each request, fed as each is recorded,
+and read back from the ledger for everything this process did not see itself.
+
+The rules (periods, what counts, the overshoot bound) are in :mod:`trio_balancer.policy.budgets`.
+Here: one task syncs the book from the ledger when the app starts (so budgets survive restarts:
+the earlier runs are "other processes") and every ``[server] budget_sync_s`` after, while any key
+has a budget (so instances and workers sharing a ledger enforce one budget). A sync that fails
+(the database is away) keeps the last numbers and says so on the view; requests keep flowing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import trio
+
+from trio_balancer.config import ClientKey
+from trio_balancer.errors import RateLimited
+from trio_balancer.ledger import Record
+from trio_balancer.ledger.reader import LedgerReader
+from trio_balancer.logging import get_logger
+from trio_balancer.policy.budgets import BudgetExceeded, Spend, SpendBook, budget_lines
+
+__all__ = ["BudgetKeeper"]
+
+log = get_logger("trio_balancer.app.budgets")
+
+
+class BudgetKeeper:
+    """This process's spend book, its admit check and its sync from the ledger.
+
+    ``clock`` is wall-clock unix seconds (calendar periods are wall-clock things); tests pass
+    their own to cross a midnight.
+    """
+
+    def __init__(self, timezone: str, instance: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.instance = instance
+        self.clock = clock
+        self.book = SpendBook(ZoneInfo(timezone))
+        self.synced_at: float | None = None  # wall clock of the last good sync
+        self.sync_error: str | None = None
+        self._resync = trio.Event()  # set to sync now (a reload changed the time zone)
+
+    def admit(self, key: ClientKey | None) -> None:
+        """Raise :class:`RateLimited` (429, ``retry-after`` to the reset) when a budget of ``key``
+        has nothing left."""
+        if key is None or not key.has_budget:
+            return
+        try:
+            self.book.check(key, self.clock())
+        except BudgetExceeded as exc:
+            raise RateLimited(str(exc), headers={"retry-after": str(exc.retry_after)}) from None
+
+    def recorded(self, record: Record) -> None:
+        """A request of this process was recorded: what it spent counts from now."""
+        spend = Spend(record.cost_usd or 0.0, record.tokens)
+        if spend.usd or spend.tokens:
+            self.book.add_own(record.client, record.started_at, spend, self.clock())
+
+    def set_timezone(self, timezone: str) -> None:
+        """A reload named another calendar: a new book, synced at once (own spend of the old
+        one is in the ledger by then, counted as the ledger says)."""
+        if timezone != self.book.tz.key:
+            self.book = SpendBook(ZoneInfo(timezone))
+            self.instance += "+"  # this process's records so far are now "the ledger's"
+            self._resync.set()
+
+    async def sync(self, reader: LedgerReader) -> None:
+        """Read every other process's spend in the current periods from the ledger."""
+        now = self.clock()
+        periods = self.book.periods(now)
+        try:
+            rows = await reader.spend_by_client(
+                periods.month_start, periods.day_start, excluding_instance=self.instance
+            )
+        except Exception as exc:  # the database is away: the last numbers stand
+            if self.sync_error is None:
+                log.warning("budgets.sync_failed", error=f"{type(exc).__name__}: {exc}")
+            self.sync_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.book.replace_others(
+            [
+                row
+                for client, month_usd, month_tokens, day_usd, day_tokens in rows
+                for row in (
+                    (client, periods.month, Spend(month_usd, month_tokens)),
+                    (client, periods.day, Spend(day_usd, day_tokens)),
+                )
+            ],
+            now,
+        )
+        if self.sync_error is not None:
+            log.info("budgets.synced")
+        self.synced_at, self.sync_error = now, None
+
+    async def run(
+        self,
+        reader: LedgerReader,
+        interval: Callable[[], float],
+        wanted: Callable[[], bool],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Sync before the app serves, then every ``interval()`` s, while ``wanted()`` (some key
+        has a budget; a balancer without budgets never reads the ledger for them)."""
+        if wanted():
+            await self.sync(reader)
+        task_status.started()
+        while True:
+            with trio.move_on_after(interval()):
+                await self._resync.wait()
+            self._resync = trio.Event()
+            if wanted():
+                await self.sync(reader)
+
+    def view(self, keys: Sequence[ClientKey]) -> list[dict[str, Any]]:
+        """Each key with a budget: its budgets, spent and left, and when each resets."""
+        now = self.clock()
+        periods = self.book.periods(now)
+        out = []
+        for key in keys:
+            if not key.has_budget:
+                continue
+            lines = budget_lines(key, self.book.spent(key.name, now), periods)
+            out.append(
+                {
+                    "client": key.name,
+                    "budgets": [
+                        {
+                            "what": line.what,
+                            "period": line.period,
+                            "limit": line.limit,
+                            "spent": round(line.spent, 6),
+                            "left": round(line.left, 6),
+                            "exhausted": line.exhausted,
+                            "resets_at": line.resets_at,
+                        }
+                        for line in lines
+                    ],
+                }
+            )
+        return out
