@@ -307,3 +307,33 @@ def test_time_zone_names_are_checked() -> None:
 
 def test_utc_now_helper_is_sane() -> None:
     assert next_utc_midnight() > datetime.now(UTC).timestamp()
+
+
+async def test_usage_by_client_shows_spend_against_each_budget(
+    upstream: FakeUpstream, nursery: trio.Nursery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trio_balancer.cli import main
+
+    path = tmp_path / "balancer.toml"
+    path.write_text(
+        f"[ledger]\nurl = 'sqlite:///{tmp_path}/ledger.sqlite3'\n"
+        f"[[server.client_keys]]\nname = 'alice'\nsha256 = '{ALICE_SHA}'\n"
+        "budget_usd = { day = 3, month = 100 }\ntokens = { day = 5_000_000 }\n"
+        f"[[providers]]\nname = 'p'\nkind = 'anthropic'\nbase_url = '{upstream.url}'\napi_key = '{PROVIDER_KEY}'\n"
+        "[[prices]]\nmodel = '*'\ninput = 100000\noutput = 100000\n"
+    )
+    b = await start_balancer(nursery, load_config(path))
+    async with b.client:
+        await spend_alice(b)
+        await b.ledger_rows(3)
+    capsys.readouterr()
+    assert main(["usage", "--config", str(path), "--by", "client", "--csv"]) == 0
+    out = capsys.readouterr().out
+    totals, budgets = out.strip().split("\n\n")
+    assert "alice,3," in totals  # three requests
+    lines = {row.split(",")[1]: row.split(",") for row in budgets.splitlines()[1:]}
+    assert set(lines) == {"usd/day", "usd/month", "tokens/day"}
+    assert float(lines["usd/day"][3]) == pytest.approx(4.3) and float(lines["usd/day"][4]) == 0
+    assert float(lines["usd/month"][4]) == pytest.approx(95.7)
+    assert int(float(lines["tokens/day"][3])) == 43
+    assert lines["usd/day"][5].endswith("+00:00")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
@@ -15,7 +17,17 @@ from trio_balancer.config import parse_config
 from trio_balancer.ledger import open_store
 from trio_balancer.policy.auth import new_key
 
-from ..fakes import FakeUpstream, Pause, Reply, anthropic_text_events, error_reply, interleave
+from ..fakes import (
+    JSON_HEADERS,
+    FakeUpstream,
+    Pause,
+    Received,
+    Reply,
+    anthropic_message,
+    anthropic_text_events,
+    error_reply,
+    interleave,
+)
 from ..helpers import Balancer, assert_error, message_body, start_balancer, wait_until
 from .servers import PgServer, RedisServer
 
@@ -365,3 +377,51 @@ async def test_route_and_why_recorded_in_postgres(
         ("1", "match *"),
         ("deep", "match claude-*; thinking"),
     ]
+
+
+async def test_two_instances_on_postgres_enforce_one_budget(
+    tmp_path: Path, nursery: trio.Nursery, pg: PgServer, redis_srv: RedisServer
+) -> None:
+    """Spend on one instance is counted by the other at its next sync from the shared ledger
+    (``budget_sync_s``), as is everything the instances spent before they started."""
+
+    def answer(r: Received) -> Reply:
+        if json.loads(r.body).get("stream"):
+            return Reply(steps=anthropic_text_events(["hello world!"]))  # 15 tokens: $1.50
+        return Reply(
+            headers=list(JSON_HEADERS), steps=[json.dumps(anthropic_message("hello world!")).encode()]
+        )
+
+    up = await FakeUpstream(answer).start(nursery)
+    budget_key = {"name": "team", "sha256": KEY_SHA, "budget_usd": {"day": 3}}
+    made = []
+    for name in "ab":
+        config = cluster_config(tmp_path, name, pg, redis_srv, up, budget_sync_s=0.2)
+        config["server"]["client_keys"] = [budget_key]
+        config["prices"] = [{"model": "*", "input": 100_000, "output": 100_000}]
+        made.append(await start_balancer(nursery, parse_config(config)))
+    a, b = made
+    assert (await post(a)).status_code == 200  # $1.50 on a
+    r = await a.client.post("/v1/messages", json=message_body(), headers={"x-api-key": KEY})
+    assert r.status_code == 200  # $1.30 on a, JSON: $0.20 left
+    assert a.app.ledger is not None
+    with trio.fail_after(10):
+        await a.app.ledger.wait_written(2)
+    written = time.time()
+
+    async def b_synced() -> bool:
+        synced = b.app.state.budgets.synced_at
+        return synced is not None and synced > written
+
+    await wait_for(b_synced, 10)
+    fresh = {"x-balancer-no-dedup": "1"}  # a's answer is in the shared cache: free, not spend
+    assert (await post(b, **fresh)).status_code == 200  # b knows $2.80 of it: admitted, $1.50 more
+    assert b.app.ledger is not None
+    with trio.fail_after(10):
+        await b.app.ledger.wait_written(1)  # recorded (a response ends a moment before its record)
+    r = await b.client.post("/v1/messages", json=message_body(), headers={"x-api-key": KEY, **fresh})
+    assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error", r.text
+    assert "daily budget of $3.00" in r.json()["error"]["message"]
+    assert int(r.headers["retry-after"]) >= 1
+    for inst in made:
+        await inst.client.aclose()
