@@ -95,7 +95,8 @@ class PgServer:
         import psycopg
 
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute("DROP TABLE IF EXISTS requests, trio_balancer_schema")
+            conn.execute("DROP TABLE IF EXISTS requests, usage_hours, trio_balancer_schema")
+            conn.execute("DROP FUNCTION IF EXISTS requests_usage_hours")
 
 
 class RedisServer:

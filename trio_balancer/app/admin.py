@@ -6,6 +6,8 @@
 ``GET /usage?since=&until=&group_by=provider,model,client``: token and cost totals.
 ``GET /metrics``: Prometheus. ``GET /status``: a live HTML page; ``GET /status.json``: its data.
 ``GET /usage/requests?since=&until=&flagged=1&limit=&offset=``: the records, paged.
+``GET /console``, ``/console/requests[/{id}]``, ``/console/health``: the operator console
+(:mod:`.console`), HTML; ``/console?format=json``: the overview's numbers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from trio_balancer.app.console import console_page
 from trio_balancer.app.metrics import CONTENT_TYPE
 from trio_balancer.app.respond import Send, require_method, send_body, send_json
 from trio_balancer.app.status import render_html, status_data
@@ -30,8 +33,20 @@ __all__ = ["dispatch", "handles", "usage_view"]
 ENDPOINTS = ("/providers", "/usage", "/usage/requests", "/metrics", "/status", "/status.json")
 
 
+# The console's pages run no script and load nothing from elsewhere: say so to the browser, so
+# that text from the ledger that slipped past escaping still could not run or call out.
+CONSOLE_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"cache-control", b"no-store"),
+]
+
+
 def handles(path: str) -> bool:
-    return path in ENDPOINTS or path.startswith(("/providers/", "/admin/"))
+    return path in ENDPOINTS or path == "/console" or path.startswith(("/providers/", "/admin/", "/console/"))
 
 
 async def dispatch(view: OperatorView, method: str, path: str, query: bytes, send: Send) -> None:
@@ -48,6 +63,10 @@ async def dispatch(view: OperatorView, method: str, path: str, query: bytes, sen
     elif path in ("/usage", "/usage/requests"):
         require_method(method, "GET")
         await send_json(send, 200, await usage_view(view, path, query))
+    elif path == "/console" or path.startswith("/console/"):
+        require_method(method, "GET")
+        body, content_type = await console_page(view, path, query)
+        await send_body(send, 200, body, content_type, CONSOLE_HEADERS)
     elif path == "/providers":
         require_method(method, "GET")
         page = {"providers": view.providers(), "cluster": None if cluster is None else cluster.view()}

@@ -33,14 +33,18 @@ class FlightReports:
 
     def failover(self, provider: str, reason: str) -> None:
         self._state.metrics.failovers.labels(provider, reason).inc()
+        self._state.health_history.failover(time.time(), provider, reason)
 
     def health_changed(self, provider: str, health: ProviderHealth) -> None:
-        """A cooldown started or ended here: tell the other instances."""
+        """A cooldown started or ended here: remember it, and tell the other instances."""
+        now = trio.current_time()
+        cooling = health.state is not State.HEALTHY
+        cooling_for = max(0.0, health.cooling_until - now) if cooling else 0.0
+        state = "cooling" if cooling else "healthy"
+        self._state.health_history.changed(time.time(), provider, state, cooling_for, health.last_error)
         cluster = self._state.cluster
         if cluster is None:
             return
-        now = trio.current_time()
-        cooling = health.state is not State.HEALTHY
         cluster.publish_health(
             {
                 "provider": provider,
@@ -57,6 +61,14 @@ def apply_remote_health(state: AppState, message: dict[str, Any]) -> None:
     if runtime is None:
         return
     now = trio.current_time()
+    cooling = message.get("state") == "cooling"
+    state.health_history.changed(
+        time.time(),
+        runtime.name,
+        "cooling" if cooling else "healthy",
+        max(0.0, float(message.get("until", 0)) - time.time()) if cooling else 0.0,
+        f"{message.get('message')} (on instance {message.get('instance')})",
+    )
     runtime.health.apply_remote(
         now,
         cooling=message.get("state") == "cooling",

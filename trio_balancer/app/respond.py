@@ -40,12 +40,14 @@ async def send_empty(send: Send, status: int) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def send_body(send: Send, status: int, body: bytes, content_type: str) -> None:
+async def send_body(
+    send: Send, status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", content_type.encode())],
+            "headers": [(b"content-type", content_type.encode()), *(headers or [])],
         }
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -18,6 +18,7 @@ from trio_balancer.app.metrics import Metrics
 from trio_balancer.config import DEFAULT_MODELS, Config
 from trio_balancer.ledger import Ledger
 from trio_balancer.policy.auth import KeyRing
+from trio_balancer.policy.health_history import HealthHistory
 from trio_balancer.policy.limits import Limiter
 from trio_balancer.policy.routing import Router, listed_models
 from trio_balancer.policy.stats import RecentStats
@@ -50,6 +51,7 @@ class AppState:
     budgets: BudgetKeeper  # outlives reloads: spend does not reset when the config changes
     metrics: Metrics = attrs.Factory(Metrics)
     stats: RecentStats = attrs.Factory(RecentStats)
+    health_history: HealthHistory = attrs.Factory(HealthHistory)  # for the console's health page
     # Which family signed each thinking block seen: outlives reloads (signatures do not change).
     thinking: SignatureBook = attrs.Factory(SignatureBook)
     registry: Registry | None = None  # from startup to shutdown

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __all__ = ["MIGRATIONS", "POSTGRES_MIGRATIONS", "SQLITE_MIGRATIONS", "check_known_version"]
 
-# Migrations 2 on use the same SQL on both databases.
+# Migrations 2 to 4 use the same SQL on both databases.
 _BOTH: tuple[str, ...] = (
     # 2: listing flagged records quickly
     """
@@ -30,12 +30,64 @@ _BOTH: tuple[str, ...] = (
     """
     ALTER TABLE requests ADD COLUMN route_why TEXT;
     """,
-    # 5: which balancer process served it (budgets read the others' spend), and a key's
-    # requests by time (budgets, the console's request browser)
-    """
-    ALTER TABLE requests ADD COLUMN instance TEXT;
-    CREATE INDEX requests_client_started_at ON requests (client, started_at);
-    """,
+)
+
+# 5: which balancer process served a record (budgets read the others' spend); the records of
+# one key, model or provider by time (the console's filters); and the hourly rollup the
+# console's charts read, kept by a trigger in the writing transaction (only rows actually
+# inserted fire it: a record written twice is counted once), back-filled from the records.
+_ROLLUP_COLUMNS = (
+    "requests, errors, flagged, input_tokens, output_tokens, cache_creation_input_tokens,"
+    " cache_read_input_tokens, cost_usd"
+)
+_ROLLUP_KEY = "hour, client, model, provider"
+_ROLLUP_ROW = (
+    "{hour}, NEW.client, coalesce(NEW.model, ''), coalesce(NEW.provider, ''), 1,"
+    " CASE WHEN NEW.status >= 400 OR NEW.status IS NULL THEN 1 ELSE 0 END, NEW.flagged,"
+    " NEW.input_tokens, NEW.output_tokens, NEW.cache_creation_input_tokens,"
+    " NEW.cache_read_input_tokens, coalesce(NEW.cost_usd, 0)"
+)
+_ROLLUP_ADD = ", ".join(f"{c} = usage_hours.{c} + excluded.{c}" for c in _ROLLUP_COLUMNS.split(", "))
+_ROLLUP_BACKFILL = (
+    f"INSERT INTO usage_hours ({_ROLLUP_KEY}, {_ROLLUP_COLUMNS})"
+    " SELECT {hour}, client, coalesce(model, ''), coalesce(provider, ''), count(*),"
+    " sum(CASE WHEN status >= 400 OR status IS NULL THEN 1 ELSE 0 END), sum(flagged),"
+    " sum(input_tokens), sum(output_tokens), sum(cache_creation_input_tokens),"
+    " sum(cache_read_input_tokens), sum(coalesce(cost_usd, 0))"
+    " FROM requests GROUP BY 1, 2, 3, 4"
+)
+
+
+def _rollup_table(real: str, count: str) -> str:
+    counts = ", ".join(f"{c} {count} NOT NULL" for c in _ROLLUP_COLUMNS.split(", ")[:-1])
+    return (
+        "ALTER TABLE requests ADD COLUMN instance TEXT;"
+        " CREATE INDEX requests_client_started_at ON requests (client, started_at);"
+        " CREATE INDEX requests_provider_started_at ON requests (provider, started_at);"
+        " CREATE INDEX requests_model_started_at ON requests (model, started_at);"
+        f" CREATE TABLE usage_hours (hour {count} NOT NULL, client TEXT NOT NULL, model TEXT NOT NULL,"
+        f" provider TEXT NOT NULL, {counts}, cost_usd {real} NOT NULL, PRIMARY KEY ({_ROLLUP_KEY}));"
+    )
+
+
+_SQLITE_5 = (
+    _rollup_table("REAL", "INTEGER") + f" CREATE TRIGGER requests_usage_hours AFTER INSERT ON requests BEGIN"
+    f" INSERT INTO usage_hours ({_ROLLUP_KEY}, {_ROLLUP_COLUMNS})"
+    f" VALUES ({_ROLLUP_ROW.format(hour='CAST(NEW.started_at / 3600 AS INTEGER)')})"
+    f" ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET {_ROLLUP_ADD}; END;"
+    + " "
+    + _ROLLUP_BACKFILL.format(hour="CAST(started_at / 3600 AS INTEGER)")
+)
+_POSTGRES_5 = (
+    _rollup_table("DOUBLE PRECISION", "BIGINT")
+    + " CREATE FUNCTION requests_usage_hours() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+    f" INSERT INTO usage_hours ({_ROLLUP_KEY}, {_ROLLUP_COLUMNS})"
+    f" VALUES ({_ROLLUP_ROW.format(hour='floor(NEW.started_at / 3600)')})"
+    f" ON CONFLICT ({_ROLLUP_KEY}) DO UPDATE SET {_ROLLUP_ADD}; RETURN NULL; END $$;"
+    " CREATE TRIGGER requests_usage_hours AFTER INSERT ON requests"
+    " FOR EACH ROW EXECUTE FUNCTION requests_usage_hours();"
+    + " "
+    + _ROLLUP_BACKFILL.format(hour="floor(started_at / 3600)")
 )
 
 SQLITE_MIGRATIONS: tuple[str, ...] = (
@@ -71,6 +123,7 @@ SQLITE_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_started_at ON requests (started_at);
     """,
     *_BOTH,
+    _SQLITE_5,
 )
 
 POSTGRES_MIGRATIONS: tuple[str, ...] = (
@@ -106,6 +159,7 @@ POSTGRES_MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX requests_started_at ON requests (started_at);
     """,
     *_BOTH,
+    _POSTGRES_5,
 )
 
 # The name the ledger has always exported (SQLite's, the default backend's).

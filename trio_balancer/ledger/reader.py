@@ -9,12 +9,13 @@ worker thread at a time, under a lock, as SQLite requires.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from typing import Any, TypeVar
 
 import trio
 
+from trio_balancer.ledger.queries import RecordFilter
 from trio_balancer.ledger.store import LedgerStore, open_store
 
 __all__ = ["LedgerReader"]
@@ -62,6 +63,26 @@ class LedgerReader:
         return await self._query(
             lambda store: store.spend_by_client(month_start, day_start, excluding_instance=excluding_instance)
         )
+
+    async def series(
+        self,
+        f: RecordFilter,
+        *,
+        width_s: int,
+        offsets: Sequence[tuple[float | None, int]],
+        group: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Totals per local day or hour (see :meth:`LedgerStore.series`)."""
+        return await self._query(lambda store: store.series(f, width_s=width_s, offsets=offsets, group=group))
+
+    async def browse(
+        self, f: RecordFilter, *, before: tuple[float, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """One page of records, newest first (see :meth:`LedgerStore.browse`)."""
+        return await self._query(lambda store: store.browse(f, before=before, limit=limit))
+
+    async def record(self, record_id: str) -> dict[str, Any] | None:
+        return await self._query(lambda store: store.record(record_id))
 
     async def aclose(self) -> None:
         async with self._lock:

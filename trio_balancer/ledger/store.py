@@ -23,6 +23,7 @@ from trio_balancer.ledger.migrations import (
     SQLITE_MIGRATIONS,
     check_known_version,
 )
+from trio_balancer.ledger.queries import RecordFilter, browse_sql, record_sql, series_sql
 from trio_balancer.ledger.record import (
     COLUMNS,
     GROUP_COLUMNS,
@@ -91,6 +92,8 @@ class LedgerStore:
     day_expr = "date(started_at, 'unixepoch')"
     insert_verb = "INSERT OR IGNORE INTO"
     insert_suffix = ""
+    floor_div = "CAST(({x}) / {w} AS INTEGER)"  # started_at is never negative: truncation is floor
+    explain_prefix = "EXPLAIN QUERY PLAN "
     url: str
 
     def _execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -118,7 +121,12 @@ class LedgerStore:
         columns = [*COLUMNS, "flagged"]
         marks = ", ".join([self.placeholder] * len(columns))
         sql = f"{self.insert_verb} requests ({', '.join(columns)}) VALUES ({marks}){self.insert_suffix}"
-        self._write_rows(sql, [record_row(r) for r in records])
+        # In the rollup's key order: the trigger's upserts of concurrent writers (instances
+        # sharing PostgreSQL) then lock rollup rows in one order, and never deadlock.
+        ordered = sorted(
+            records, key=lambda r: (r.started_at // 3600, r.client, r.model or "", r.provider or "")
+        )
+        self._write_rows(sql, [record_row(r) for r in ordered])
 
     def count(self) -> int:
         return int(self._execute("SELECT count(*) FROM requests").fetchone()[0])
@@ -179,15 +187,43 @@ class LedgerStore:
             f"SELECT {', '.join(COLUMNS)}, flagged FROM requests {where} ORDER BY started_at, id LIMIT {m} OFFSET {m}",
             [*args, limit, offset],
         )
+        return _record_rows(cur)
+
+    def series(
+        self,
+        f: RecordFilter,
+        *,
+        width_s: int,
+        offsets: Sequence[tuple[float | None, int]],
+        group: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Totals per local day or hour (see :func:`.queries.series_sql`)."""
+        sql, args = series_sql(
+            f, width_s=width_s, offsets=offsets, group=group, mark=self.placeholder, floor_div=self.floor_div
+        )
+        cur = self._execute(sql, args)
         names = [d[0] for d in cur.description]
-        out = []
-        for row in cur.fetchall():
-            item = {k: plain_value(v) for k, v in zip(names, row, strict=True)}
-            item["attempts"] = json.loads(item["attempts"])
-            for key in ("stream", "priced", "disconnected", "flagged"):
-                item[key] = bool(item[key])
-            out.append(item)
-        return out
+        rows = [{k: plain_value(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+        for row in rows:
+            row["bucket"] = int(row["bucket"])
+        return rows
+
+    def browse(
+        self, f: RecordFilter, *, before: tuple[float, str] | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """One page of records matching ``f``, newest first, after ``before``."""
+        sql, args = browse_sql(f, columns=COLUMNS, before=before, limit=limit, mark=self.placeholder)
+        return _record_rows(self._execute(sql, args))
+
+    def record(self, record_id: str) -> dict[str, Any] | None:
+        rows = _record_rows(self._execute(record_sql(columns=COLUMNS, mark=self.placeholder), [record_id]))
+        return rows[0] if rows else None
+
+    def plan(self, sql: str, args: Sequence[Any]) -> list[str]:
+        """How the database runs ``sql`` (EXPLAIN), one line per step: which indexes it uses."""
+        return [
+            " ".join(str(c) for c in row) for row in self._execute(self.explain_prefix + sql, args).fetchall()
+        ]
 
     def take(self, limit: int) -> list[Record]:
         """The oldest records as Record objects (draining a spill file)."""
@@ -197,6 +233,19 @@ class LedgerStore:
         if ids:
             marks = ", ".join([self.placeholder] * len(ids))
             self._write_rows(f"DELETE FROM requests WHERE id IN ({marks})", [list(ids)])
+
+
+def _record_rows(cur: Any) -> list[dict[str, Any]]:
+    """Records as :meth:`LedgerStore.records` returns them: plain values, attempts parsed."""
+    names = [d[0] for d in cur.description]
+    out = []
+    for row in cur.fetchall():
+        item = {k: plain_value(v) for k, v in zip(names, row, strict=True)}
+        item["attempts"] = json.loads(item["attempts"])
+        for key in ("stream", "priced", "disconnected", "flagged"):
+            item[key] = bool(item[key])
+        out.append(item)
+    return out
 
 
 class SqliteStore(LedgerStore):
@@ -247,6 +296,8 @@ class PostgresStore(LedgerStore):
     day_expr = "to_char(to_timestamp(started_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
     insert_verb = "INSERT INTO"
     insert_suffix = " ON CONFLICT (id) DO NOTHING"
+    floor_div = "floor(({x}) / {w})"  # a cast to an integer would round
+    explain_prefix = "EXPLAIN "
 
     def __init__(self, url: str, *, connect_timeout: float = 3.0, migrate: bool = True) -> None:
         import psycopg
