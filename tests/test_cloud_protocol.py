@@ -323,6 +323,10 @@ def test_every_kind_has_a_family_and_an_answer_format() -> None:
             False,
         ),
         (422, b'{"message":"model"}', False),
+        # A client's own text echoed back is not the provider's word (found by attack).
+        (400, b'{"type":"error","error":{"message":"bad role: inference profile"}}', False),
+        (400, b'{"message":"ok","echo":"The provided model identifier is invalid."}', False),
+        (404, b'{"message":"nothing here","detail":"model"}', False),
     ],
 )
 def test_model_not_served_is_read_from_the_providers_own_words(
@@ -330,4 +334,7 @@ def test_model_not_served_is_read_from_the_providers_own_words(
 ) -> None:
     from trio_balancer.protocol.upstream_errors import model_not_served
 
-    assert model_not_served(status, body) is not_served
+    # Bedrock's 400 phrases count from Bedrock only; a 404 from any kind.
+    kind = "bedrock" if status == 400 and b'"type":"error"' not in body else "anthropic"
+    assert model_not_served(status, body, kind) is not_served
+    assert model_not_served(status, body, "openai") is (not_served and status == 404)

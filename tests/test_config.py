@@ -178,7 +178,7 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
         (
             {"providers": [GOOD], "extra": 1},
             "extra: unknown key (expected one of: server, providers, routes, routing, health, ledger, prices,"
-            " dedup, cluster)",
+            " dedup, cluster, alerts)",
         ),
         (
             {"providers": [{**GOOD, "nmae": "typo"}]},

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -22,7 +23,7 @@ from trio_balancer.errors import RateLimited
 from trio_balancer.ledger import Record
 from trio_balancer.ledger.reader import LedgerReader
 from trio_balancer.logging import get_logger
-from trio_balancer.policy.budgets import BudgetExceeded, Spend, SpendBook, budget_lines
+from trio_balancer.policy.budgets import BudgetExceeded, Spend, SpendBook, ThresholdWatch, budget_lines
 
 __all__ = ["BudgetKeeper"]
 
@@ -43,6 +44,7 @@ class BudgetKeeper:
         self.synced_at: float | None = None  # wall clock of the last good sync
         self.sync_error: str | None = None
         self._resync = trio.Event()  # set to sync now (a reload changed the time zone)
+        self._watch = ThresholdWatch()
 
     def admit(self, key: ClientKey | None) -> None:
         """Raise :class:`RateLimited` (429, ``retry-after`` to the reset) when a budget of ``key``
@@ -54,11 +56,30 @@ class BudgetKeeper:
         except BudgetExceeded as exc:
             raise RateLimited(str(exc), headers={"retry-after": str(exc.retry_after)}) from None
 
-    def recorded(self, record: Record) -> None:
-        """A request of this process was recorded: what it spent counts from now."""
+    def recorded(self, record: Record, key: ClientKey | None = None) -> list[dict[str, Any]]:
+        """A request of this process was recorded: what it spent counts from now. Returns the
+        alerts it caused (``key``'s budgets newly 80 % or 100 % spent), for the webhook."""
         spend = Spend(record.cost_usd or 0.0, record.tokens)
-        if spend.usd or spend.tokens:
-            self.book.add_own(record.client, record.started_at, spend, self.clock())
+        if not (spend.usd or spend.tokens):
+            return []
+        now = self.clock()
+        self.book.add_own(record.client, record.started_at, spend, now)
+        if key is None or not key.has_budget:
+            return []
+        periods = self.book.periods(now)
+        lines = budget_lines(key, self.book.spent(key.name, now), periods)
+        return [
+            {
+                "event": "budget_threshold",
+                "client": key.name,
+                "budget": f"{line.what}/{line.period}",
+                "threshold": threshold,
+                "limit": line.limit,
+                "spent": round(line.spent, 6),
+                "resets_at": datetime.fromtimestamp(line.resets_at, self.book.tz).isoformat(),
+            }
+            for line, threshold in self._watch.crossed(key.name, lines, periods)
+        ]
 
     def set_timezone(self, timezone: str) -> None:
         """A reload named another calendar: a new book, synced at once (own spend of the old

@@ -47,6 +47,10 @@ __all__ = ["ConfigError", "load_config", "parse_config"]
 
 _T = TypeVar("_T")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header's name
+# Headers a provider's ``headers`` may not set: they describe one hop's connection or the
+# body's framing, or they are how the balancer keeps bodies byte-exact (identity encoding).
+_UNSENDABLE = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+                         "upgrade", "host", "content-length", "expect", "accept-encoding"})  # fmt: skip
 _MISSING: Any = object()
 
 
@@ -110,7 +114,8 @@ def parse_config(
     return Config(
         server=server, providers=providers, routes=_read_field(top, f.routes, ctx), routing=routing,
         health=health, ledger=ledger, prices=_read_field(top, f.prices, ctx),
-        dedup=_read_field(top, f.dedup, ctx), cluster=_read_field(top, f.cluster, ctx), source=source,
+        dedup=_read_field(top, f.dedup, ctx), cluster=_read_field(top, f.cluster, ctx),
+        alerts=_read_field(top, f.alerts, ctx), source=source,
     )  # fmt: skip
 
 
@@ -171,7 +176,7 @@ def _read_field(t: _Table, field: attrs.Attribute[Any], ctx: _Context) -> Any:
         return tuple(map(spec.clean, t.strings(key)) if spec.clean else t.strings(key))
     if isinstance(spec, StringTable):
         headers = t.table(key)
-        out = {}
+        out: dict[str, str] = {}
         for name in headers.data:
             value = headers.get(name, (str,), "a string")
             if not _TOKEN.fullmatch(name):
@@ -180,6 +185,8 @@ def _read_field(t: _Table, field: attrs.Attribute[Any], ctx: _Context) -> Any:
                 raise headers.error(
                     name, "must be printable ASCII (it is compared with, or sent as, a header's bytes)"
                 )
+            if spec.sent:
+                _check_sent_header(headers, name, value, out)
             out[name] = value
         return out
     if isinstance(spec, Table):
@@ -187,6 +194,15 @@ def _read_field(t: _Table, field: attrs.Attribute[Any], ctx: _Context) -> Any:
     if isinstance(spec, Tables):
         return _read_tables(t, key, spec, ctx, required=field.default is attrs.NOTHING)
     raise TypeError(f"{field.name}: no reader for {spec!r}")  # pragma: no cover - a schema bug
+
+
+def _check_sent_header(headers: _Table, name: str, value: str, earlier: Mapping[str, str]) -> None:
+    if value != value.strip(" \t"):
+        raise headers.error(name, "must not begin or end with spaces (HTTP refuses such a value)")
+    if name.lower() in _UNSENDABLE:
+        raise headers.error(name, "is the balancer's to set (it describes the connection or the body)")
+    if any(other.lower() == name.lower() for other in earlier):
+        raise headers.error(name, "is given twice (header names are case-insensitive)")
 
 
 def _read_string(t: _Table, key: str, spec: String) -> str:

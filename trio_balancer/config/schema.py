@@ -27,6 +27,7 @@ __all__ = [
     "PASSTHROUGH",
     "PROVIDER_KINDS",
     "STRATEGIES",
+    "AlertsConfig",
     "ClientKey",
     "ClusterConfig",
     "Config",
@@ -45,6 +46,7 @@ __all__ = [
     "When",
     "default_config",
     "missing_extra",
+    "webhook_host",
 ]
 
 PASSTHROUGH = "passthrough"
@@ -278,7 +280,7 @@ class ProviderConfig:
     )
     passthrough: bool = False  # set by ``api_key = "passthrough"``
     models: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings())
-    headers: Mapping[str, str] = attrs.field(factory=dict, metadata=spec.string_table())
+    headers: Mapping[str, str] = attrs.field(factory=dict, metadata=spec.string_table(sent=True))
     timeouts: Timeouts = attrs.field(factory=Timeouts, metadata=spec.table(Timeouts))
     max_connections: int = attrs.field(default=200, metadata=spec.integer(lo=1))
     max_keepalive: int = attrs.field(default=50, metadata=spec.integer(lo=0))
@@ -470,6 +472,30 @@ class DedupConfig:
     max_shared_bytes: int = attrs.field(default=4 * 1024 * 1024, metadata=spec.integer(lo=0))
 
 
+def webhook_host(url: str | None) -> str | None:
+    """What may be said of a webhook URL: its scheme and host (the path is often the secret)."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}"
+
+
+@attrs.frozen
+class AlertsConfig:
+    """``[alerts]``: a webhook told when a key's budget passes 80 % and 100 % of a period, and
+    when a provider cools down or recovers (``app/alerts.py``)."""
+
+    # None: no webhook. Slack's and others' URLs carry their secret: it is never logged.
+    webhook_url: str | None = attrs.field(default=None, metadata=spec.string(check=_http_url))
+    timeout_s: float = attrs.field(default=5.0, metadata=spec.number(lo=0.1))
+    retries: int = attrs.field(default=3, metadata=spec.integer(lo=0, hi=10))
+
+    def __repr__(self) -> str:
+        return f"AlertsConfig(webhook_host={webhook_host(self.webhook_url)!r})"
+
+
 @attrs.frozen
 class ClusterConfig:
     # None: one instance, all state local.
@@ -562,6 +588,7 @@ class Config:
     )
     dedup: DedupConfig = attrs.field(factory=DedupConfig, metadata=spec.table(DedupConfig))
     cluster: ClusterConfig = attrs.field(factory=ClusterConfig, metadata=spec.table(ClusterConfig))
+    alerts: AlertsConfig = attrs.field(factory=AlertsConfig, metadata=spec.table(AlertsConfig))
     source: str = "<built-in default>"
     path: str | None = None  # the file it came from, for reloads
 

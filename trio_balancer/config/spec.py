@@ -93,7 +93,13 @@ class Strings(Spec):
 
 @attrs.frozen
 class StringTable(Spec):
-    """A table whose keys are free (HTTP header names) and whose values are strings."""
+    """A table whose keys are free (HTTP header names) and whose values are strings.
+
+    ``sent``: the headers are sent as they are (a provider's): no connection or framing header,
+    no value HTTP would refuse, no name twice in another case.
+    """
+
+    sent: bool = False
 
 
 @attrs.frozen
@@ -180,8 +186,8 @@ def strings(*, clean: Callable[[str], str] | None = None) -> Mapping[str, Spec]:
     return _meta(Strings(clean=clean))
 
 
-def string_table() -> Mapping[str, Spec]:
-    return _meta(StringTable())
+def string_table(*, sent: bool = False) -> Mapping[str, Spec]:
+    return _meta(StringTable(sent=sent))
 
 
 def table(

@@ -175,7 +175,7 @@ def _error_answer(
     verdict = classify_status(status, passthrough=provider.passthrough)
     if verdict.kind is None and prompt_too_long(status, body):
         verdict = PROMPT_TOO_LONG
-    elif verdict is CLIENT_FAULT and model_not_served(status, body):
+    elif verdict is CLIENT_FAULT and model_not_served(status, body, provider.kind):
         verdict = MODEL_NOT_HERE  # the provider's own words say it has no such model
     read_error = answer_format(provider.kind).error
     if read_error is not None:

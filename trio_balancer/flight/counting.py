@@ -18,6 +18,7 @@ from trio_balancer.flight.failures import AttemptFailed
 from trio_balancer.flight.flight import Flight
 from trio_balancer.flight.hub import Head, Item
 from trio_balancer.logging import get_logger
+from trio_balancer.policy.failover import CLIENT_FAULT
 from trio_balancer.policy.routing import Attempt
 from trio_balancer.protocol.answers import answer_format
 from trio_balancer.protocol.tokens import estimate_request
@@ -67,6 +68,14 @@ class CountFlight(Flight):
             await self._estimate()  # never asked: it has no such endpoint
             return
         await super()._try(attempt, runtime)
+
+    async def _attempt(self, attempt: Attempt, runtime: ProviderRuntime) -> None:
+        try:
+            await super()._attempt(attempt, runtime)
+        except AttemptFailed as failure:
+            if failure.verdict.not_here:  # final: our estimate, not another provider's call
+                failure.verdict = CLIENT_FAULT
+            raise
 
     async def _relay_answer(self, failure: AttemptFailed) -> None:
         """A provider without the endpoint: our estimate at once (a count is not worth

@@ -254,8 +254,7 @@ class Flight:
 
     async def _serve(self) -> None:
         """The failover loop: each target in the plan until one serves or a verdict is final."""
-        last: AttemptFailed | None = None
-        nobody_has_it = True  # every failure so far said "no such model here"
+        failures: list[AttemptFailed] = []
         queue = list(self.attempts)
         while queue:
             attempt = queue.pop(0)
@@ -275,14 +274,13 @@ class Flight:
                 if final:
                     await self._relay_answer(failure)
                     return
-                last, nobody_has_it = failure, nobody_has_it and failure.verdict.not_here
+                failures.append(failure)
                 self.observer.failover(runtime.name, _failover_reason(failure.verdict))
                 _log_failover(runtime.name, failure, queue)
-        assert last is not None
-        if nobody_has_it or sum(not r.skipped for r in self._tried) == 1:
-            await self._relay_answer(last)  # one provider, or none has the model: it says it best
-            return
-        raise _all_failed(self._tried, self._providers)
+        answer = _answer_to_relay(failures, self._tried)
+        if answer is None:
+            raise _all_failed(self._tried, self._providers)
+        await self._relay_answer(answer)
 
     async def _relay_answer(self, failure: AttemptFailed) -> None:
         """Send a provider's error answer to the client as it was sent (or ours, if none).
@@ -408,6 +406,23 @@ def _after_failure(
         queue = larger_windows(queue, attempt)
         return queue, not queue
     return queue, not failure.verdict.retry
+
+
+def _answer_to_relay(failures: list[AttemptFailed], tried: list[AttemptRecord]) -> AttemptFailed | None:
+    """After every target failed: the provider answer that says it best, or None (the client is
+    told every provider failed, and retries).
+
+    With one provider tried, its own answer. When every failure was the request's trouble that
+    no target could fix (a prompt too long for every window, a model no target has), the
+    too-long answer if there is one (Claude Code compacts on it; it would retry a 529 with the
+    same prompt), else the last.
+    """
+    assert failures
+    if sum(not r.skipped for r in tried) == 1:
+        return failures[-1]
+    if all(f.verdict.not_here or f.verdict.too_long for f in failures):
+        return next((f for f in failures if f.verdict.too_long), failures[-1])
+    return None
 
 
 def _log_failover(provider: str, failure: AttemptFailed, queue: list[Attempt]) -> None:

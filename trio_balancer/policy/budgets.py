@@ -40,10 +40,13 @@ import attrs
 from trio_balancer.config import ClientKey
 
 __all__ = [
+    "ALERT_THRESHOLDS",
     "BudgetExceeded",
+    "BudgetLine",
     "Periods",
     "Spend",
     "SpendBook",
+    "ThresholdWatch",
     "budget_lines",
     "periods_at",
 ]
@@ -207,3 +210,33 @@ class SpendBook:
         for line in budget_lines(key, self.spent(key.name, now), periods):
             if line.exhausted:
                 raise BudgetExceeded(key.name, line, now, self.tz)
+
+
+# The shares of a budget an operator is told about (``[alerts] webhook_url``).
+ALERT_THRESHOLDS = (0.8, 1.0)
+
+
+class ThresholdWatch:
+    """Which budget thresholds each key has passed in the current periods, so each is told once.
+
+    ``crossed`` returns the (line, threshold) pairs newly passed; a new period starts afresh.
+    """
+
+    def __init__(self, thresholds: tuple[float, ...] = ALERT_THRESHOLDS) -> None:
+        self.thresholds = thresholds
+        self._told: set[tuple[str, str, str, float]] = set()  # (client, what, period key, threshold)
+
+    def crossed(
+        self, client: str, lines: Iterable[BudgetLine], periods: Periods
+    ) -> list[tuple[BudgetLine, float]]:
+        current = {periods.day, periods.month}
+        self._told = {t for t in self._told if t[2] in current}
+        out = []
+        for line in lines:
+            key = periods.bounds(line.period)[0]
+            for threshold in self.thresholds:
+                told = (client, line.what, key, threshold)
+                if line.spent >= threshold * line.limit and told not in self._told:
+                    self._told.add(told)
+                    out.append((line, threshold))
+        return out

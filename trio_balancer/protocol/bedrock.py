@@ -75,6 +75,7 @@ _ERROR_TYPES: Mapping[str, str] = {
 _MAX_MESSAGE = 500
 # Anthropic events start with their type; reading it there saves a JSON parse per event.
 _TYPE_PREFIX = re.compile(rb'\{\s*"type"\s*:\s*"([A-Za-z_]+)"')
+_EVENT_TYPE = re.compile(r"[A-Za-z_]{1,64}")
 # A frame is its payload plus at most this much prelude and headers, and a chunk's payload is
 # the event's JSON in base64 (4 bytes per 3) inside {"bytes": ...} (and sometimes "p" padding).
 _FRAME_OVERHEAD = 4096
@@ -230,7 +231,7 @@ def _chunk_event(payload: bytes) -> SSEEvent:
     except (ValueError, KeyError, TypeError, binascii.Error, RecursionError):
         raise EventStreamError('chunk payload is not {"bytes": base64}') from None
     match = _TYPE_PREFIX.match(data)
-    if match is not None and b"\n" not in data and b"\r" not in data:
+    if match is not None and data.endswith(b"}") and b"\n" not in data and b"\r" not in data:
         kind = match.group(1)
     else:  # not the compact JSON Bedrock sends: parse it, and re-encode it on one line
         try:
@@ -239,6 +240,8 @@ def _chunk_event(payload: bytes) -> SSEEvent:
             raise EventStreamError("chunk is not a JSON event") from None
         if not isinstance(parsed, dict) or not isinstance(parsed.get("type"), str):
             raise EventStreamError("chunk is not an event object with a type")
+        if not _EVENT_TYPE.fullmatch(parsed["type"]):  # it becomes an SSE line: no CR/LF, no surrogate
+            raise EventStreamError("chunk's type is not an event name")
         kind, data = parsed["type"].encode(), dumps(parsed).encode()
     return SSEEvent(raw=b"event: " + kind + b"\ndata: " + data + b"\n\n", event=kind.decode(), data=data)
 

@@ -42,17 +42,32 @@ def error_type_of(body: bytes) -> str | None:
 # model ("model: claude-x"); Vertex's and Gemini's 404 NOT_FOUND name the publisher model or
 # "models/x"; Bedrock answers 400 ValidationException for an id it does not know or one that
 # needs an inference profile in that region.
-_NOT_SERVED_400 = (b"model identifier is invalid", b"on-demand throughput isn", b"inference profile")
+_BEDROCK_NOT_SERVED = ("model identifier is invalid", "on-demand throughput isn", "inference profile")
 
 
-def model_not_served(status: int, body: bytes) -> bool:
-    """Whether a provider's error answer, as it sent it (any shape: its own words), says it
-    does not serve the model asked for, which another provider may. A 404 that is not about a
-    model (a wrong base URL's page) is the provider's configuration too, so it may say so."""
-    text = body[:4096].lower()
+def model_not_served(status: int, body: bytes, kind: str) -> bool:
+    """Whether a provider's error answer, as it sent it, says it does not serve the model asked
+    for, which another provider may. Read in the error's own message (never in the rest of the
+    body, where a server may echo the client's text); a 404 that is not JSON at all (a wrong
+    base URL's page) is the provider's configuration too. Bedrock's 400 phrases count only
+    from Bedrock."""
+    if status not in (400, 404) or len(body) > 64 * 1024:
+        return False
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return status == 404
+    if isinstance(parsed, list) and parsed:
+        parsed = parsed[0]
+    err = parsed.get("error") if isinstance(parsed, dict) else None
+    holder = err if isinstance(err, dict) else parsed
+    message = holder.get("message") if isinstance(holder, dict) else None
+    if not isinstance(message, str):
+        return False
+    text = message.lower()
     if status == 404:
-        return b"model" in text or not text.lstrip().startswith((b"{", b"["))
-    return status == 400 and any(phrase in text for phrase in _NOT_SERVED_400)
+        return "model" in text
+    return kind == "bedrock" and any(phrase in text for phrase in _BEDROCK_NOT_SERVED)
 
 
 def anthropic_error_in_200(body: bytes, provider: str) -> tuple[str, bytes] | None:

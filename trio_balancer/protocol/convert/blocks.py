@@ -46,6 +46,7 @@ class BlockWriter:
         self._open_block: tuple[str, int] | None = None  # the open text/thinking block: (kind, index)
         self.output_text_chars = 0
         self.output_estimate = 0  # estimated output tokens, for a stream that reports no usage
+        self._tool_ids: set[str] = set()
 
     # -- message -----------------------------------------------------------------------------
 
@@ -132,6 +133,16 @@ class BlockWriter:
         self._open_block = None
         delta = {"type": "signature_delta", "signature": signature}
         return [*out, sse_event(events.content_block_delta(index, delta)), self.stop(index)]
+
+    def unique_tool_id(self, wanted: str) -> str:
+        """``wanted``, or a variant of it no earlier tool_use block of this message has: two
+        blocks of one id would pair the client's tool results ambiguously (found by attack)."""
+        tool_id, n = wanted, 1
+        while tool_id in self._tool_ids:
+            n += 1
+            tool_id = f"{wanted}_{n}"
+        self._tool_ids.add(tool_id)
+        return tool_id
 
     def json_delta(self, index: int, partial: str) -> SSEEvent:
         """A tool_use block's ``input_json_delta``, counted as output."""

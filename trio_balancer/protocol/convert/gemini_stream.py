@@ -87,7 +87,6 @@ class GeminiStreamConverter:
         self.model = model
         self._out = BlockWriter(model=model, message_id=message_id)
         self._calls = 0  # tool_use blocks emitted
-        self._call_ids: set[str] = set()
         self._stop_reason: str | None = None
         self._usage: dict[str, int] | None = None
         self.usage_reported = False  # the upstream sent usageMetadata
@@ -190,9 +189,7 @@ class GeminiStreamConverter:
         if not isinstance(call_id, str) or not call_id:
             seed = f"{self._out.message_id}:{self._calls}".encode()
             call_id = "toolu_" + hashlib.sha256(seed).hexdigest()[:24]
-        if call_id in self._call_ids:  # two calls of one id would pair their results ambiguously
-            call_id = f"{call_id}_{self._calls}"
-        self._call_ids.add(call_id)
+        call_id = self._out.unique_tool_id(call_id)
         self._calls += 1
         args = call.get("args")
         partial = json.dumps(args if isinstance(args, dict) else {}, ensure_ascii=False)

@@ -107,7 +107,10 @@ class StreamConverter:
         if usage is not None:
             self._usage = usage
             self.usage_reported = True
-        for choice in chunk.get("choices") or []:
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise ConversionError("chunk's choices is not a list")
+        for choice in choices:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue  # n > 1 is not something Anthropic clients can receive
             delta = choice.get("delta") or {}
@@ -143,7 +146,10 @@ class StreamConverter:
         if isinstance(refusal, str) and refusal:
             self._refused = True  # the refusal's words are the answer; the stop reason says so
             out.extend(self._delta("text", {"type": "text_delta", "text": refusal}))
-        for position, call in enumerate(delta.get("tool_calls") or []):
+        calls = delta.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise ConversionError("delta's tool_calls is not a list")
+        for position, call in enumerate(calls):
             out.extend(self._tool_delta(position, call))
         return out
 
@@ -169,6 +175,8 @@ class StreamConverter:
         if isinstance(call.get("id"), str) and call["id"] and not tool.id:
             tool.id = call["id"]
         function = call.get("function") or {}
+        if not isinstance(function, dict):
+            raise ConversionError(f"tool call {key}'s function is not an object")
         if isinstance(function.get("name"), str) and function["name"] and not tool.name:
             tool.name = function["name"]
         args = function.get("arguments")
@@ -179,7 +187,7 @@ class StreamConverter:
             if not tool.name:
                 return out  # wait for the name: a tool_use block cannot start without one
             out.extend(self._out.close_open())
-            tool_id = tool.id or f"toolu_{uuid.uuid4().hex[:24]}"
+            tool_id = self._out.unique_tool_id(tool.id or f"toolu_{uuid.uuid4().hex[:24]}")
             tool.index, start = self._out.open(
                 {"type": "tool_use", "id": tool_id, "name": tool.name, "input": {}}
             )
