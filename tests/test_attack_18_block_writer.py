@@ -161,7 +161,7 @@ oai_chunk = st.one_of(
 )
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(oai_chunk, max_size=8), st.booleans())
 def test_openai_stream_is_always_well_formed_or_a_conversion_error(chunks: list[Any], sign: bool) -> None:
     run(
@@ -218,7 +218,7 @@ gem_chunk = st.fixed_dictionaries(
 )  # fmt: skip
 
 
-@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(gem_chunk, max_size=8))
 def test_gemini_stream_is_always_well_formed_or_a_conversion_error(chunks: list[Any]) -> None:
     run(GeminiStreamConverter(model="m", message_id="msg_x"), chunks)
@@ -290,7 +290,7 @@ _typed_chunk = st.one_of(
 )  # fmt: skip
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_typed_chunk, max_size=12), st.booleans())
 def test_openai_typed_sequences_always_well_formed(chunks: list[Any], sign: bool) -> None:
     # ids are checked apart (test_openai_two_calls_with_one_id_get_distinct_tool_use_ids)
@@ -314,7 +314,7 @@ _gchunk = st.builds(
 )  # fmt: skip
 
 
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_gchunk, max_size=8))
 def test_gemini_typed_sequences_always_well_formed(chunks: list[Any]) -> None:
     run(GeminiStreamConverter(model="m", message_id="msg_x"), chunks)
