@@ -18,9 +18,9 @@ from trio_balancer.config import load_config
 from trio_balancer.ledger import Record, open_store
 from trio_balancer.ledger.queries import RecordFilter, browse_sql, series_sql
 from trio_balancer.ledger.record import COLUMNS
+from trio_balancer.ledger.sample import fill
 from trio_balancer.policy.auth import new_key
 from trio_balancer.policy.budgets import periods_at
-from trio_balancer.tools.ledger_fill import fill
 
 from .helpers import Balancer, start_balancer
 

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     if args.command == "usage":
         return _usage(args)
+    if args.command == "sample-ledger":
+        return _sample_ledger(args)
     return 2  # pragma: no cover - argparse enforces the choices
 
 
@@ -69,17 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _log_args(serve)
 
-    usage = sub.add_parser("usage", help="print token and cost totals from the ledger")
-    usage.add_argument("--config", help="config file whose [ledger] to read (default: built-in)")
-    usage.add_argument("--db", help="ledger database: a sqlite:/// URL or a file path (overrides --config)")
-    usage.add_argument("--since", help="start, e.g. 2026-11-01 or 2026-11-01T08:00:00 (UTC)")
-    usage.add_argument("--until", help="end (exclusive)")
-    usage.add_argument(
-        "--by", default="provider,model", help="group by, comma-separated: " + ", ".join(GROUP_COLUMNS)
-    )
-    usage.add_argument("--flagged", action="store_true", help="list records with estimated usage or no price")
-    usage.add_argument("--limit", type=int, default=100, help="records to list with --flagged")
-    usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    _ledger_parsers(sub)
 
     sim = sub.add_parser(
         "simulate", help="run an upstream simulator (Anthropic and OpenAI APIs) for tests and load tests"
@@ -132,6 +124,28 @@ def _parser() -> argparse.ArgumentParser:
 
     _route_args(sub.add_parser("route", help="print the route and failover plan a saved request would get"))
     return parser
+
+
+def _ledger_parsers(sub: Any) -> None:
+    """``usage`` and ``sample-ledger``: the commands that read or write a ledger file."""
+    sample = sub.add_parser(
+        "sample-ledger", help="write a ledger of plausible records (a team's month) to try the console on"
+    )
+    sample.add_argument("db", help="a new SQLite file (or sqlite:/// URL) to write")
+    sample.add_argument("--count", type=int, default=100_000, help="records (default 100,000)")
+    sample.add_argument("--days", type=int, default=30, help="spread over the last N days (default 30)")
+
+    usage = sub.add_parser("usage", help="print token and cost totals from the ledger")
+    usage.add_argument("--config", help="config file whose [ledger] to read (default: built-in)")
+    usage.add_argument("--db", help="ledger database: a sqlite:/// URL or a file path (overrides --config)")
+    usage.add_argument("--since", help="start, e.g. 2026-11-01 or 2026-11-01T08:00:00 (UTC)")
+    usage.add_argument("--until", help="end (exclusive)")
+    usage.add_argument(
+        "--by", default="provider,model", help="group by, comma-separated: " + ", ".join(GROUP_COLUMNS)
+    )
+    usage.add_argument("--flagged", action="store_true", help="list records with estimated usage or no price")
+    usage.add_argument("--limit", type=int, default=100, help="records to list with --flagged")
+    usage.add_argument("--csv", action="store_true", help="CSV instead of a table")
 
 
 def _route_args(route: argparse.ArgumentParser) -> None:
@@ -281,6 +295,27 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_ledger(args: argparse.Namespace) -> int:
+    from trio_balancer.ledger.sample import fill
+
+    url = args.db if "://" in args.db else f"sqlite:///{args.db}"
+    if not url.startswith("sqlite:///") or Path(sqlite_path(url)).exists():
+        print("trio-balancer: give a SQLite file that does not exist yet", file=sys.stderr)
+        return 2
+    if not (0 < args.count <= 10_000_000 and 0 < args.days <= 366):
+        print("trio-balancer: --count 1..10,000,000 and --days 1..366", file=sys.stderr)
+        return 2
+    store = open_store(url)
+    try:
+        fill(store, args.count, days=args.days)
+    finally:
+        store.close()
+    print(
+        f'wrote {args.count:,} records to {sqlite_path(url)}; [ledger] url = "{url}" to see them in /console'
+    )
+    return 0
+
+
 def _budget_rows(config: Config, store: LedgerStore) -> list[dict[str, Any]]:
     """Each client key's budgets against what the ledger says it spent in the current periods
     (every process's records: what the running balancers check against, give or take a sync)."""
@@ -292,9 +327,7 @@ def _budget_rows(config: Config, store: LedgerStore) -> list[dict[str, Any]]:
     periods = periods_at(now, tz)
     spent = {
         client: {"month": Spend(mu, mt), "day": Spend(du, dt)}
-        for client, mu, mt, du, dt in store.spend_by_client(
-            periods.month_start, periods.day_start, excluding_instance=""
-        )
+        for client, mu, mt, du, dt in store.spend_by_client(periods.month_start, periods.day_start)
     }
     rows = []
     for key in keys:

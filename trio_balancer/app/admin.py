@@ -110,8 +110,10 @@ async def usage_view(view: OperatorView, path: str, query: bytes) -> dict[str, A
                     f"group_by: cannot group by {g!r}; choose from {', '.join(GROUP_COLUMNS)}"
                 )
         rows = await ledger.reader.summary(since, until, groups)
-        budgets = view.state.budgets.view(view.state.config.server.client_keys)
-        return {"since": since, "until": until, "group_by": groups, "totals": rows, "budgets": budgets}
+        keeper = view.state.budgets
+        budgets = keeper.view(view.state.config.server.client_keys)
+        return {"since": since, "until": until, "group_by": groups, "totals": rows, "budgets": budgets,
+                "budget_sync": keeper.status()}  # fmt: skip
     limit = _int_param(q, "limit", 100, 1, MAX_PAGE)
     offset = _int_param(q, "offset", 0, 0, MAX_OFFSET)
     flagged = _bool_param(q, "flagged")

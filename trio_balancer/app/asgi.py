@@ -52,6 +52,8 @@ CONFIG_ENV = "TRIO_BALANCER_CONFIG"
 
 
 log = blog.get_logger("trio_balancer.app.asgi")
+# How long a time zone switch waits for the ledger to write what came before it.
+LEDGER_SETTLE_S = 5.0
 
 
 class BalancerApp:
@@ -199,6 +201,7 @@ class BalancerApp:
                 raise StartupFailed(str(exc)) from None
             state = self.state
             sync_every = lambda: state.config.server.budget_sync_s  # noqa: E731 - read at each turn
+            state.budgets.settled = partial(_ledger_has, ledger)
             await services.start(
                 partial(state.budgets.run, ledger.reader, sync_every, lambda: state.budgets_wanted)
             )
@@ -316,6 +319,14 @@ class BalancerApp:
 
     def _cluster_status(self) -> dict[str, Any]:
         return {"flights": len(self.supervisor.flights), "version": __version__}
+
+
+async def _ledger_has(ledger: Ledger, count: int) -> bool:
+    """Whether the primary store holds the first ``count`` records this process made (waiting
+    a little for the writer's batch): nothing of them spilled or held back."""
+    with trio.move_on_after(LEDGER_SETTLE_S):
+        await ledger.wait_written(count)
+    return ledger.written >= count and not ledger.degraded
 
 
 async def _close_when_unused(runtime: ProviderRuntime) -> None:

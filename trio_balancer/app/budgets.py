@@ -11,7 +11,7 @@ has a budget (so instances and workers sharing a ledger enforce one budget). A s
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,13 +38,28 @@ class BudgetKeeper:
     """
 
     def __init__(self, timezone: str, instance: str, *, clock: Callable[[], float] = time.time) -> None:
-        self.instance = instance
+        self._name = instance
+        self._generation = 0  # a new calendar starts a new generation of this process's id
         self.clock = clock
         self.book = SpendBook(ZoneInfo(timezone))
         self.synced_at: float | None = None  # wall clock of the last good sync
         self.sync_error: str | None = None
+        self.recorded_count = 0  # records handed to the keeper (and, after it, to the ledger)
+        # A time zone asked for by a reload, not yet in force: its book (own spend since the
+        # change) and how many records must be in the ledger before its sync can be trusted.
+        self._next: tuple[SpendBook, int] | None = None
+        self.settled: Callable[[int], Awaitable[bool]] | None = None  # the ledger has written n
         self._resync = trio.Event()  # set to sync now (a reload changed the time zone)
         self._watch = ThresholdWatch()
+
+    @property
+    def instance(self) -> str:
+        """This process's id on the records it writes now."""
+        return self._name if not self._generation else f"{self._name}.{self._generation}"
+
+    def _ids(self) -> list[str]:
+        """Every id this process wrote records under (its own book counts them all)."""
+        return [self._name, *(f"{self._name}.{g}" for g in range(1, self._generation + 1))]
 
     def admit(self, key: ClientKey | None) -> None:
         """Raise :class:`RateLimited` (429, ``retry-after`` to the reset) when a budget of ``key``
@@ -59,11 +74,14 @@ class BudgetKeeper:
     def recorded(self, record: Record, key: ClientKey | None = None) -> list[dict[str, Any]]:
         """A request of this process was recorded: what it spent counts from now. Returns the
         alerts it caused (``key``'s budgets newly 80 % or 100 % spent), for the webhook."""
-        spend = Spend(record.cost_usd or 0.0, record.tokens)
+        spend = Spend.of(record.cost_usd, record.tokens)
         if not (spend.usd or spend.tokens):
             return []
         now = self.clock()
+        self.recorded_count += 1
         self.book.add_own(record.client, record.started_at, spend, now)
+        if self._next is not None:
+            self._next[0].add_own(record.client, record.started_at, spend, now)
         if key is None or not key.has_budget:
             return []
         periods = self.book.periods(now)
@@ -82,27 +100,43 @@ class BudgetKeeper:
         ]
 
     def set_timezone(self, timezone: str) -> None:
-        """A reload named another calendar: a new book, synced at once (own spend of the old
-        one is in the ledger by then, counted as the ledger says)."""
-        if timezone != self.book.tz.key:
-            self.book = SpendBook(ZoneInfo(timezone))
-            self.instance += "+"  # this process's records so far are now "the ledger's"
-            self._resync.set()
+        """A reload named another calendar. Its book starts now: this process's records from
+        here on carry a new id and count in both books; the earlier ones are read back from
+        the ledger, as another process's, once the ledger has them all. Until then (the
+        database away, records spilled) the old book stays in force, so nothing is forgotten."""
+        wanted = self._next[0].tz.key if self._next is not None else self.book.tz.key
+        if timezone == wanted:
+            return
+        if timezone == self.book.tz.key:
+            self._next = None  # back to the calendar in force before the switch happened
+            return
+        self._generation += 1
+        self._next = (SpendBook(ZoneInfo(timezone)), self.recorded_count)
+        self._resync.set()
 
     async def sync(self, reader: LedgerReader) -> None:
-        """Read every other process's spend in the current periods from the ledger."""
+        """Read every other process's spend in the current periods from the ledger; and switch
+        to a new time zone's book once its reading can be trusted."""
+        if self._next is not None:
+            book, before = self._next
+            # Once the ledger has this process's earlier records, they are read with the others'.
+            settled = self.settled is not None and await self.settled(before)
+            if settled and await self._read_into(book, reader, [self.instance]):
+                self.book, self._next = book, None
+                return
+        await self._read_into(self.book, reader, self._ids())
+
+    async def _read_into(self, book: SpendBook, reader: LedgerReader, excluding: list[str]) -> bool:
         now = self.clock()
-        periods = self.book.periods(now)
+        periods = book.periods(now)
         try:
-            rows = await reader.spend_by_client(
-                periods.month_start, periods.day_start, excluding_instance=self.instance
-            )
+            rows = await reader.spend_by_client(periods.month_start, periods.day_start, excluding=excluding)
         except Exception as exc:  # the database is away: the last numbers stand
             if self.sync_error is None:
                 log.warning("budgets.sync_failed", error=f"{type(exc).__name__}: {exc}")
             self.sync_error = f"{type(exc).__name__}: {exc}"
-            return
-        self.book.replace_others(
+            return False
+        book.replace_others(
             [
                 row
                 for client, month_usd, month_tokens, day_usd, day_tokens in rows
@@ -116,6 +150,7 @@ class BudgetKeeper:
         if self.sync_error is not None:
             log.info("budgets.synced")
         self.synced_at, self.sync_error = now, None
+        return True
 
     async def run(
         self,
@@ -136,6 +171,15 @@ class BudgetKeeper:
             self._resync = trio.Event()
             if wanted():
                 await self.sync(reader)
+
+    def status(self) -> dict[str, Any]:
+        """How fresh the others' numbers are: the last good sync, and why the last one failed."""
+        return {
+            "timezone": self.book.tz.key,
+            "switching_to": None if self._next is None else self._next[0].tz.key,
+            "synced_at": self.synced_at,
+            "sync_error": self.sync_error,
+        }
 
     def view(self, keys: Sequence[ClientKey]) -> list[dict[str, Any]]:
         """Each key with a budget: its budgets, spent and left, and when each resets."""

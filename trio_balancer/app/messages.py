@@ -160,6 +160,7 @@ class MessagesEndpoint:
     ) -> Delivery:
         """Read and check the request, then answer it: from the cache, another flight, or a new one."""
         request = await self._read_request(ctx, scope, receive, key)
+        ctx.bounded = key is not None and (key.max_concurrent is not None or key.has_budget)
         if not self._supervisor.serving or self._state.registry is None:
             raise NotServing("the balancer is not serving requests (starting, stopping or failed)")
         decision = self._route(ctx, writer, request)
@@ -263,7 +264,9 @@ class MessagesEndpoint:
             await state.cluster.recall_thinking(signatures_in(request.payload))
         for attempt, why in skipped:
             log.info("route.skip", provider=attempt.provider.name, reason=why)
-        share = SharePolicy.for_dedup(state.config.dedup, shared=dedup_key is not None)
+        share = SharePolicy.for_dedup(
+            state.config.dedup, shared=dedup_key is not None, orphans=not ctx.bounded
+        )
         limits = RelayLimits.for_server(state.config.server)
         flight = (CountFlight if counting else Flight)(
             request,

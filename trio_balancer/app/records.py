@@ -75,6 +75,9 @@ class RequestContext:
     route: str | None = None  # the route's name or index (x-balancer-route)
     route_why: str | None = None  # the conditions it matched
     dedup_role: str = "off"
+    # The client's key has a concurrency limit or a budget: its flight must not outlive its
+    # handler (finishing an orphan into the cache would run past both; found by attack).
+    bounded: bool = False
     delivery: Delivery = attrs.Factory(Delivery)  # set by the handler when it ends
     error: BalancerError | None = None  # answered by the balancer itself, before any flight
     flight_started: bool = False  # a leader: its flight will end and hand over its outcome

@@ -8,6 +8,7 @@ check comes first and the values are then read in the schema's field order.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -227,6 +228,8 @@ def _read_number(t: _Table, key: str, spec: Number) -> float | None:
     if spec.false_is_none and t.data[key] is False:
         return None
     value: float = t.get(key, (int, float), "a number")
+    if not math.isfinite(value):  # TOML has nan and inf: a price or budget of either means nothing
+        raise t.error(key, f"must be a finite number, not {value}")
     if spec.lo is not None and value < spec.lo:
         raise t.error(key, f"must be at least {spec.lo}, not {value}")
     return float(value)

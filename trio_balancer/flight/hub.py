@@ -100,14 +100,15 @@ class SharePolicy:
     max_shared_bytes: int = _dedup_default("max_shared_bytes")
 
     @classmethod
-    def for_dedup(cls, dedup: DedupConfig, *, shared: bool) -> SharePolicy:
-        """The policy of a flight others may join (``shared``) under ``[dedup]``."""
+    def for_dedup(cls, dedup: DedupConfig, *, shared: bool, orphans: bool = True) -> SharePolicy:
+        """The policy of a flight others may join (``shared``) under ``[dedup]``; ``orphans``
+        False: it never finishes once its listeners left, whatever ``finish_orphans`` says."""
         return cls(
             keep_history=shared,
             max_lag_events=dedup.max_lag_events,
             max_lag_bytes=dedup.max_lag_bytes,
             max_lag_s=dedup.max_lag_s,
-            finish_orphans=dedup.finish_orphans and shared,
+            finish_orphans=dedup.finish_orphans and shared and orphans,
             max_shared_bytes=dedup.max_shared_bytes,
         )
 

@@ -78,8 +78,15 @@ _SQLITE_5 = (
     + " "
     + _ROLLUP_BACKFILL.format(hour="CAST(started_at / 3600 AS INTEGER)")
 )
+_COUNT_COLUMNS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens",
+                  "events", "bytes")  # fmt: skip
 _POSTGRES_5 = (
-    _rollup_table("DOUBLE PRECISION", "BIGINT")
+    # Counts as SQLite keeps them (64 bits): a provider reporting 3e9 tokens was refused by
+    # INTEGER columns, and four counts of one row added past 2**31 broke every sum (by attack).
+    "ALTER TABLE requests"
+    + ",".join(f" ALTER COLUMN {c} TYPE BIGINT" for c in _COUNT_COLUMNS)
+    + "; "
+    + _rollup_table("DOUBLE PRECISION", "BIGINT")
     + " CREATE FUNCTION requests_usage_hours() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
     f" INSERT INTO usage_hours ({_ROLLUP_KEY}, {_ROLLUP_COLUMNS})"
     f" VALUES ({_ROLLUP_ROW.format(hour='floor(NEW.started_at / 3600)')})"

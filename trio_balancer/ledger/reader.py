@@ -57,11 +57,11 @@ class LedgerReader:
         )
 
     async def spend_by_client(
-        self, month_start: float, day_start: float, *, excluding_instance: str
+        self, month_start: float, day_start: float, *, excluding: Sequence[str] = ()
     ) -> list[tuple[str, float, int, float, int]]:
         """Every other process's spend per client (see :meth:`LedgerStore.spend_by_client`)."""
         return await self._query(
-            lambda store: store.spend_by_client(month_start, day_start, excluding_instance=excluding_instance)
+            lambda store: store.spend_by_client(month_start, day_start, excluding=excluding)
         )
 
     async def series(

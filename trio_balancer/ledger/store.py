@@ -151,21 +151,23 @@ class LedgerStore:
         return [{k: plain_value(v) for k, v in zip(names, row, strict=True)} for row in cur.fetchall()]
 
     def spend_by_client(
-        self, month_start: float, day_start: float, *, excluding_instance: str
+        self, month_start: float, day_start: float, *, excluding: Sequence[str] = ()
     ) -> list[tuple[str, float, int, float, int]]:
         """``(client, usd since month_start, tokens since, usd since day_start, tokens since)``
-        for every client, over the records of every balancer process but ``excluding_instance``
-        (the caller's own, which it counts itself). Records without a cost add no dollars."""
+        for every client, over the records of every balancer process but those ``excluding``
+        names (the caller's own, which it counts itself). Records without a cost add no dollars."""
         m = self.placeholder
+        ids = list(excluding) or [""]
         tokens = "input_tokens + output_tokens + cache_creation_input_tokens + cache_read_input_tokens"
         sql = (
             f"SELECT client, sum(coalesce(cost_usd, 0)), sum({tokens}),"
             f" sum(CASE WHEN started_at >= {m} THEN coalesce(cost_usd, 0) ELSE 0 END),"
             f" sum(CASE WHEN started_at >= {m} THEN {tokens} ELSE 0 END)"
-            f" FROM requests WHERE started_at >= {m} AND (instance IS NULL OR instance <> {m})"
+            f" FROM requests WHERE started_at >= {m}"
+            f" AND (instance IS NULL OR instance NOT IN ({', '.join([m] * len(ids))}))"
             " GROUP BY client"
         )
-        rows = self._execute(sql, [day_start, day_start, month_start, excluding_instance]).fetchall()
+        rows = self._execute(sql, [day_start, day_start, month_start, *ids]).fetchall()
         return [
             (str(c), float(plain_value(mu) or 0), int(plain_value(mt) or 0), float(plain_value(du) or 0),
              int(plain_value(dt) or 0))

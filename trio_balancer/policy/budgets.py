@@ -99,6 +99,13 @@ class Spend:
     def __add__(self, other: Spend) -> Spend:
         return Spend(self.usd + other.usd, self.tokens + other.tokens)
 
+    @classmethod
+    def of(cls, usd: float | None, tokens: int) -> Spend:
+        """A request's spend as recorded; a cost that is not a finite, non-negative number
+        (none can be since prices are checked; kept as the book's own guard) adds nothing."""
+        dollars = usd if usd is not None and math.isfinite(usd) and usd > 0 else 0.0
+        return cls(dollars, max(0, tokens))
+
 
 @attrs.frozen
 class BudgetLine:
@@ -203,13 +210,15 @@ class SpendBook:
         return out
 
     def check(self, key: ClientKey, now: float) -> None:
-        """Raise :class:`BudgetExceeded` for the first budget of ``key`` with nothing left."""
+        """Raise :class:`BudgetExceeded` when a budget of ``key`` has nothing left; it names the
+        spent budget that resets last (the month's, if the day's and the month's are both
+        spent), so ``retry-after`` is when the key is really open again."""
         if not key.has_budget:
             return
         periods = self.periods(now)
-        for line in budget_lines(key, self.spent(key.name, now), periods):
-            if line.exhausted:
-                raise BudgetExceeded(key.name, line, now, self.tz)
+        spent = [line for line in budget_lines(key, self.spent(key.name, now), periods) if line.exhausted]
+        if spent:
+            raise BudgetExceeded(key.name, max(spent, key=lambda line: line.resets_at), now, self.tz)
 
 
 # The shares of a budget an operator is told about (``[alerts] webhook_url``).

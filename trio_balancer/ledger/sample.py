@@ -1,4 +1,5 @@
-"""A ledger full of plausible records, for trying the console and measuring its queries.
+"""A ledger full of plausible records, for trying the console and measuring its queries
+(``trio-balancer sample-ledger``; tests; bench/console.py).
 
 ``fill(store, count, days=30)`` writes ``count`` records spread over the last ``days`` days with
 a daily rhythm: a handful of keys of very different appetites, the current Claude models and a
@@ -12,7 +13,7 @@ import math
 import random
 import time
 
-from trio_balancer.ledger import Record
+from trio_balancer.ledger.record import Record
 from trio_balancer.ledger.store import LedgerStore
 
 __all__ = ["fill"]
@@ -83,7 +84,7 @@ def _record(rng: random.Random, now: float, days: int, i: int) -> Record:
         attempts=tuple(attempts),
         events=out // 3,
         bytes=out * 40,
-        instance="ledger-fill",
+        instance="sample",
     )
 
 
