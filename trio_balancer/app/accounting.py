@@ -52,10 +52,15 @@ class RecordSink:
             self._count(record)
         except Exception:  # a metrics bug must not cost the ledger its record
             log.exception("metrics.record_failed", request_id=record.id)
-        try:
-            self._state.budgets.recorded(record)  # counts for the key's next request at once
+        state = self._state
+        try:  # counts for the key's next request at once
+            alerts = state.budgets.recorded(record, state.keys_by_name.get(record.client))
         except Exception:
             log.exception("budgets.record_failed", request_id=record.id)
+            alerts = []
+        if state.notifier is not None:
+            for alert in alerts:
+                state.notifier.post(alert)
         if self._state.ledger is not None:
             await self._state.ledger.record(record)
 

@@ -53,7 +53,7 @@ class Notifier:
         except trio.WouldBlock:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
-                log.warning("alerts.dropped", dropped=self.dropped, event=event.get("event"))
+                log.warning("alerts.dropped", dropped=self.dropped, alert=event.get("event"))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with httpx.AsyncClient(trust_env=False, follow_redirects=False) as client:
@@ -77,7 +77,7 @@ class Notifier:
                 await self.sleep(wait)
                 wait = min(BACKOFF_MAX_S, wait * 2)
         self.failed += 1
-        log.error("alerts.given_up", webhook=webhook_host(url), event=event)
+        log.error("alerts.given_up", webhook=webhook_host(url), alert=event)
 
     def view(self) -> dict[str, Any]:
         return {

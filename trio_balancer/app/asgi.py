@@ -21,6 +21,7 @@ from trio_balancer import __version__
 from trio_balancer import logging as blog
 from trio_balancer.app import admin, hypercorn_fix
 from trio_balancer.app.accounting import RecordSink
+from trio_balancer.app.alerts import Notifier
 from trio_balancer.app.cluster import Cluster
 from trio_balancer.app.flight_reports import FlightReports, apply_remote_health
 from trio_balancer.app.messages import MessagesEndpoint
@@ -181,6 +182,9 @@ class BalancerApp:
             services.cancel_scope.cancel()
 
     async def _start_services(self, services: trio.Nursery) -> None:
+        state = self.state
+        state.notifier = Notifier(lambda: state.config.alerts, state.budgets.instance)
+        await services.start(state.notifier.run)
         cc = self.config.cluster
         if cc.redis_url:
             self.state.cluster = cluster = Cluster(
@@ -199,7 +203,6 @@ class BalancerApp:
                 await services.start(ledger.run)
             except LedgerUnavailable as exc:
                 raise StartupFailed(str(exc)) from None
-            state = self.state
             sync_every = lambda: state.config.server.budget_sync_s  # noqa: E731 - read at each turn
             state.budgets.settled = partial(_ledger_has, ledger)
             await services.start(

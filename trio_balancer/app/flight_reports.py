@@ -42,6 +42,11 @@ class FlightReports:
         cooling_for = max(0.0, health.cooling_until - now) if cooling else 0.0
         state = "cooling" if cooling else "healthy"
         self._state.health_history.changed(time.time(), provider, state, cooling_for, health.last_error)
+        notifier = self._state.notifier
+        if notifier is not None:
+            event = "provider_unhealthy" if cooling else "provider_recovered"
+            notifier.post({"event": event, "provider": provider, "cooldown_s": round(cooling_for, 3),
+                           "reason": health.last_error})  # fmt: skip
         cluster = self._state.cluster
         if cluster is None:
             return

@@ -12,10 +12,11 @@ import uuid
 
 import attrs
 
+from trio_balancer.app.alerts import Notifier
 from trio_balancer.app.budgets import BudgetKeeper
 from trio_balancer.app.cluster import Cluster
 from trio_balancer.app.metrics import Metrics
-from trio_balancer.config import DEFAULT_MODELS, Config
+from trio_balancer.config import DEFAULT_MODELS, ClientKey, Config
 from trio_balancer.ledger import Ledger
 from trio_balancer.policy.auth import KeyRing
 from trio_balancer.policy.health_history import HealthHistory
@@ -49,6 +50,7 @@ class AppState:
     count_cache: ResponseCache  # answers of /v1/messages/count_tokens, local to this instance
     known_models: set[str]  # model ids that may be metric labels
     budgets: BudgetKeeper  # outlives reloads: spend does not reset when the config changes
+    keys_by_name: dict[str, ClientKey]  # the client keys, by the name records carry
     metrics: Metrics = attrs.Factory(Metrics)
     stats: RecentStats = attrs.Factory(RecentStats)
     health_history: HealthHistory = attrs.Factory(HealthHistory)  # for the console's health page
@@ -57,6 +59,7 @@ class AppState:
     registry: Registry | None = None  # from startup to shutdown
     ledger: Ledger | None = None
     cluster: Cluster | None = None
+    notifier: Notifier | None = None  # the operator's webhook, from startup to shutdown
     started_at: float = 0.0  # trio clock
 
     @classmethod
@@ -73,6 +76,7 @@ class AppState:
             ),
             known_models=known_models(config),
             budgets=BudgetKeeper(config.server.budget_timezone, new_instance_id(config.cluster.instance_id)),
+            keys_by_name={k.name: k for k in config.server.client_keys},
         )
 
     def apply(self, new: Config) -> list[ProviderRuntime]:
@@ -84,6 +88,7 @@ class AppState:
         self.prices = PriceTable(new.prices)
         self.known_models = known_models(new)
         self.keyring = KeyRing(new.server.client_keys, new.server.admin_key_sha256)
+        self.keys_by_name = {k.name: k for k in new.server.client_keys}
         self.limiter.max_total = new.server.max_concurrent
         self.budgets.set_timezone(new.server.budget_timezone)
         return retired

@@ -70,6 +70,8 @@ def status_data(view: OperatorView) -> dict[str, Any]:
         },
         "ledger": None if state.ledger is None else _ledger_view(state.ledger),
         "cluster": None if state.cluster is None else state.cluster.view(),
+        "alerts": None if state.notifier is None else state.notifier.view(),
+        "budgets": state.budgets.status(),
     }
 
 
