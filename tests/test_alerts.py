@@ -11,7 +11,7 @@ import structlog
 import trio
 
 from trio_balancer.app.alerts import QUEUE, Notifier
-from trio_balancer.config.schema import AlertsConfig
+from trio_balancer.config import AlertsConfig
 from trio_balancer.policy.auth import new_key
 
 from .fakes import (
@@ -141,13 +141,13 @@ async def test_a_webhook_that_hangs_costs_requests_nothing(
 
 
 async def test_a_full_queue_drops_new_events_and_counts_them() -> None:
-    notifier = Notifier(lambda: AlertsConfig(webhook_url="http://127.0.0.1:9/hook"), "me")
+    notifier = Notifier(lambda: AlertsConfig(webhook_url="http://127.0.0.1:9/hook"), lambda: "me")
     for i in range(QUEUE + 5):
         notifier.post({"event": "x", "i": i})  # no task is posting: they queue, then overflow
     assert notifier.dropped == 5 and notifier.view()["queued"] == QUEUE
 
 
 def test_no_webhook_no_events() -> None:
-    notifier = Notifier(lambda: AlertsConfig(), "me")
+    notifier = Notifier(lambda: AlertsConfig(), lambda: "me")
     notifier.post({"event": "x"})
     assert notifier.view() == {"webhook": None, "sent": 0, "failed": 0, "dropped": 0, "queued": 0}

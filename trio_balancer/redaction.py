@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["REDACTED", "redact_url", "scrub"]
+__all__ = ["REDACTED", "redact_url", "scrub", "url_host"]
 
 REDACTED = "[redacted]"
 
@@ -137,6 +137,16 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
         done = end
     out.append(text[done:])
     return "".join(out)
+
+
+def url_host(url: str | None) -> str | None:
+    """What may be said of a URL whose path may be its secret (a webhook's): scheme and host."""
+    if not url:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname or ''}"
 
 
 def redact_url(url: str) -> str:

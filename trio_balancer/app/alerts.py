@@ -19,8 +19,9 @@ from typing import Any
 import httpx
 import trio
 
-from trio_balancer.config.schema import AlertsConfig, webhook_host
+from trio_balancer.config import AlertsConfig
 from trio_balancer.logging import get_logger
+from trio_balancer.redaction import url_host
 
 __all__ = ["QUEUE", "Notifier"]
 
@@ -34,9 +35,9 @@ BACKOFF_MAX_S = 30.0
 class Notifier:
     """The one task that posts alerts, and the bounded queue in front of it."""
 
-    def __init__(self, config: Callable[[], AlertsConfig], instance: str) -> None:
+    def __init__(self, config: Callable[[], AlertsConfig], instance: Callable[[], str]) -> None:
         self._config = config  # read at each post: a reload may change or remove the webhook
-        self.instance = instance
+        self._instance = instance  # the id this process's records carry now
         self._send, self._recv = trio.open_memory_channel[dict[str, Any]](QUEUE)
         self.sent = 0
         self.failed = 0  # given up after every try
@@ -47,7 +48,7 @@ class Notifier:
         """Queue ``event`` for the webhook, if there is one; never waits."""
         if self._config().webhook_url is None:
             return
-        event = {**event, "instance": self.instance, "at": time.time()}
+        event = {**event, "instance": self._instance(), "at": time.time()}
         try:
             self._send.send_nowait(event)
         except trio.WouldBlock:
@@ -72,16 +73,16 @@ class Notifier:
             if problem is None:
                 self.sent += 1
                 return
-            log.warning("alerts.post_failed", webhook=webhook_host(url), attempt=attempt + 1, error=problem)
+            log.warning("alerts.post_failed", webhook=url_host(url), attempt=attempt + 1, error=problem)
             if attempt < config.retries:
                 await self.sleep(wait)
                 wait = min(BACKOFF_MAX_S, wait * 2)
         self.failed += 1
-        log.error("alerts.given_up", webhook=webhook_host(url), alert=event)
+        log.error("alerts.given_up", webhook=url_host(url), alert=event)
 
     def view(self) -> dict[str, Any]:
         return {
-            "webhook": webhook_host(self._config().webhook_url),
+            "webhook": url_host(self._config().webhook_url),
             "sent": self.sent,
             "failed": self.failed,
             "dropped": self.dropped,

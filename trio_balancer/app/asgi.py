@@ -183,7 +183,7 @@ class BalancerApp:
 
     async def _start_services(self, services: trio.Nursery) -> None:
         state = self.state
-        state.notifier = Notifier(lambda: state.config.alerts, state.budgets.instance)
+        state.notifier = Notifier(lambda: state.config.alerts, lambda: state.budgets.instance)
         await services.start(state.notifier.run)
         cc = self.config.cluster
         if cc.redis_url:

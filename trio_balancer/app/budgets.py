@@ -22,6 +22,7 @@ from trio_balancer.config import ClientKey
 from trio_balancer.errors import RateLimited
 from trio_balancer.ledger import Record
 from trio_balancer.ledger.reader import LedgerReader
+from trio_balancer.ledger.store import STORE_ERRORS
 from trio_balancer.logging import get_logger
 from trio_balancer.policy.budgets import BudgetExceeded, Spend, SpendBook, ThresholdWatch, budget_lines
 
@@ -74,11 +75,11 @@ class BudgetKeeper:
     def recorded(self, record: Record, key: ClientKey | None = None) -> list[dict[str, Any]]:
         """A request of this process was recorded: what it spent counts from now. Returns the
         alerts it caused (``key``'s budgets newly 80 % or 100 % spent), for the webhook."""
+        self.recorded_count += 1  # every record: the ledger counts them all (written)
         spend = Spend.of(record.cost_usd, record.tokens)
         if not (spend.usd or spend.tokens):
             return []
         now = self.clock()
-        self.recorded_count += 1
         self.book.add_own(record.client, record.started_at, spend, now)
         if self._next is not None:
             self._next[0].add_own(record.client, record.started_at, spend, now)
@@ -122,7 +123,8 @@ class BudgetKeeper:
             # Once the ledger has this process's earlier records, they are read with the others'.
             settled = self.settled is not None and await self.settled(before)
             if settled and await self._read_into(book, reader, [self.instance]):
-                self.book, self._next = book, None
+                if self._next is not None and self._next[0] is book:  # no reload meanwhile
+                    self.book, self._next = book, None
                 return
         await self._read_into(self.book, reader, self._ids())
 
@@ -131,7 +133,7 @@ class BudgetKeeper:
         periods = book.periods(now)
         try:
             rows = await reader.spend_by_client(periods.month_start, periods.day_start, excluding=excluding)
-        except Exception as exc:  # the database is away: the last numbers stand
+        except STORE_ERRORS as exc:  # the database is away: the last numbers stand
             if self.sync_error is None:
                 log.warning("budgets.sync_failed", error=f"{type(exc).__name__}: {exc}")
             self.sync_error = f"{type(exc).__name__}: {exc}"

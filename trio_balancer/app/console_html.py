@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 from zoneinfo import ZoneInfo
 
 import attrs
@@ -302,7 +302,7 @@ def _request_row(row: Mapping[str, Any], tz: ZoneInfo) -> str:
     status = row["status"]
     cost = "-" if row["cost_usd"] is None else _money(row["cost_usd"])
     return (
-        f'<tr><td><a href="/console/requests/{esc(row["id"])}">{esc(_when(row["started_at"], tz))}</a></td>'
+        f'<tr><td><a href="/console/requests/{esc(quote(row["id"], safe=""))}">{esc(_when(row["started_at"], tz))}</a></td>'
         f"<td>{esc(row['client'])}</td><td>{esc(row['model'] or '-')}</td><td>{esc(row['provider'] or '-')}</td>"
         f'<td class="n{" bad" if status is None or status >= 400 else ""}">{esc(str(status))}</td>'
         f"<td class=n>{_count(tokens)}</td><td class=n>{cost}</td>"
@@ -356,10 +356,11 @@ def health_page(
         f"<td>{esc(p['last_error'] or '')}</td></tr>"
         for p in providers
     )
-    hour0 = int(now // 3600) - 47
-    buckets = list(range(hour0, hour0 + 48))
-    offset = int((datetime.fromtimestamp(now, zone).utcoffset() or timedelta(0)).total_seconds()) // 3600
-    shifted = [b + offset for b in buckets]
+    hours = max((len(counts) for counts in failovers.values()), default=48)
+    hour0 = int(now // 3600) - hours + 1
+    offset_s = int((datetime.fromtimestamp(now, zone).utcoffset() or timedelta(0)).total_seconds())
+    offset = offset_s // 3600 if offset_s % 3600 == 0 else 0  # a half-hour zone: hours of UTC
+    shifted = [b + offset for b in range(hour0, hour0 + hours)]
     parts = {name: dict(zip(shifted, counts, strict=True)) for name, counts in failovers.items()}
     chart = (
         stacked_bars(

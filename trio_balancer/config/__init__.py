@@ -12,6 +12,7 @@ from trio_balancer.config.parse import ConfigError, load_config, parse_config
 from trio_balancer.config.schema import (
     DEFAULT_MODELS,
     PASSTHROUGH,
+    AlertsConfig,
     ClientKey,
     ClusterConfig,
     Config,
@@ -34,6 +35,7 @@ from trio_balancer.config.schema import (
 __all__ = [
     "DEFAULT_MODELS",
     "PASSTHROUGH",
+    "AlertsConfig",
     "Capabilities",
     "ClientKey",
     "ClusterConfig",

@@ -17,7 +17,7 @@ from trio_balancer.config import spec
 from trio_balancer.config.capabilities import PRESETS, Capabilities, preset_for
 from trio_balancer.protocol.pricing import Price, Rates
 from trio_balancer.protocol.sse import DEFAULT_MAX_EVENT_BYTES
-from trio_balancer.redaction import redact_url
+from trio_balancer.redaction import redact_url, url_host
 
 __all__ = [
     "AUTH_STYLES",
@@ -46,7 +46,6 @@ __all__ = [
     "When",
     "default_config",
     "missing_extra",
-    "webhook_host",
 ]
 
 PASSTHROUGH = "passthrough"
@@ -472,16 +471,6 @@ class DedupConfig:
     max_shared_bytes: int = attrs.field(default=4 * 1024 * 1024, metadata=spec.integer(lo=0))
 
 
-def webhook_host(url: str | None) -> str | None:
-    """What may be said of a webhook URL: its scheme and host (the path is often the secret)."""
-    if not url:
-        return None
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname or ''}"
-
-
 @attrs.frozen
 class AlertsConfig:
     """``[alerts]``: a webhook told when a key's budget passes 80 % and 100 % of a period, and
@@ -493,7 +482,7 @@ class AlertsConfig:
     retries: int = attrs.field(default=3, metadata=spec.integer(lo=0, hi=10))
 
     def __repr__(self) -> str:
-        return f"AlertsConfig(webhook_host={webhook_host(self.webhook_url)!r})"
+        return f"AlertsConfig(webhook_host={url_host(self.webhook_url)!r})"
 
 
 @attrs.frozen

@@ -34,7 +34,23 @@ from trio_balancer.ledger.record import (
 )
 from trio_balancer.redaction import redact_url
 
-__all__ = ["LedgerStore", "PostgresStore", "SqliteStore", "open_store", "sqlite_path"]
+__all__ = ["STORE_ERRORS", "LedgerStore", "PostgresStore", "SqliteStore", "open_store", "sqlite_path"]
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    """What a store raises when its database is away or refuses: SQLite's, the OS's, and
+    psycopg's when it is installed (the [cluster] extra)."""
+    errors: list[type[Exception]] = [sqlite3.Error, OSError]
+    try:
+        import psycopg
+    except ImportError:
+        pass
+    else:
+        errors.append(psycopg.Error)
+    return tuple(errors)
+
+
+STORE_ERRORS = _store_errors()
 
 
 def sqlite_path(url: str) -> str:
