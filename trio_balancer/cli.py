@@ -6,11 +6,13 @@ import argparse
 import csv
 import ipaddress
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -23,6 +25,7 @@ import trio
 
 from trio_balancer import __version__
 from trio_balancer import logging as blog
+from trio_balancer.app.workers import WORKER_ENV
 from trio_balancer.config import Config, ConfigError, ProviderConfig, load_config
 from trio_balancer.errors import leaf_exceptions
 from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
@@ -64,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML config file (default: built-in, forwards to Anthropic)")
     serve.add_argument("--host", help="address to bind (overrides [server] host)")
     serve.add_argument("--port", type=int, help="port to bind (overrides [server] port)")
+    serve.add_argument(
+        "--workers",
+        help="processes serving the port: a number or 'auto' (one per core); overrides [server] workers",
+    )
     serve.add_argument(
         "--allow-open",
         action="store_true",
@@ -196,7 +203,15 @@ def _serve(args: argparse.Namespace) -> int:
             config = attrs.evolve(config, server=attrs.evolve(config.server, allow_open=True))
         else:
             print("trio-balancer: no client keys configured: serving loopback clients only", file=sys.stderr)
+    workers = _workers_asked(args.workers, config.server.workers)
+    if workers is None:
+        return 2
+    if workers > 1 and WORKER_ENV not in os.environ:
+        return _serve_workers(args, config, host, port, workers)
     hc = hypercorn_config(config, host, port)
+    if WORKER_ENV in os.environ:
+        hc.workers = int(os.environ[WORKER_ENV].split("/")[1])  # so Hypercorn binds with SO_REUSEPORT
+        warnings.filterwarnings("ignore", message="The config `workers` has no affect")  # it has: that
     app = create_app(config)
 
     async def stop_when_asked_or_failed() -> None:
@@ -293,6 +308,51 @@ def _usage(args: argparse.Namespace) -> int:
         print()
         _print_table(budgets, ["client", "budget", "limit", "spent", "left", "resets_at"], csv_out=args.csv)
     return 0
+
+
+def _workers_asked(flag: str | None, configured: int) -> int | None:
+    from trio_balancer.app.workers import worker_count
+
+    if flag is None:
+        return worker_count(configured)
+    if flag == "auto":
+        return worker_count(0)
+    if not flag.isdigit() or not 1 <= int(flag) <= 256:
+        print("trio-balancer: --workers must be 1..256 or auto", file=sys.stderr)
+        return None
+    return int(flag)
+
+
+def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: int, workers: int) -> int:
+    """The parent of ``workers`` serving processes (``app/workers.py``)."""
+    from trio_balancer.app.workers import WorkerSet, limits_need_redis, reserve_port
+
+    problem = limits_need_redis(config)
+    if problem is not None:
+        print(f"trio-balancer: cannot run {workers} workers: {problem}", file=sys.stderr)
+        return 2
+    try:
+        held = reserve_port(host, port)
+    except OSError as exc:
+        print(f"trio-balancer: cannot bind {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    actual = held.getsockname()[1]
+    command = [sys.executable, "-m", "trio_balancer", "serve", "--host", host, "--port", str(actual),
+               "--workers", str(workers), "--log-level", args.log_level, "--log-format", args.log_format]  # fmt: skip
+    if args.config:
+        command += ["--config", args.config]
+    if args.allow_open:
+        command.append("--allow-open")
+    shown = f"[{host}]" if ":" in host else host
+    print(
+        f"trio-balancer: {workers} workers on http://{shown}:{actual} ({config.source})",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return trio.run(WorkerSet(command, workers).run)
+    finally:
+        held.close()
 
 
 def _sample_ledger(args: argparse.Namespace) -> int:

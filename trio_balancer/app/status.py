@@ -8,12 +8,14 @@ itself every few seconds.
 from __future__ import annotations
 
 import html
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from trio_balancer import __version__
+from trio_balancer.app.workers import WORKER_ENV
 from trio_balancer.ledger import Ledger
 from trio_balancer.policy.stats import Minute
 
@@ -72,6 +74,9 @@ def status_data(view: OperatorView) -> dict[str, Any]:
         "cluster": None if state.cluster is None else state.cluster.view(),
         "alerts": None if state.notifier is None else state.notifier.view(),
         "budgets": state.budgets.status(),
+        # "i/N" under serve --workers: this page is that worker's (each has its own flights).
+        "worker": os.environ.get(WORKER_ENV),
+        "pid": os.getpid(),
     }
 
 

@@ -447,6 +447,8 @@ class ServerConfig:
     # Without client keys, a request's Host must be a loopback name or address, or one of
     # these (a name of this machine that clients use), so DNS rebinding cannot reach us.
     allowed_hosts: tuple[str, ...] = attrs.field(default=(), metadata=spec.strings(clean=str.lower))
+    # Balancer processes on the port (serve --workers); 0: one per core.
+    workers: int = attrs.field(default=1, metadata=spec.integer(lo=0, hi=256))
     # The calendar the client keys' budgets count days and months in.
     budget_timezone: str = attrs.field(default="UTC", metadata=spec.string(check=_timezone))
     # How often the spend of other instances (and of this one before a restart) is read back
