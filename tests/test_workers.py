@@ -106,6 +106,15 @@ async def test_workers_share_the_port_and_record_every_request_once(
             r = await client.post("/v1/messages", json=message_body(stream=True, content=f"hi {i}"))
             assert r.status_code == 200 and b"message_stop" in r.content
     assert len(upstream.received) == 30
+    # Whichever worker answers /metrics, it counts the whole balancer's requests.
+    for _ in range(6):
+        text = (await w.get("/metrics")).text
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("trio_balancer_requests_total{")
+        )
+        assert total == 30, text
     w.process.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         assert await w.process.wait() == 0

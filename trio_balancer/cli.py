@@ -8,6 +8,7 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,7 +326,7 @@ def _workers_asked(flag: str | None, configured: int) -> int | None:
 
 def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: int, workers: int) -> int:
     """The parent of ``workers`` serving processes (``app/workers.py``)."""
-    from trio_balancer.app.workers import WorkerSet, limits_need_redis, reserve_port
+    from trio_balancer.app.workers import WorkerSet, limits_need_redis, metrics_directory, reserve_port
 
     problem = limits_need_redis(config)
     if problem is not None:
@@ -349,10 +350,12 @@ def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: in
         file=sys.stderr,
         flush=True,
     )
+    metrics = metrics_directory()  # before the workers start: they import prometheus-client
     try:
         return trio.run(WorkerSet(command, workers).run)
     finally:
         held.close()
+        shutil.rmtree(metrics, ignore_errors=True)
 
 
 def _sample_ledger(args: argparse.Namespace) -> int:

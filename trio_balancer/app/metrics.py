@@ -5,12 +5,19 @@ embedding). Label sets are bounded: providers come from the config, models are n
 the ids the config knows (anything else is ``other``), statuses are numbers, and no request id,
 client key or free text ever becomes a label.
 
+Under ``serve --workers`` every worker writes its counters and histograms to files in
+``PROMETHEUS_MULTIPROC_DIR`` (the parent makes the directory), and any worker's ``/metrics``
+sums them all (prometheus-client's multiprocess mode): a scrape sees the whole balancer, not
+the worker it reached. The gauges of flights and listeners are summed over live workers; the
+values read at scrape time (provider states) are the answering worker's.
+
 The per-event forward latency is the time from the upstream bytes being read to the complete
 event(s) being handed to every listener's channel; its buckets go down to 25 microseconds.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable
 
@@ -21,7 +28,9 @@ from prometheus_client.registry import Collector
 from trio_balancer.ledger import Record
 from trio_balancer.protocol.usage import ESTIMATED, PARTIAL
 
-__all__ = ["CONTENT_TYPE", "Metrics", "normalise_model"]
+__all__ = ["CONTENT_TYPE", "MULTIPROCESS_ENV", "Metrics", "normalise_model"]
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it at import
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -92,9 +101,15 @@ class Metrics:
             "trio_balancer_stream_bytes", "Body bytes streamed to clients", ["provider"], registry=r
         )
         self.active_streams = Gauge(
-            "trio_balancer_active_flights", "Upstream responses in progress", registry=r
+            "trio_balancer_active_flights", "Upstream responses in progress", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.active_listeners = Gauge(
+            "trio_balancer_active_listeners",
+            "Clients being answered",
+            registry=r,
+            multiprocess_mode="livesum",
         )
-        self.active_listeners = Gauge("trio_balancer_active_listeners", "Clients being answered", registry=r)
         self.failovers = Counter(
             "trio_balancer_failovers", "Attempts abandoned for the next provider, by provider and reason",
             ["provider", "reason"], registry=r,
@@ -145,4 +160,11 @@ class Metrics:
             self.estimated.labels(provider).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not os.environ.get(MULTIPROCESS_ENV):
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        every_worker = CollectorRegistry()
+        multiprocess.MultiProcessCollector(every_worker)  # type: ignore[no-untyped-call]
+        every_worker.register(_Live(self._collect_live))
+        return generate_latest(every_worker)

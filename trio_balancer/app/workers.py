@@ -23,15 +23,24 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import attrs
 import trio
 
+from trio_balancer.app.metrics import MULTIPROCESS_ENV
 from trio_balancer.config import Config
 from trio_balancer.logging import get_logger
 
-__all__ = ["WORKER_ENV", "WorkerSet", "limits_need_redis", "reserve_port", "worker_count"]
+__all__ = [
+    "WORKER_ENV",
+    "WorkerSet",
+    "limits_need_redis",
+    "metrics_directory",
+    "reserve_port",
+    "worker_count",
+]
 
 log = get_logger("trio_balancer.app.workers")
 
@@ -75,6 +84,21 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _metrics_gone(pid: int) -> None:
+    """A worker ended: its live gauges leave the sums (its counters stay: they happened)."""
+    if os.environ.get(MULTIPROCESS_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def metrics_directory() -> str:
+    """A fresh directory for the workers' metric files, named in their environment."""
+    path = tempfile.mkdtemp(prefix="trio-balancer-metrics-")
+    os.environ[MULTIPROCESS_ENV] = path
+    return path
+
+
 @attrs.define
 class WorkerSet:
     """The running workers: one restart loop each, signals forwarded to all."""
@@ -106,6 +130,7 @@ class WorkerSet:
             self.processes[index] = process
             code = await process.wait()
             del self.processes[index]
+            _metrics_gone(process.pid)
             if self.stopping or code == 0:
                 if code not in (0, -signal.SIGTERM, -signal.SIGINT):
                     self.status = self.status or code
