@@ -198,3 +198,27 @@ def test_per_key_limits_without_redis_are_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "'alice'" in result.stderr and "redis_url" in result.stderr
+
+
+async def test_workers_stop_when_their_parent_is_killed(
+    nursery: trio.Nursery, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    write_config(tmp_path / "b.toml", upstream.url, tmp_path / "ledger.sqlite3", models=["m"])
+    w = await start(nursery, tmp_path / "b.toml")
+    pids = await w.seen(40)
+    w.process.kill()  # SIGKILL: the parent cannot forward anything
+    with trio.fail_after(30):
+        while any(_alive(pid) for pid in pids.values()):  # noqa: ASYNC110 - other processes
+            await trio.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (ended, not yet reaped by init) counts as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

@@ -225,6 +225,8 @@ def _serve(args: argparse.Namespace) -> int:
 
             nursery.start_soon(first, _wait_for_signal)
             nursery.start_soon(first, app.failed.wait)
+            if WORKER_ENV in os.environ:
+                nursery.start_soon(first, partial(_parent_gone, os.getppid()))
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -656,6 +658,14 @@ def _sim_windows(pairs: list[str]) -> dict[str, int]:
             raise SystemExit(f"trio-balancer simulate: --context-window wants MODEL=TOKENS, not {pair!r}")
         windows[model] = int(tokens)
     return windows
+
+
+async def _parent_gone(parent: int) -> None:
+    """Return once this worker's parent is gone (killed with SIGKILL, it could not say so): a
+    worker must not hold the port for a balancer nobody runs any more."""
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
+        await trio.sleep(1.0)
+    print("trio-balancer: the workers' parent is gone, shutting down gracefully", file=sys.stderr)
 
 
 async def _wait_for_signal() -> None:
