@@ -192,7 +192,7 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
             "server.hots: unknown key (expected one of: host, port, grace_period_s, max_body_bytes,"
             " max_header_bytes, body_timeout_s, client_keys, admin_key_sha256, public_metrics, allow_open,"
             " max_concurrent, max_upstream_response_bytes, max_upstream_event_bytes, allowed_hosts,"
-            " budget_timezone, budget_sync_s)",
+            " workers, budget_timezone, budget_sync_s)",
         ),
         (
             {"health": {"jitter": 0.5}, "providers": [GOOD]},
