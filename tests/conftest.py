@@ -19,6 +19,7 @@ import trio
 from trio_balancer import logging as blog
 from trio_balancer.config import parse_config
 from trio_balancer.tools import simulator
+from trio_balancer.tools.sim_bedrock import SIM_AWS_KEY_ID, SIM_AWS_SECRET
 
 from .fakes import FakeUpstream
 from .helpers import SECRETS, Balancer, BalancerFactory, provider_config, start_balancer
@@ -124,3 +125,15 @@ async def sim(nursery: trio.Nursery) -> str:
 @pytest.fixture
 async def balancer(upstream: FakeUpstream, balancer_for: BalancerFactory) -> Balancer:
     return await balancer_for(upstream)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The simulator's key pair in the environment, and no other AWS configuration."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SIM_AWS_KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SIM_AWS_SECRET)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")

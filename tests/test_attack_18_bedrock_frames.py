@@ -7,14 +7,12 @@ import binascii
 import contextlib
 import json
 import struct
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
 from trio_balancer.protocol.bedrock import EVENT_STREAM_TYPE, EventStreamDecoder, EventStreamError
-from trio_balancer.tools.sim_bedrock import SIM_AWS_KEY_ID, SIM_AWS_SECRET
 
 from .fakes import FakeUpstream, Reply, anthropic_text_events
 from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, message_body
@@ -72,17 +70,6 @@ def test_a_chunk_with_a_type_prefix_and_garbage_after_is_refused() -> None:
         return
     for e in out:
         json.loads(e.data or b"")
-
-
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", SIM_AWS_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SIM_AWS_SECRET)
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def _frames_of(events: list[bytes]) -> list[bytes]:
