@@ -26,7 +26,7 @@ import trio
 
 from trio_balancer import __version__
 from trio_balancer import logging as blog
-from trio_balancer.app.workers import WORKER_ENV
+from trio_balancer.app.workers import PARENT_ENV, WORKER_ENV
 from trio_balancer.config import Config, ConfigError, ProviderConfig, load_config
 from trio_balancer.errors import leaf_exceptions
 from trio_balancer.ledger import GROUP_COLUMNS, open_store, parse_time, sqlite_path
@@ -211,6 +211,9 @@ def _serve(args: argparse.Namespace) -> int:
         return _serve_workers(args, config, host, port, workers)
     hc = hypercorn_config(config, host, port)
     if WORKER_ENV in os.environ:
+        # A SIGHUP before the app listens for it (a reload asked while this worker starts)
+        # must not kill it: the file it is loading is the one asked for anyway.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         hc.workers = int(os.environ[WORKER_ENV].split("/")[1])  # so Hypercorn binds with SO_REUSEPORT
         warnings.filterwarnings("ignore", message="The config `workers` has no affect")  # it has: that
     app = create_app(config)
@@ -225,8 +228,10 @@ def _serve(args: argparse.Namespace) -> int:
 
             nursery.start_soon(first, _wait_for_signal)
             nursery.start_soon(first, app.failed.wait)
-            if WORKER_ENV in os.environ:
-                nursery.start_soon(first, partial(_parent_gone, os.getppid()))
+            if WORKER_ENV in os.environ:  # the parent's pid from its own hand: it may be gone already
+                nursery.start_soon(
+                    first, partial(_parent_gone, int(os.environ.get(PARENT_ENV, os.getppid())))
+                )
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
@@ -320,7 +325,7 @@ def _workers_asked(flag: str | None, configured: int) -> int | None:
         return worker_count(configured)
     if flag == "auto":
         return worker_count(0)
-    if not flag.isdigit() or not 1 <= int(flag) <= 256:
+    if not (flag.isascii() and flag.isdigit()) or not 1 <= int(flag) <= 256:
         print("trio-balancer: --workers must be 1..256 or auto", file=sys.stderr)
         return None
     return int(flag)

@@ -30,6 +30,7 @@ from trio_balancer.app.respond import Receive, Scope, Send, require_method, send
 from trio_balancer.app.state import AppState
 from trio_balancer.app.supervisor import FlightSupervisor, count_tasks
 from trio_balancer.app.view import OperatorView
+from trio_balancer.app.workers import WORKER_ENV, limits_need_redis
 from trio_balancer.config import Config, ConfigError, load_config
 from trio_balancer.errors import (
     BalancerError,
@@ -238,6 +239,8 @@ class BalancerApp:
         if self.config.path is None:
             raise ConfigError("this balancer runs on a built-in config; there is no file to reload")
         new = await trio.to_thread.run_sync(load_config, self.config.path)
+        if WORKER_ENV in os.environ and (problem := limits_need_redis(new)) is not None:
+            raise ConfigError(f"not with several workers: {problem}")  # as the start refuses it
         nursery = self.supervisor.nursery
         assert nursery is not None
         retired = self.state.apply(new)

@@ -7,8 +7,9 @@ workers share, then starts them, and from then on only:
 
 - forwards SIGINT/SIGTERM (each worker drains its streams for ``grace_period_s``) and SIGHUP
   (each worker re-reads the config) to every worker;
-- starts a worker again when it dies unexpectedly (after 1 s, doubling to 30 s; given up, and
-  the whole balancer stopped, after 5 deaths within a minute);
+- starts a worker again when it ends without being asked (it died, refused a changed config,
+  or was stopped on its own), after 1 s doubling to 30 s; after 5 such ends within a minute it
+  gives up and stops the whole balancer;
 - exits when every worker has, with the first non-zero status.
 
 What is per worker, and what is shared, is in the README ("Several workers"). In short: the
@@ -20,11 +21,13 @@ limits would be counted by each worker apart, so that combination is refused at 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import trio
@@ -34,6 +37,7 @@ from trio_balancer.config import Config
 from trio_balancer.logging import get_logger
 
 __all__ = [
+    "PARENT_ENV",
     "WORKER_ENV",
     "WorkerSet",
     "limits_need_redis",
@@ -45,6 +49,8 @@ __all__ = [
 log = get_logger("trio_balancer.app.workers")
 
 WORKER_ENV = "TRIO_BALANCER_WORKER"  # "i/N" in a worker's environment
+PARENT_ENV = "TRIO_BALANCER_PARENT"  # the parent's pid: a worker whose parent is gone stops
+METRICS_PREFIX = "trio-balancer-metrics-"
 RESTART_FIRST_S = 1.0
 RESTART_MAX_S = 30.0
 DEATHS_PER_MINUTE = 5
@@ -77,6 +83,14 @@ def reserve_port(host: str, port: int) -> socket.socket:
     """A socket bound to ``host:port`` with ``SO_REUSEPORT`` and not listening: it holds the
     port (port 0: picks one) for the workers, who bind it too and listen."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # Bound first without SO_REUSEPORT, which fails if any program listens on the port (with
+    # the option the kernel would split clients between it and us; found by attack). A program
+    # of the same user can still join while the workers run: that is what SO_REUSEPORT is, and
+    # why the balancer should run as a user of its own.
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))  # OSError: in use
+        port = probe.getsockname()[1]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -93,10 +107,25 @@ def _metrics_gone(pid: int) -> None:
 
 
 def metrics_directory() -> str:
-    """A fresh directory for the workers' metric files, named in their environment."""
-    path = tempfile.mkdtemp(prefix="trio-balancer-metrics-")
+    """A fresh directory for the workers' metric files, named in their environment; those of
+    earlier balancers that were killed (their pid is gone) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(f"{METRICS_PREFIX}*-*"):
+        pid = old.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    path = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-")
     os.environ[MULTIPROCESS_ENV] = path
     return path
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @attrs.define
@@ -123,7 +152,9 @@ class WorkerSet:
         """Run worker ``index``; start it again when it dies while nobody asked it to stop."""
         wait = RESTART_FIRST_S
         while True:
-            env = {**os.environ, WORKER_ENV: f"{index}/{self.count}"}
+            if self.stopping:  # asked to stop while this worker waited to start again
+                return
+            env = {**os.environ, WORKER_ENV: f"{index}/{self.count}", PARENT_ENV: str(os.getpid())}
             # A session of its own: a terminal's Ctrl-C reaches the parent only, which forwards
             # it once (a second SIGINT would cut a draining worker short).
             process = await trio.lowlevel.open_process(list(self.command), env=env, start_new_session=True)
@@ -131,16 +162,18 @@ class WorkerSet:
             code = await process.wait()
             del self.processes[index]
             _metrics_gone(process.pid)
-            if self.stopping or code == 0:
-                if code not in (0, -signal.SIGTERM, -signal.SIGINT):
-                    self.status = self.status or code
+            if self.stopping:
+                if code != 0:  # cut short (a second SIGTERM) or failed while draining
+                    self.status = self.status or (code if code > 0 else 1)
                 return
+            # Ended without being asked (died, refused a changed config, or was stopped on its
+            # own): started again, so the balancer keeps its N workers.
             now = trio.current_time()
             self._deaths = [t for t in self._deaths if now - t < 60] + [now]
-            log.error("worker.died", worker=index, status=code, restart_in_s=wait)
-            if len(self._deaths) >= DEATHS_PER_MINUTE or code == 2:  # 2: a config the worker refused
+            log.error("worker.ended", worker=index, status=code, restart_in_s=wait)
+            if len(self._deaths) >= DEATHS_PER_MINUTE:
                 log.critical("worker.giving_up", deaths_per_minute=len(self._deaths))
-                self.status = code or 1
+                self.status = code if code > 0 else 1
                 await self.stop(signal.SIGTERM)
                 return
             await trio.sleep(wait)
