@@ -79,7 +79,7 @@ def plans(store: LedgerStore, label: str) -> None:
     print(f"\n## query plans ({label}, {store.count():,} records)\n")
     for name, sql, args in queries(store):
         start = time.perf_counter()
-        store._execute(sql, args).fetchall()  # noqa: SLF001 - the bench times the query itself
+        store._execute(sql, args).fetchall()
         ms = (time.perf_counter() - start) * 1000
         print(f"- {name} ({ms:.1f} ms):")
         for line in store.plan(sql, args):
@@ -144,7 +144,7 @@ def main() -> None:
         pg = open_store(server.url if server else args.pg)
         try:
             fill(pg, args.count)
-            pg._execute("ANALYZE")  # noqa: SLF001 - fresh tables: give the planner their sizes
+            pg._execute("ANALYZE")
             plans(pg, "PostgreSQL")
         finally:
             pg.close()
