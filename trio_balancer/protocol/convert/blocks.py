@@ -19,7 +19,7 @@ from trio_balancer.protocol.events import sse_event
 from trio_balancer.protocol.sse import SSEEvent
 from trio_balancer.protocol.tokens import estimate_text
 
-__all__ = ["EMPTY_BLOCKS", "BlockWriter", "nonneg_int"]
+__all__ = ["EMPTY_BLOCKS", "BlockWriter", "WrittenStream", "nonneg_int"]
 
 # The content_block_start body of each streamed block kind (text and thinking grow by deltas).
 EMPTY_BLOCKS: Mapping[str, Mapping[str, str]] = {
@@ -161,6 +161,24 @@ class BlockWriter:
         """Add ``text`` to the output estimate."""
         self.output_text_chars += len(text)
         self.output_estimate += estimate_text(text)
+
+
+class WrittenStream:
+    """What every converter says of the message it writes through its ``_out`` writer."""
+
+    _out: BlockWriter
+
+    @property
+    def message_id(self) -> str | None:
+        return self._out.message_id
+
+    @property
+    def output_text_chars(self) -> int:
+        return self._out.output_text_chars
+
+    @property
+    def ended(self) -> bool:
+        return self._out.ended
 
 
 def nonneg_int(value: Any) -> int:

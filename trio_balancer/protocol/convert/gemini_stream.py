@@ -29,7 +29,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
+from trio_balancer.protocol.convert.blocks import BlockWriter, WrittenStream, nonneg_int
 from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.gemini import gemini_signature
 from trio_balancer.protocol.google_errors import (
@@ -82,7 +82,7 @@ def gemini_usage(metadata: Any) -> dict[str, int] | None:
     return out
 
 
-class GeminiStreamConverter:
+class GeminiStreamConverter(WrittenStream):
     def __init__(self, *, model: str, message_id: str | None = None) -> None:
         self.model = model
         self._out = BlockWriter(model=model, message_id=message_id)
@@ -90,18 +90,6 @@ class GeminiStreamConverter:
         self._stop_reason: str | None = None
         self._usage: dict[str, int] | None = None
         self.usage_reported = False  # the upstream sent usageMetadata
-
-    @property
-    def message_id(self) -> str | None:
-        return self._out.message_id
-
-    @property
-    def output_text_chars(self) -> int:
-        return self._out.output_text_chars
-
-    @property
-    def ended(self) -> bool:
-        return self._out.ended
 
     # -- input -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from typing import Any
 import attrs
 
 from trio_balancer.errors import error_type_for_status
-from trio_balancer.protocol.convert.blocks import BlockWriter, nonneg_int
+from trio_balancer.protocol.convert.blocks import BlockWriter, WrittenStream, nonneg_int
 from trio_balancer.protocol.convert.errors import ConversionError, UpstreamStreamError
 from trio_balancer.protocol.sse import MalformedEventData, SSEEvent
 
@@ -59,7 +59,7 @@ class _Tool:
     closed: bool = False
 
 
-class StreamConverter:
+class StreamConverter(WrittenStream):
     def __init__(
         self, *, model: str, message_id: str | None = None, sign: Callable[[], str] | None = None
     ) -> None:
@@ -70,18 +70,6 @@ class StreamConverter:
         self._usage: dict[str, Any] | None = None
         self.usage_reported = False  # the upstream sent a usage object
         self._refused = False
-
-    @property
-    def message_id(self) -> str | None:
-        return self._out.message_id
-
-    @property
-    def output_text_chars(self) -> int:
-        return self._out.output_text_chars
-
-    @property
-    def ended(self) -> bool:
-        return self._out.ended
 
     # -- input -------------------------------------------------------------------------------
 
