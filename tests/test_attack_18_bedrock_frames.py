@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import contextlib
 import json
 import struct
@@ -16,19 +15,12 @@ from trio_balancer.protocol.bedrock import EVENT_STREAM_TYPE, EventStreamDecoder
 
 from .fakes import FakeUpstream, Reply, anthropic_text_events
 from .helpers import NO_DEDUP, PROVIDER_KEY, BalancerFactory, message_body
+from .test_cloud_protocol import crc_frame
 
 
 def _str_header(name: str, value: str) -> bytes:
     n, v = name.encode(), value.encode()
     return bytes([len(n)]) + n + b"\x07" + struct.pack(">H", len(v)) + v
-
-
-def crc_frame(headers: bytes, payload: bytes) -> bytes:
-    total = 16 + len(headers) + len(payload)
-    prelude = struct.pack(">II", total, len(headers))
-    prelude += struct.pack(">I", binascii.crc32(prelude))
-    body = prelude + headers + payload
-    return body + struct.pack(">I", binascii.crc32(body))
 
 
 CHUNK_HEADERS = _str_header(":message-type", "event") + _str_header(":event-type", "chunk")

@@ -24,7 +24,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -192,8 +191,8 @@ class WorkerSet:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    print("trio-balancer: SIGHUP, every worker reloads its config", file=sys.stderr)
+                    log.info("workers.reload", signal="SIGHUP")
                     await self.signal(signum)
                 else:
-                    print(f"trio-balancer: {signal.Signals(signum).name}, workers draining", file=sys.stderr)
+                    log.info("workers.drain", signal=signal.Signals(signum).name)
                     await self.stop(signum)

@@ -84,7 +84,7 @@ class BlockWriter:
         """A new block's index and its ``content_block_start``."""
         index = self._next_index
         self._next_index += 1
-        return index, sse_event(events.content_block_start(index, dict(block)))
+        return index, sse_event(events.content_block_start(index, block))
 
     def stop(self, index: int) -> SSEEvent:
         return sse_event(events.content_block_stop(index))
@@ -102,7 +102,7 @@ class BlockWriter:
             index, start = self.open(EMPTY_BLOCKS[kind])
             out.append(start)
             self._open_block = (kind, index)
-        out.append(sse_event(events.content_block_delta(self._open_block[1], dict(delta))))
+        out.append(sse_event(events.content_block_delta(self._open_block[1], delta)))
         return out
 
     def close_open(self) -> list[SSEEvent]:
