@@ -10,13 +10,14 @@ cut.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import attrs
 import trio
 
 from trio_balancer.app.respond import Receive, Send, send_error
 from trio_balancer.errors import JSON_HEADERS, BalancerError, ClientGone, error_body
-from trio_balancer.flight.hub import Abort, Head, Listener, new_listener
+from trio_balancer.flight.hub import Abort, Head, Item, Listener, new_listener
 from trio_balancer.logging import get_logger
 from trio_balancer.protocol.dedup import CachedResponse
 from trio_balancer.protocol.events import error_event
@@ -52,6 +53,8 @@ class ResponseWriter:
         self.extra = extra
         self.sent_status: int | None = None  # the status sent, as soon as it is
         self.ended: Delivery | None = None  # how the response ended, once it has
+        self._form: Form = Passthrough()  # how the body is written, once the head said
+        self._hand_off_error: Exception | None = None  # a send that failed in the flight's task
 
     def interrupted(self) -> Delivery:
         """What the client got when the writer was stopped (or its caller failed) at any point."""
@@ -93,32 +96,63 @@ class ResponseWriter:
         for lagging, the end is an error rather than the form's normal end.
         """
         gone = trio.Event()
-        form: Form = Passthrough()
+        self._form = Passthrough()
         aborted = False
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_disconnect, self._receive, nursery.cancel_scope, gone)
-            async for item in listener:
-                if type(item) is bytes:
-                    out = form.chunk(item)
-                    if out:
-                        await self._send({"type": "http.response.body", "body": out, "more_body": True})
-                elif isinstance(item, Head):
-                    form = form_for(wants_stream, item.headers)
-                    head = form.head(item.status, item.headers)
-                    if head is not None:
-                        await self._start(*head)
-                elif isinstance(item, Abort):
-                    log.warning("response.abort", reason=item.reason)
-                    aborted = True
-                    break
-            nursery.cancel_scope.cancel()  # stop watching: what follows must not be cancelled
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch_disconnect, self._receive, nursery.cancel_scope, gone)
+                try:
+                    async for item in listener:
+                        if type(item) is bytes:
+                            await self._body(item)
+                        elif isinstance(item, Head):
+                            self._form = form_for(wants_stream, item.headers)
+                            head = self._form.head(item.status, item.headers)
+                            if head is not None:
+                                await self._start(*head)
+                            listener.hand_off_to(partial(self._handed, listener))
+                        elif isinstance(item, Abort):
+                            log.warning("response.abort", reason=item.reason)
+                            aborted = True
+                            break
+                except trio.ClosedResourceError:
+                    if self._hand_off_error is None:
+                        raise
+                nursery.cancel_scope.cancel()  # stop watching: what follows must not be cancelled
+        finally:
+            listener.hand_off_to(None)
+        if self._hand_off_error is not None:
+            raise self._hand_off_error  # a send that failed in the flight's task
         if gone.is_set():
             return Delivery(self.sent_status, CLIENT_LEFT)
         if aborted:
             # Returning without the final body message makes Hypercorn drop the connection, so
             # the client sees a broken response rather than a cut one that looks whole.
             return Delivery(self.sent_status, CUT)
-        return await self._end(form, dropped=was_dropped is not None and was_dropped(listener))
+        return await self._end(self._form, dropped=was_dropped is not None and was_dropped(listener))
+
+    async def _body(self, chunk: bytes) -> None:
+        out = self._form.chunk(chunk)
+        if out:
+            await self._send({"type": "http.response.body", "body": out, "more_body": True})
+
+    async def _handed(self, listener: Listener, item: Item) -> bool:
+        """A body chunk handed over in the flight's task while this writer waits: sent there,
+        saving a task switch per event (``ByteQueue.hand_off_to``). Anything else is queued.
+
+        A send that fails there must not fail the flight: the error is kept for this writer's
+        own task to raise, the listener is left, and the flight is told so.
+        """
+        if type(item) is not bytes:
+            return False
+        try:
+            await self._body(item)
+        except Exception as exc:
+            if not listener.abandoned:
+                self._hand_off_error = exc
+                listener.abandon()  # wakes this writer, which raises it
+            raise trio.BrokenResourceError("the client's response failed") from exc
+        return True
 
     async def _end(self, form: Form, *, dropped: bool) -> Delivery:
         end_head, tail = _dropped_ending(self.sent_status) if dropped else form.end()

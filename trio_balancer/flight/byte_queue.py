@@ -14,12 +14,19 @@ already holds in memory, and the lag a shared flight allows (its own, larger, bo
 Closing follows trio's channels: the producer's ``close()`` lets the consumer drain what is
 queued and then get :class:`trio.EndOfChannel`; the consumer's ``abandon()`` makes the next
 ``send`` raise :class:`trio.BrokenResourceError`.
+
+A hand-off skips the queue: a consumer that sets one (:meth:`hand_off_to`) has ``send`` call
+it in the producer's own task whenever the consumer is parked waiting and nothing is queued.
+That saves a wake-up of the consumer's task and a checkpoint of the producer's for every item
+(for one client of one stream, a task switch per event: ``bench/RESULTS.md``, issue 20). The
+hand-off may decline an item (return False): it is then queued as usual. While one hand-off
+runs, other producers' sends wait for it, so items never overtake each other.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 import trio
@@ -41,6 +48,9 @@ class ByteQueue(Generic[T]):
         self._abandoned = False  # the consumer left
         self._readable = trio.lowlevel.ParkingLot()
         self._writable = trio.lowlevel.ParkingLot()
+        self._hand_off: Callable[[T], Awaitable[bool]] | None = None
+        self._consumer_parked = False  # the consumer waits in receive(): it holds no item
+        self._handing_off = False  # a producer is inside the hand-off
 
     def __len__(self) -> int:
         return len(self._items)
@@ -56,6 +66,14 @@ class ByteQueue(Generic[T]):
         if max_items is not None and len(self._items) >= max_items:
             return False
         return self.queued_bytes + size <= (self.max_bytes if max_bytes is None else max_bytes)
+
+    def hand_off_to(self, hand_off: Callable[[T], Awaitable[bool]] | None) -> None:
+        """Items sent while the consumer waits go to ``hand_off`` in the producer's task.
+
+        ``hand_off`` returns False to have an item queued instead. An exception it raises
+        reaches the producer; it should abandon the queue first if the consumer is done.
+        """
+        self._hand_off = hand_off
 
     # -- producer ----------------------------------------------------------------------------
 
@@ -74,16 +92,33 @@ class ByteQueue(Generic[T]):
         """Queue ``item``, waiting while the queue is full (against these bounds, or its own)."""
         await trio.lowlevel.checkpoint_if_cancelled()
         size = self._size_of(item)
+        declined = False
         while True:
             if self._abandoned:
                 raise trio.BrokenResourceError("the listener left")
             if self._closed:
                 raise trio.ClosedResourceError("the queue was closed by its producer")
-            if self.has_room(size, max_bytes, max_items):
+            if self._handing_off:
+                pass  # another producer's item goes first
+            elif not declined and self._hand_off is not None and self._consumer_parked and not self._items:
+                if await self._handed_off(self._hand_off, item):
+                    return
+                declined = True  # checked again, then queued
+                continue
+            elif self.has_room(size, max_bytes, max_items):
                 break
             await self._writable.park()
         self._push(item, size)
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _handed_off(self, hand_off: Callable[[T], Awaitable[bool]], item: T) -> bool:
+        self._handing_off = True
+        try:
+            taken = await hand_off(item)
+        finally:
+            self._handing_off = False
+            self._writable.unpark_all()
+        return taken
 
     def _push(self, item: T, size: int) -> None:
         self._items.append((item, size))
@@ -116,7 +151,11 @@ class ByteQueue(Generic[T]):
                 item = self.receive_nowait()
                 break
             except trio.WouldBlock:
-                await self._readable.park()
+                self._consumer_parked = True
+                try:
+                    await self._readable.park()
+                finally:
+                    self._consumer_parked = False
         await trio.lowlevel.cancel_shielded_checkpoint()
         return item
 
