@@ -415,6 +415,31 @@ class TestPieces:
             BODY, **base, include_max_tokens=False
         )  # type: ignore[arg-type]
 
+    def test_signature_reads_values_not_objects(self) -> None:
+        """The digest (a memo-less pickle) sees values: one string object used twice signs as
+        two equal copies do, and every difference of value or type tells bodies apart."""
+        base = dict(path="/v1/messages", query=b"", headers=[], identity="key-1")
+        text = "same text " * 3
+        shared = {
+            "model": "m",
+            "messages": [{"role": "user", "content": text}, {"role": "user", "content": text}],
+        }
+        copies = json.loads(json.dumps(shared))
+        assert signature(shared, **base) == signature(copies, **base)  # type: ignore[arg-type]
+        variants = [
+            {"model": "m", "temperature": 1},
+            {"model": "m", "temperature": 1.0},
+            {"model": "m", "temperature": True},
+            {"model": "m", "temperature": "1"},
+            {"model": "m", "temperature": None},
+            {"model": "m", "temperature": [1]},
+            {"model": "m", "temperature": {"1": 1}},
+            {"model": "m", "messages": [{"a": "b", "c": "d"}]},
+            {"model": "m", "messages": [{"a": "bc", "": "d"}]},
+        ]
+        signed = {signature(v, **base) for v in variants}  # type: ignore[arg-type]
+        assert len(signed) == len(variants)
+
 
 # -- in memory, on the MockClock --------------------------------------------------------------
 
