@@ -60,14 +60,16 @@ def percentile(values: Sequence[float], p: float) -> float:
 async def stream_once(
     host: str,
     port: int,
-    body: dict[str, Any],
+    body: dict[str, Any] | bytes,
     headers: dict[str, str],
     *,
     stop_after_events: int | None = None,
 ) -> StreamResult:
-    """POST /v1/messages and read the SSE response to the end (or ``stop_after_events``)."""
+    """POST /v1/messages and read the SSE response to the end (or ``stop_after_events``).
+
+    ``body`` as bytes is sent as it is (a real client's compact UTF-8 JSON)."""
     result = StreamResult()
-    payload = json.dumps(body).encode()
+    payload = body if isinstance(body, bytes) else json.dumps(body).encode()
     conn = h11.Connection(h11.CLIENT)
     hdrs = [("host", f"{host}:{port}"), ("content-type", "application/json"), ("content-length", str(len(payload))),
             ("anthropic-version", "2023-06-01"), ("x-api-key", "bench"), *headers.items()]  # fmt: skip
