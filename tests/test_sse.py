@@ -226,3 +226,34 @@ def test_arbitrary_bytes_round_trip_raw(wire: bytes, cuts: list[int]) -> None:
     events = decode_all(split_at(wire, cuts))
     assert b"".join(e.raw for e in events) == wire
     assert fields(events) == fields(decode_all([wire]))
+
+
+ODD_WHOLE_CHUNKS = [
+    b"event:x\ndata: y\n\n", b"event: \ndata: \n\n", b"data:\n\n", b"event: a\n\n\n", b"event: a\nid: 1\n\n",
+    b"event: a\r\ndata: b\n\n", b": ping\n\n", b"data: a\ndata: b\n\n", b"event: a\ndata:  two spaces\n\n",
+    b"retry: 5\n\n", b"\n\n", b"event: \xff\ndata: \xfe\n\n",
+]  # fmt: skip
+_one_event_chunks = st.one_of(
+    st.builds(
+        lambda name, data: f"event: {name}\ndata: {data}\n\n".encode(),
+        st.text(max_size=20),
+        st.text(max_size=40),
+    ),
+    st.builds(lambda data: f"data: {data}\n\n".encode(), st.text(max_size=40)),
+    st.binary(max_size=60).map(lambda b: b"event: " + b + b"\ndata: " + b + b"\n\n"),
+    st.binary(max_size=60).map(lambda b: b + b"\n\n"),
+    st.sampled_from(ODD_WHOLE_CHUNKS),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_one_event_chunks, min_size=1, max_size=6))
+def test_whole_event_chunks_decode_as_byte_by_byte(chunks: list[bytes]) -> None:
+    """A chunk that is one whole event takes a short path (``_one_whole_event``); it must
+    give exactly what decoding the same bytes one at a time gives."""
+    fast = decode_all(chunks)
+    wire = b"".join(chunks)
+    slow = decode_all([wire[i : i + 1] for i in range(len(wire))])
+    assert [(e.raw, e.event, e.data, e.terminated) for e in fast] == [
+        (e.raw, e.event, e.data, e.terminated) for e in slow
+    ]

@@ -104,6 +104,10 @@ class SSEDecoder:
         if not chunk:
             return []
         buf = self._buf
+        if not buf and not self._skip_lf and type(chunk) is bytes:
+            whole = _one_whole_event(chunk)
+            if whole is not None:
+                return [whole]
         buf += chunk
         pos = self._pos
         if self._skip_lf:
@@ -178,6 +182,28 @@ class SSEDecoder:
         self._event = None
         self._data = []
         return event
+
+
+def _one_whole_event(chunk: bytes) -> SSEEvent | None:
+    """``chunk`` as the one event it is, when it is exactly ``event: NAME\ndata: DATA\n\n``
+    or ``data: DATA\n\n`` with ``\n`` line ends (how Anthropic, OpenAI and Gemini write
+    each event, one per read once a stream is under way); None for anything else.
+
+    The same event :meth:`SSEDecoder.feed` builds line by line, for a few byte searches
+    instead of a regex, two slices and a join per line (``tests/test_sse.py`` holds them
+    equal); issue 20's per-event cost.
+    """
+    if not chunk.endswith(b"\n\n") or b"\r" in chunk:
+        return None
+    lines = chunk.count(b"\n")
+    if lines == 2 and chunk.startswith(b"data: "):
+        return SSEEvent(raw=chunk, data=chunk[6:-2])
+    if lines != 3 or not chunk.startswith(b"event: "):
+        return None
+    end = chunk.index(b"\n")
+    if not chunk.startswith(b"data: ", end + 1):
+        return None
+    return SSEEvent(raw=chunk, event=chunk[7:end].decode("utf-8", "replace"), data=chunk[end + 7 : -2])
 
 
 def encode_event(event: str, data: str) -> bytes:
