@@ -33,7 +33,8 @@ import trio
 from trio_balancer.protocol.sse import SSEDecoder
 
 ROOT = Path(__file__).resolve().parent.parent
-STAMP = re.compile(rb'"text":"(\d{19}) ')
+# Compact JSON (ours, the simulator's) or with spaces after the colons (LiteLLM's json.dumps).
+STAMP = re.compile(rb'"text":\s*"(\d{19}) ')
 
 
 @attrs.define
@@ -41,6 +42,7 @@ class StreamResult:
     status: int = 0
     ttfb_s: float = 0.0  # request sent -> response headers
     first_event_s: float = 0.0  # request sent -> first complete event
+    first_delta_s: float = 0.0  # request sent -> first content_block_delta (TTFT)
     latencies_ns: list[int] = attrs.Factory(list)  # per stamped event: received - sent
     events: int = 0
     bytes: int = 0
@@ -109,6 +111,8 @@ async def stream_once(
                         result.first_event_s = time.perf_counter() - started
                     result.events += 1
                     if ev.event == "content_block_delta":
+                        if not result.first_delta_s:
+                            result.first_delta_s = time.perf_counter() - started
                         m = STAMP.search(ev.data)
                         if m:
                             result.latencies_ns.append(now_ns - int(m.group(1)))
@@ -285,8 +289,15 @@ def start_simulator(port: int) -> Proc:
 
 
 def start_balancer(
-    port: int, upstream_port: int, workdir: Path, *, extra: str = "", kind: str = "anthropic"
+    port: int,
+    upstream_port: int,
+    workdir: Path,
+    *,
+    extra: str = "",
+    kind: str = "anthropic",
+    workers: int = 1,
 ) -> Proc:
+    """``workers`` > 1: ``serve --workers N``, a parent and N serving processes on the port."""
     base = f"http://127.0.0.1:{upstream_port}" + ("/v1" if kind == "openai" else "")
     config = workdir / f"balancer-{port}.toml"
     config.write_text(
@@ -308,9 +319,8 @@ max_keepalive = 2000
 {extra}
 """
     )
-    proc = Proc(
-        [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--log-level", "warning"]
-    )
+    args = [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--log-level", "warning"]
+    proc = Proc(args + (["--workers", str(workers)] if workers != 1 else []))
     proc.wait_listening(port)
     return proc
 
