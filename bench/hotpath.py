@@ -87,6 +87,10 @@ async def events(relays: Relays, args: argparse.Namespace) -> list[dict[str, Any
 
 
 def claude_code_body(fixture: str) -> dict[str, Any]:
+    """The captured Claude Code request ``fixture``; ``tiny``: a one-line prompt."""
+    if fixture == "tiny":
+        return {"model": "claude-opus-4-6", "max_tokens": 1024, "stream": True,
+                "messages": [{"role": "user", "content": "hello"}]}  # fmt: skip
     from tests.e2e.capture import load_fixtures
     from tests.matrix import FIXTURES
 
