@@ -12,7 +12,9 @@ the worker it reached. The gauges of flights and listeners are summed over live 
 values read at scrape time (provider states) are the answering worker's.
 
 The per-event forward latency is the time from the upstream bytes being read to the complete
-event(s) being handed to every listener's channel; its buckets go down to 25 microseconds.
+event(s) being handed on: to the client's socket when one client waits on an unshared stream
+(the writer's hand-off, ``flight/byte_queue.py``), else to every listener's queue. Its buckets
+go down to 25 microseconds.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class Metrics:
         )  # fmt: skip
         self.forward = Histogram(
             "trio_balancer_forward_latency_seconds",
-            "Per-event latency: upstream bytes read -> complete event handed to the client writers",
+            "Per-event latency: upstream bytes read -> complete event handed to the client (or its queue)",
             buckets=_FORWARD_BUCKETS, registry=r,
         )  # fmt: skip
         self.events = Counter(

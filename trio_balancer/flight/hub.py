@@ -6,7 +6,9 @@ connection must be dropped rather than ended cleanly (a cut JSON body).
 
 With one listener the hub is plain backpressure: its queue only absorbs scheduling jitter,
 never a response, so a client that stops reading stops the flight, and the flight stops
-reading its upstream. With several (identical requests sharing one upstream stream) nobody
+reading its upstream. While that listener's writer waits, a chunk skips the queue and is
+written to the client in the flight's task (``ByteQueue.hand_off_to``): one task switch less
+per event. With several (identical requests sharing one upstream stream) nobody
 waits for a slow one until it is past the lag bounds; one that stays past them is cut off.
 """
 
