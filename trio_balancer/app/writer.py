@@ -27,6 +27,10 @@ __all__ = ["CLIENT_LEFT", "CUT", "DELIVERED", "Delivery", "ResponseWriter", "rep
 
 log = get_logger("trio_balancer.app.writer")
 
+# A handed-off chunk the client takes longer than this to accept marks it slow: from then on
+# its chunks are queued rather than written in the flight's task (see _write_handed_chunk).
+SLOW_CLIENT_S = 0.25
+
 # How a response ended, from the client's side (the ledger's ``outcome``).
 DELIVERED = "delivered"  # the whole response reached the client (an error answer too)
 CLIENT_LEFT = "client_left"  # the client went away before the end
@@ -55,6 +59,7 @@ class ResponseWriter:
         self.ended: Delivery | None = None  # how the response ended, once it has
         self._form: Form = Passthrough()  # how the body is written, once the head said
         self._hand_off_error: Exception | None = None  # a send that failed in the flight's task
+        self._client_slow = False  # a handed chunk took the client over SLOW_CLIENT_S
 
     def interrupted(self) -> Delivery:
         """What the client got when the writer was stopped (or its caller failed) at any point."""
@@ -110,7 +115,7 @@ class ResponseWriter:
                             head = self._form.head(item.status, item.headers)
                             if head is not None:
                                 await self._start(*head)
-                            listener.hand_off_to(partial(self._handed, listener))
+                            listener.hand_off_to(partial(self._write_handed_chunk, listener))
                         elif isinstance(item, Abort):
                             log.warning("response.abort", reason=item.reason)
                             aborted = True
@@ -121,10 +126,10 @@ class ResponseWriter:
                 nursery.cancel_scope.cancel()  # stop watching: what follows must not be cancelled
         finally:
             listener.hand_off_to(None)
-        if self._hand_off_error is not None:
-            raise self._hand_off_error  # a send that failed in the flight's task
         if gone.is_set():
             return Delivery(self.sent_status, CLIENT_LEFT)
+        if self._hand_off_error is not None:
+            raise self._hand_off_error  # a send that failed in the flight's task
         if aborted:
             # Returning without the final body message makes Hypercorn drop the connection, so
             # the client sees a broken response rather than a cut one that looks whole.
@@ -136,15 +141,22 @@ class ResponseWriter:
         if out:
             await self._send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _handed(self, listener: Listener, item: Item) -> bool:
-        """A body chunk handed over in the flight's task while this writer waits: sent there,
-        saving a task switch per event (``ByteQueue.hand_off_to``). Anything else is queued.
+    async def _write_handed_chunk(self, listener: Listener, item: Item) -> bool:
+        """A body chunk handed over in the flight's task while this writer waits: written
+        there, saving a task switch per event (``ByteQueue.hand_off_to``). Anything else is
+        queued, and so is everything once the client has been slow to take a chunk.
+
+        The write is Hypercorn's, shielded until the client takes it (or the stall bound,
+        ``hypercorn_fix.SEND_STALL_S``): a client that keeps the flight waiting in it once is
+        fed from the queue from then on, where the flight waits for room in a send that its
+        deadlines and cancellation can end.
 
         A send that fails there must not fail the flight: the error is kept for this writer's
         own task to raise, the listener is left, and the flight is told so.
         """
-        if type(item) is not bytes:
+        if type(item) is not bytes or self._client_slow:
             return False
+        started = trio.current_time()
         try:
             await self._body(item)
         except Exception as exc:
@@ -152,6 +164,8 @@ class ResponseWriter:
                 self._hand_off_error = exc
                 listener.abandon()  # wakes this writer, which raises it
             raise trio.BrokenResourceError("the client's response failed") from exc
+        if trio.current_time() - started > SLOW_CLIENT_S:
+            self._client_slow = True
         return True
 
     async def _end(self, form: Form, *, dropped: bool) -> Delivery:

@@ -1,4 +1,5 @@
-"""A one-producer, one-consumer queue bounded in bytes, for a flight's listeners.
+"""A queue bounded in bytes from a flight (its relay, and a converted stream's pings) to one
+listener.
 
 Trio's memory channels count items, and a flight's items are chunks whose size varies from
 a 30-byte ping to a 64 KiB read: a buffer of 1,024 chunks let 20 clients that read nothing
@@ -15,12 +16,18 @@ Closing follows trio's channels: the producer's ``close()`` lets the consumer dr
 queued and then get :class:`trio.EndOfChannel`; the consumer's ``abandon()`` makes the next
 ``send`` raise :class:`trio.BrokenResourceError`.
 
-A hand-off skips the queue: a consumer that sets one (:meth:`hand_off_to`) has ``send`` call
-it in the producer's own task whenever the consumer is parked waiting and nothing is queued.
-That saves a wake-up of the consumer's task and a checkpoint of the producer's for every item
-(for one client of one stream, a task switch per event: ``bench/RESULTS.md``, issue 20). The
-hand-off may decline an item (return False): it is then queued as usual. While one hand-off
-runs, other producers' sends wait for it, so items never overtake each other.
+A hand-off skips the queue: a consumer that sets one (:meth:`hand_off_to`) has
+``send(item, hand_off=True)`` call it in the producer's own task whenever the consumer is
+parked waiting and nothing is queued. That saves a wake-up of the consumer's task and a
+checkpoint of the producer's for every item (for one client of one stream, a task switch per
+event: ``bench/RESULTS.md``, issue 20). The hand-off may decline an item (return False): it is
+then queued as usual. While one hand-off runs nothing else reaches the consumer: other sends
+wait for it, and what ``send_nowait`` queues meanwhile is taken once it is over, so items
+never overtake each other and the consumer never runs beside a hand-off.
+
+On that path ``send`` returns once the hand-off has taken the item (for the writer: written
+to the client), and yields only if the hand-off does; a cancellation it raises says nothing of
+whether the item was taken.
 """
 
 from __future__ import annotations
@@ -88,11 +95,13 @@ class ByteQueue(Generic[T]):
             raise trio.WouldBlock
         self._push(item, size)
 
-    async def send(self, item: T, *, max_bytes: int | None = None, max_items: int | None = None) -> None:
-        """Queue ``item``, waiting while the queue is full (against these bounds, or its own)."""
+    async def send(
+        self, item: T, *, max_bytes: int | None = None, max_items: int | None = None, hand_off: bool = False
+    ) -> None:
+        """Queue ``item``, waiting while the queue is full (against these bounds, or its own);
+        with ``hand_off``, give it to the consumer's hand-off instead when it can take it."""
         await trio.lowlevel.checkpoint_if_cancelled()
         size = self._size_of(item)
-        declined = False
         while True:
             if self._abandoned:
                 raise trio.BrokenResourceError("the listener left")
@@ -100,10 +109,10 @@ class ByteQueue(Generic[T]):
                 raise trio.ClosedResourceError("the queue was closed by its producer")
             if self._handing_off:
                 pass  # another producer's item goes first
-            elif not declined and self._hand_off is not None and self._consumer_parked and not self._items:
+            elif hand_off and self._hand_off is not None and self._consumer_parked and not self._items:
                 if await self._handed_off(self._hand_off, item):
                     return
-                declined = True  # checked again, then queued
+                hand_off = False  # declined: checked again, then queued
                 continue
             elif self.has_room(size, max_bytes, max_items):
                 break
@@ -118,21 +127,31 @@ class ByteQueue(Generic[T]):
         finally:
             self._handing_off = False
             self._writable.unpark_all()
+            if self._items or self._closed or self._abandoned:
+                self._wake_consumer()  # what came meanwhile is the consumer's now
         return taken
 
     def _push(self, item: T, size: int) -> None:
         self._items.append((item, size))
         self.queued_bytes += size
+        if not self._handing_off:  # else the consumer is woken when the hand-off is over
+            self._wake_consumer()
+
+    def _wake_consumer(self) -> None:
+        self._consumer_parked = False  # woken, it is no longer a consumer to hand off to
         self._readable.unpark_all()
 
     def close(self) -> None:
         """No more items; the consumer gets what is queued, then the end."""
         self._closed = True
-        self._readable.unpark_all()
+        if not self._handing_off:
+            self._wake_consumer()
 
     # -- consumer ----------------------------------------------------------------------------
 
     def receive_nowait(self) -> T:
+        if self._handing_off:
+            raise trio.WouldBlock  # the producer is giving an item to this consumer's hand-off
         if self._items:
             item, size = self._items.popleft()
             self.queued_bytes -= size
@@ -165,7 +184,7 @@ class ByteQueue(Generic[T]):
         self._items.clear()
         self.queued_bytes = 0
         self._writable.unpark_all()
-        self._readable.unpark_all()
+        self._wake_consumer()
 
     def __aiter__(self) -> ByteQueue[T]:
         return self

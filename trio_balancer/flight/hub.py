@@ -194,7 +194,7 @@ class Hub:
         if len(listeners) == 1:  # one listener: plain backpressure, nobody else to protect
             listener = listeners[0]
             try:
-                await listener.send(item)
+                await listener.send(item, hand_off=True)  # to its client at once, if it waits
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self.unsubscribe(listener)
             return

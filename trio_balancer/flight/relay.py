@@ -187,6 +187,7 @@ class Relay:
                     decoded = self._client_named(decoded)
                 if decoded and await self._take(head, gate, decoded):
                     self._forwarded(received, len(decoded))
+                    response.idle.touch()  # time the client took is not the provider's idleness
             tail = decoder.close()
         except (EventTooLarge, ConversionError) as exc:  # too large, or framing that cannot be read
             raise broken(name, str(exc)) from None
