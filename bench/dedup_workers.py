@@ -30,10 +30,23 @@ import loadgen
 HOST = "127.0.0.1"
 
 
-def upstream_streams(port: int) -> int:
-    """Requests that reached the simulator, from the ledger the workers share."""
+def ledger_counts(port: int) -> tuple[int, int]:
+    """(every request recorded, those that reached the simulator), from the shared ledger."""
     r = httpx.get(f"http://{HOST}:{port}/usage", params={"group_by": "dedup_role"}, timeout=10)
-    return sum(t["requests"] for t in r.json()["totals"] if t["dedup_role"] in ("leader", "off"))
+    totals = r.json()["totals"]
+    upstream = sum(t["requests"] for t in totals if t["dedup_role"] in ("leader", "off"))
+    return sum(t["requests"] for t in totals), upstream
+
+
+async def recorded(port: int, at_least: int) -> int:
+    """The upstream count once the ledger holds ``at_least`` records (it writes in batches);
+    waits at most 5 s."""
+    for _ in range(50):
+        total, upstream = ledger_counts(port)
+        if total >= at_least:
+            return upstream
+        await trio.sleep(0.1)
+    raise TimeoutError(f"the ledger holds {total} records, not {at_least}")
 
 
 async def burst(port: int, listeners: int, tag: str) -> int:
@@ -65,10 +78,9 @@ async def measure(workers: int, args: argparse.Namespace) -> list[dict[str, Any]
             for listeners in [int(x) for x in args.listeners.split(",")]:
                 per_burst, completed = [], 0
                 for b in range(args.bursts):
-                    before = upstream_streams(port)
+                    total, before = ledger_counts(port)
                     completed += await burst(port, listeners, f"w{workers} l{listeners} b{b}")
-                    await trio.sleep(0.3)  # the ledger writes in batches of up to 100 ms
-                    per_burst.append(upstream_streams(port) - before)
+                    per_burst.append(await recorded(port, total + listeners) - before)
                 rows.append({
                     "workers": workers, "identical requests": listeners, "bursts": args.bursts,
                     "completed": completed, "upstream streams per burst (mean)": statistics.mean(per_burst),

@@ -19,6 +19,7 @@ Bounded: rounds x (streams or requests) requests, each stream ``--events`` long.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -117,7 +118,7 @@ async def requests(relays: Relays, args: argparse.Namespace) -> list[dict[str, A
     )  # as Claude Code sends it
     headers = {"x-sim-events": "5", "x-sim-eps": "0", "x-sim-event-bytes": "16"}
     rows = []
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     async def batch(port: int, total: int) -> tuple[int, int]:
         done = errors = 0

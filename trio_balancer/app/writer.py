@@ -99,6 +99,10 @@ class ResponseWriter:
 
         ``was_dropped`` is asked once the listener ends: if the flight cut this listener off
         for lagging, the end is an error rather than the form's normal end.
+
+        Once the head is sent, body chunks may come by hand-off (:meth:`_write_handed_chunk`),
+        written in the flight's task: the watcher's cancellation does not reach those writes;
+        a client gone is seen by Hypercorn there, and by the watcher here.
         """
         gone = trio.Event()
         self._form = Passthrough()

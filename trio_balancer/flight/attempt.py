@@ -3,7 +3,10 @@
 :func:`call_provider` sends the request and hands a 200 response to the relay; everything
 else becomes an :class:`AttemptFailed` with the verdict for failover and health. Three
 deadlines bound an attempt: the first byte (response headers), the idle gap between body
-chunks (slid forward by the relay as data comes), and the whole response.
+chunks (slid forward by the relay as data comes, and once more after each publish: a client's
+time to take a chunk is not the provider's idleness), and the whole response. A chunk handed
+off to a lone client is written inside them, in Hypercorn's shielded write: the writer stops
+handing off to a client slow to take one (``app/writer.py``), so that happens once at most.
 """
 
 from __future__ import annotations

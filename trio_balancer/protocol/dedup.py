@@ -11,12 +11,12 @@ asked for it.
 The digest is SHA-256 over the endpoint, headers and identity as JSON, then the body's fields
 pickled (protocol 5): pickling a parsed 50 KB Claude Code body takes about 35 us, sorting and
 re-encoding it as canonical JSON about 570 us (bench/RESULTS.md, issue 20). The top-level
-fields are signed in sorted order; inside them the digest follows the body's own key order, so
-two requests alike but for the order of nested keys do not share; identical requests (a retry,
-the same prompt twice) are byte-identical and do. A pickle (without its memo,
-so shared objects and equal copies read alike) is an unambiguous encoding of str, int, float, bool, None, list and dict, so different bodies never
-share a signature; instances on different Python versions might sign alike bodies differently,
-which only costs them a shared cache hit.
+fields are signed in sorted order; inside them the digest follows the body's own key order,
+so two requests alike but for the order of nested keys do not share; identical requests (a
+retry, the same prompt twice) are byte-identical and do. A pickle without its memo (so shared
+objects and equal copies read alike) is an unambiguous encoding of str, int, float, bool, None,
+list and dict, so different bodies never share a signature; instances on different Python
+versions might sign alike bodies differently, which only costs them a shared cache hit.
 
 The cache keeps completed responses (ended with ``message_stop``, or a complete JSON body; never
 errors or cut streams) for a TTL, in an LRU bounded in bytes. The clock is passed in.
@@ -59,7 +59,10 @@ def signature(
     digest = hashlib.sha256(where.encode("utf-8", "surrogatepass"))
     digest.update(b"\x00")
     pickler = pickle.Pickler(_Digest(digest), protocol=5)
-    pickler.fast = True  # no memo: the bytes depend on the values alone, never on which are one object
+    # No memo: the bytes depend on the values alone, never on which are one object. The pickle
+    # docs call ``fast`` deprecated (it breaks self-referencing objects, which JSON cannot
+    # make); should it ever stop working, test_signature_reads_values_not_objects fails.
+    pickler.fast = True
     pickler.dump(body)
     return digest.hexdigest()
 

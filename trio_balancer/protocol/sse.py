@@ -104,6 +104,7 @@ class SSEDecoder:
         if not chunk:
             return []
         buf = self._buf
+        # An empty buffer means no half-built event: lines stay in it until their event ends.
         if not buf and not self._skip_lf and type(chunk) is bytes:
             whole = _one_whole_event(chunk)
             if whole is not None:
