@@ -21,9 +21,10 @@ A hand-off skips the queue: a consumer that sets one (:meth:`hand_off_to`) has
 parked waiting and nothing is queued. That saves a wake-up of the consumer's task and a
 checkpoint of the producer's for every item (for one client of one stream, a task switch per
 event: ``bench/RESULTS.md``, issue 20). The hand-off may decline an item (return False): it is
-then queued as usual. While one hand-off runs nothing else reaches the consumer: other sends
-wait for it, and what ``send_nowait`` queues meanwhile is taken once it is over, so items
-never overtake each other and the consumer never runs beside a hand-off.
+then queued as usual. While one hand-off runs nothing else reaches the consumer: what other
+sends queue meanwhile (in the order they come, which is the order of a shared flight's
+history) is taken once it is over, so items never overtake each other and the consumer never
+runs beside a hand-off.
 
 On that path ``send`` returns once the hand-off has taken the item (for the writer: written
 to the client), and yields only if the hand-off does; a cancellation it raises says nothing of
@@ -107,9 +108,13 @@ class ByteQueue(Generic[T]):
                 raise trio.BrokenResourceError("the listener left")
             if self._closed:
                 raise trio.ClosedResourceError("the queue was closed by its producer")
-            if self._handing_off:
-                pass  # another producer's item goes first
-            elif hand_off and self._hand_off is not None and self._consumer_parked and not self._items:
+            if (
+                hand_off
+                and not self._handing_off
+                and self._hand_off is not None
+                and self._consumer_parked
+                and not self._items
+            ):
                 if await self._handed_off(self._hand_off, item):
                     return
                 hand_off = False  # declined: checked again, then queued

@@ -128,6 +128,7 @@ class Relay:
         self.events = 0  # SSE events published by this relay (none for a JSON answer)
         self.bytes = 0  # body bytes published by this relay
         self.completed = False
+        self._message_stopped = False
 
     async def run(self, response: UpstreamResponse) -> None:
         head = Head(200, response.headers)
@@ -161,7 +162,7 @@ class Relay:
         seen = -1
         while True:
             await trio.sleep(PING_INTERVAL_S)
-            if self._outlet.committed and self.events == seen:
+            if self._outlet.committed and self.events == seen and not self._message_stopped:
                 await self._outlet.publish(anthropic.PING)
             seen = self.events
 
@@ -245,6 +246,7 @@ class Relay:
         if out is None:
             return False
         self.events, self.bytes = gate.published_events, gate.published_bytes
+        self._message_stopped = gate.saw_stop  # no ping after message_stop (the upstream may linger)
         if committed:
             await self._outlet.publish(out)
         else:
