@@ -47,9 +47,8 @@ async def test_items_go_to_a_waiting_consumer_in_the_producers_task() -> None:
     assert got == [b"queue me"]
 
 
-async def test_no_hand_off_while_the_consumer_holds_an_item_or_items_wait() -> None:
-    """Only a consumer parked in receive() with nothing queued is handed to: never two sends
-    at once, never an item overtaking one still queued."""
+def recording_queue() -> tuple[ByteQueue[bytes], list[bytes]]:
+    """A queue whose hand-off takes every item, and the list of what it took."""
     queue: ByteQueue[bytes] = ByteQueue(1000, len)
     handed: list[bytes] = []
 
@@ -58,6 +57,13 @@ async def test_no_hand_off_while_the_consumer_holds_an_item_or_items_wait() -> N
         return True
 
     queue.hand_off_to(take)
+    return queue, handed
+
+
+async def test_no_hand_off_while_the_consumer_holds_an_item_or_items_wait() -> None:
+    """Only a consumer parked in receive() with nothing queued is handed to: never two sends
+    at once, never an item overtaking one still queued."""
+    queue, handed = recording_queue()
     await queue.send(b"first", hand_off=True)  # no consumer waiting: queued
     assert handed == [] and len(queue) == 1
     assert await queue.receive() == b"first"  # the consumer holds it, not parked
@@ -279,14 +285,7 @@ async def test_nothing_reaches_the_client_beside_a_hand_off_in_progress(
 
 async def test_only_the_one_listener_path_hands_off() -> None:
     """``send`` without ``hand_off`` (a shared flight waiting for a slow listener) queues."""
-    queue: ByteQueue[bytes] = ByteQueue(1000, len)
-    handed: list[bytes] = []
-
-    async def take(item: bytes) -> bool:
-        handed.append(item)
-        return True
-
-    queue.hand_off_to(take)
+    queue, handed = recording_queue()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(queue.receive)
         await trio.testing.wait_all_tasks_blocked()
