@@ -86,19 +86,25 @@ async def test_sigterm_during_a_restart_backoff_stops_the_balancer(
         await finish(w.process, seen)
 
 
+def detached_parent(tmp_path: Path, upstream: FakeUpstream) -> tuple[subprocess.Popen[bytes], Path]:
+    """``serve --workers 2`` started outside any nursery (the test kills it itself), and its log."""
+    config = tmp_path / "b.toml"
+    write_config(config, upstream.url, tmp_path / "ledger.sqlite3", models=["m"])
+    log = tmp_path / "b.log"
+    with log.open("wb") as f:
+        parent = subprocess.Popen(  # not the nursery's child: the tests kill it themselves
+            [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--workers", "2"],
+            stdout=f, stderr=f,
+        )  # fmt: skip
+    return parent, log
+
+
 async def test_workers_stop_when_the_parent_is_killed_while_they_start(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
     """SIGKILL of the parent before a worker finished starting: the worker reads its parent's
     pid only once it serves, so it takes init for its parent and serves for ever."""
-    config = tmp_path / "b.toml"
-    write_config(config, upstream.url, tmp_path / "ledger.sqlite3", models=["m"])
-    log = tmp_path / "b.log"
-    with log.open("wb") as f:
-        parent = subprocess.Popen(  # noqa: ASYNC220 - must not be the nursery's child
-            [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--workers", "2"],
-            stdout=f, stderr=f,
-        )  # fmt: skip
+    parent, log = detached_parent(tmp_path, upstream)
     kids: set[int] = set()
     try:
         with trio.fail_after(20):
@@ -124,14 +130,7 @@ async def test_sighup_while_workers_start_does_not_kill_them(tmp_path: Path, ups
     """A reload asked (SIGHUP) while workers are still starting: forwarded to a worker that has
     no SIGHUP handler yet, it kills it (default action), which counts as a death; a few such
     reloads in a row and the parent gives up and stops the whole balancer."""
-    config = tmp_path / "b.toml"
-    write_config(config, upstream.url, tmp_path / "ledger.sqlite3", models=["m"])
-    log = tmp_path / "b.log"
-    with log.open("wb") as f:
-        parent = subprocess.Popen(  # noqa: ASYNC220 - must not be the nursery's child
-            [sys.executable, "-m", "trio_balancer", "serve", "--config", str(config), "--workers", "2"],
-            stdout=f, stderr=f,
-        )  # fmt: skip
+    parent, log = detached_parent(tmp_path, upstream)
     everyone: set[int] = set()
     try:
         with trio.fail_after(60):
